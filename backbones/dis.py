@@ -1,0 +1,137 @@
+"""DiS: diffusion with a state-space backbone (Fei et al., 2024).
+
+U-ViT's token layout and long skips, with Mamba's "add -> norm -> mixer" blocks
+around a bidirectional Mamba mixer.  The residual stream is carried beside the
+hidden states in fp32, and the head modulates its norm with the time and label
+tokens when the model is class-conditional.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath
+
+from archbench.registry import register_backbone
+from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
+from backbones.layers.long_skip import build_long_skip, run_long_skip
+from backbones.layers.mamba import BiMamba
+
+Carry = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _drop_path(rate: float) -> nn.Module:
+    return DropPath(rate) if rate > 0 else nn.Identity()
+
+
+class DiSBlock(nn.Module):
+    """residual += drop_path(hidden); hidden = mixer(RMSNorm(residual)).  Returns both."""
+
+    def __init__(self, width: int, drop_path: float, has_skip: bool, scan: str, norm_eps: float = 1e-5):
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * width, width) if has_skip else None
+        self.norm = nn.RMSNorm(width, eps=norm_eps)
+        self.mixer = BiMamba(width, scan=scan)
+        self.drop_path = _drop_path(drop_path)
+
+    def forward(self, carry: Carry, skip: torch.Tensor | None = None) -> Carry:
+        hidden, residual = carry
+        if self.skip_linear is not None:
+            hidden = self.skip_linear(torch.cat([hidden, skip], dim=-1))
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        residual = residual.float()
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        return hidden, residual
+
+
+class DiS(TokenBackbone):
+    """Diffusion State-space model; defaults are DiS-H/2 on 256x256 ImageNet latents."""
+
+    family = "dis"
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        in_channels: int = 4,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        class_dropout_prob: float = 0.1,
+        patch_size: int = 2,
+        width: int = 1536,
+        depth: int = 48,
+        drop_path: float = 0.1,
+        scan: str = "auto",
+    ):
+        super().__init__(
+            image_size=image_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            class_dropout_prob=class_dropout_prob,
+            patch_size=patch_size,
+            width=width,
+        )
+        self.depth = depth
+        self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width)
+        self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
+        self.extras = 2 if num_classes > 0 else 1
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
+        # Stochastic depth rises linearly over `depth` steps; block 0 has none (it starts the residual).
+        rates = [0.0] + torch.linspace(0, drop_path, depth).tolist()
+        self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(
+            depth, lambda index, has_skip: DiSBlock(width, rates[index], has_skip, scan)
+        )
+        self.drop_path = _drop_path(drop_path)
+        self.norm_f = nn.RMSNorm(width, eps=1e-5)
+        self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=num_classes > 0)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation: zero biases (but dt's), N(0, 0.02) embeddings, out_proj / sqrt(depth)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                if not getattr(module.bias, "_no_reinit", False):
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, BiMamba):
+                nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+                with torch.no_grad():
+                    module.out_proj.weight /= math.sqrt(self.depth)
+        nn.init.zeros_(self.pos_embed)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.check_inputs(x, t, y)
+        patches = self.patch_embed(x)
+        time_token = self.time_embed(t).to(patches.dtype)
+        extra = [time_token.unsqueeze(1)]
+        c = None
+        if self.label_embed is not None:
+            label_token = self.label_embed(y)
+            extra.insert(0, label_token.unsqueeze(1))
+            c = time_token + label_token
+        tokens = torch.cat([*extra, patches], dim=1) + self.pos_embed
+        hidden, residual = run_long_skip(
+            self.in_blocks, self.mid_block, self.out_blocks, (tokens, None), skip_of=lambda carry: carry[0]
+        )
+        residual = residual + self.drop_path(hidden)
+        hidden = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        out = self.final_layer(hidden, c)
+        return self.tokens_to_image(out[:, self.extras :])
+
+
+DIS_SIZES = {"s": (368, 24), "b": (768, 24), "m": (768, 48), "l": (1024, 48), "h": (1536, 48)}
+
+for _size, (_width, _depth) in DIS_SIZES.items():
+    for _patch in (2, 4):
+        register_backbone(
+            f"dis_{_size}{_patch}", DiS, family="dis", description=f"DiS-{_size.upper()}/{_patch}",
+            width=_width, depth=_depth, patch_size=_patch,
+        )
+
+register_backbone(
+    "dis_t2", DiS, family="dis", description="tiny DiS for tests and CI",
+    width=64, depth=4, patch_size=2, image_size=32, in_channels=3, num_classes=10,
+)

@@ -1,0 +1,132 @@
+"""DiT: Diffusion Transformer with adaLN-Zero conditioning (Peebles & Xie, 2023).
+
+Tokens are image patches only; time and class are summed into one conditioning
+vector ``c`` that every block reads through adaptive LayerNorm.  All modulation
+outputs and the final projection start at zero, so the untrained network outputs 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import Mlp
+
+from archbench.registry import register_backbone
+from backbones.layers import (
+    Attention,
+    FinalLayer,
+    LabelEmbedder,
+    TimestepEmbedder,
+    TokenBackbone,
+    modulate,
+    sincos_pos_embed_2d,
+)
+
+
+def tanh_gelu() -> nn.Module:
+    return nn.GELU(approximate="tanh")
+
+
+class DiTBlock(nn.Module):
+    """Attention + MLP, each behind a non-affine LayerNorm modulated (shift, scale) and gated by c."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, num_heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=tanh_gelu, drop=0)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
+        return x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+class DiT(TokenBackbone):
+    """Diffusion Transformer; defaults are DiT-XL/2 on 256x256 ImageNet latents."""
+
+    family = "dit"
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        in_channels: int = 4,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        class_dropout_prob: float = 0.1,
+        patch_size: int = 2,
+        width: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__(
+            image_size=image_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            class_dropout_prob=class_dropout_prob,
+            patch_size=patch_size,
+            width=width,
+        )
+        self.time_embed = TimestepEmbedder(width, frequency_dim=256, hidden_dim=width)
+        self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
+        # Fixed table, kept as a frozen parameter as the official code does (it counts in the params).
+        table = torch.from_numpy(sincos_pos_embed_2d(width, self.grid_size)).float().unsqueeze(0)
+        self.pos_embed = nn.Parameter(table, requires_grad=False)
+        self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio) for _ in range(depth))
+        self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DiT's initialisation: xavier linears, N(0, 0.02) embeddings, adaLN-Zero."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        proj = self.patch_embed.proj
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        nn.init.zeros_(proj.bias)
+        if self.label_embed is not None:
+            nn.init.normal_(self.label_embed.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        zero_init = [block.adaLN_modulation[-1] for block in self.blocks]
+        zero_init += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        for linear in zero_init:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.check_inputs(x, t, y)
+        tokens = self.patch_embed(x) + self.pos_embed
+        c = self.time_embed(t)
+        if self.label_embed is not None:
+            c = c + self.label_embed(y)
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        return self.tokens_to_image(self.final_layer(tokens, c))
+
+
+DIT_SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
+
+for _size, (_depth, _width, _heads) in DIT_SIZES.items():
+    for _patch in (2, 4, 8):
+        register_backbone(
+            f"dit_{_size}{_patch}",
+            DiT,
+            family="dit",
+            description=f"DiT-{_size.upper()}/{_patch}",
+            depth=_depth,
+            width=_width,
+            num_heads=_heads,
+            patch_size=_patch,
+        )
+
+register_backbone(
+    "dit_t2", DiT, family="dit", description="tiny DiT for tests and CI",
+    depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10,
+)

@@ -1,0 +1,111 @@
+"""The forward contract every backbone honours, and its input checks.
+
+``forward(x: [B, C, H, W], t: [B], y: [B] | None) -> [B, C_out, H, W]``;
+``C_out = 2C`` with a learned variance.  Class index ``num_classes`` is the null class.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class DiffusionBackbone(nn.Module):
+    """Base class: holds the contract's build arguments and validates inputs.
+
+    Subclasses set ``spatial_multiple`` (what H and W must divide by) and call
+    ``check_inputs`` at the top of ``forward``; it turns shape mistakes into one
+    clear ``ValueError`` instead of an error from deep inside a conv or a reshape.
+    """
+
+    family: str = ""
+    spatial_multiple: int = 1
+    fixed_size: bool = True  # token backbones: a position table pins the input size
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        num_classes: int,
+        learn_sigma: bool,
+        class_dropout_prob: float,
+    ):
+        super().__init__()
+        if image_size <= 0 or in_channels <= 0 or num_classes < 0:
+            raise ValueError(
+                f"image_size and in_channels must be positive and num_classes >= 0, got "
+                f"image_size={image_size}, in_channels={in_channels}, num_classes={num_classes}"
+            )
+        if not 0.0 <= class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.learn_sigma = learn_sigma
+        self.class_dropout_prob = class_dropout_prob
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def null_class(self) -> int | None:
+        """Index of the unconditional label, or None when the model has none."""
+        return self.num_classes if self.conditional and self.class_dropout_prob > 0 else None
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+        """Validate (x, t, y); returns y, with ``None`` replaced by the null class when there is one."""
+        name = type(self).__name__
+        if x.ndim != 4:
+            raise ValueError(f"{name}: x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"{name}: built for {self.in_channels} input channels, got {c}")
+        if h % self.spatial_multiple or w % self.spatial_multiple:
+            raise ValueError(
+                f"{name}: spatial size {h}x{w} must be a multiple of {self.spatial_multiple} for this backbone"
+            )
+        if self.fixed_size and (h, w) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"{name}: built for {self.image_size}x{self.image_size} inputs (its position table is sized "
+                f"for that), got {h}x{w}; rebuild with image_size={h}" if h == w else
+                f"{name}: built for square {self.image_size}x{self.image_size} inputs, got {h}x{w}"
+            )
+        if t.ndim != 1 or t.shape[0] != b:
+            raise ValueError(f"{name}: t must have shape ({b},), one timestep per image, got {tuple(t.shape)}")
+        if not self.conditional:
+            if y is not None:
+                raise ValueError(f"{name}: the model is unconditional (num_classes=0) but class labels were given")
+            return None
+        if y is None:
+            if self.null_class is None:
+                raise ValueError(
+                    f"{name}: class-conditional model without a null class (class_dropout_prob=0) needs labels y"
+                )
+            return torch.full((b,), self.null_class, dtype=torch.long, device=x.device)
+        if y.ndim != 1 or y.shape[0] != b:
+            raise ValueError(f"{name}: y must have shape ({b},), one label per image, got {tuple(y.shape)}")
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"{name}: y must hold integer class indices, got dtype {y.dtype}")
+        top = self.num_classes if self.null_class is not None else self.num_classes - 1
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > top):
+            raise ValueError(
+                f"{name}: class labels must lie in [0, {top}] ({self.num_classes} classes"
+                + (f", {self.null_class} = null class" if self.null_class is not None else "")
+                + f"), got range [{int(y.min())}, {int(y.max())}]"
+            )
+        return y
+
+    def forward_with_cfg(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        cfg_scale: float,
+        guide_channels: int | None = None,
+    ) -> torch.Tensor:
+        """Classifier-free guidance in one batched call: see ``guidance.classifier_free_guidance``."""
+        from backbones.layers.guidance import classifier_free_guidance
+
+        return classifier_free_guidance(self, x, t, y, cfg_scale, guide_channels=guide_channels)

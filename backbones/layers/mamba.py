@@ -1,0 +1,103 @@
+"""Bidirectional Mamba mixer (the "v2" bidirectional design DiS uses).
+
+One shared input projection gives x and the gate z; each direction has its own
+depthwise causal conv, input-dependent (dt, B, C) projection, A and D, and runs a
+selective scan.  The backward direction scans the flipped sequence and is flipped
+back; both are gated by silu(z), summed and projected out.  Parameter names follow
+the official code (``A_b_log``, ``conv1d_b``, ...) so released weights load as they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from backbones.ssm import selective_scan
+
+
+class BiMamba(nn.Module):
+    """(B, L, D) -> (B, L, D) sequence mixer, linear in L."""
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        scan: str = "auto",
+    ):
+        super().__init__()
+        self.dim = dim
+        self.d_state = d_state
+        self.d_inner = expand * dim
+        self.dt_rank = dt_rank or math.ceil(dim / 16)
+        self.dt_range = (dt_min, dt_max, dt_init_floor)
+        self.scan = scan
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
+        for suffix in ("", "_b"):
+            self.add_module(f"conv1d{suffix}", self._depthwise_conv(d_conv))
+            self.add_module(f"x_proj{suffix}", nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False))
+            self.add_module(f"dt_proj{suffix}", nn.Linear(self.dt_rank, self.d_inner))
+            self.register_parameter(f"A{suffix}_log", nn.Parameter(torch.empty(self.d_inner, d_state)))
+            self.register_parameter(f"D{suffix}", nn.Parameter(torch.empty(self.d_inner)))
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+        self.reset_ssm_parameters()
+
+    def _depthwise_conv(self, kernel: int) -> nn.Conv1d:
+        return nn.Conv1d(self.d_inner, self.d_inner, kernel, groups=self.d_inner, padding=kernel - 1)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba's SSM initialisation: S4D-real A, D = 1, dt spread log-uniformly."""
+        dt_min, dt_max, floor = self.dt_range
+        for suffix in ("", "_b"):
+            dt_proj = getattr(self, f"dt_proj{suffix}")
+            bound = self.dt_rank**-0.5
+            nn.init.uniform_(dt_proj.weight, -bound, bound)
+            log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            dt = log_dt.exp().clamp(min=floor)
+            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            dt_proj.bias._no_reinit = True
+            a = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+            getattr(self, f"A{suffix}_log").copy_(a.log())
+            getattr(self, f"D{suffix}").fill_(1.0)
+
+    def direction_params(self, backward: bool) -> tuple:
+        suffix = "_b" if backward else ""
+        return tuple(getattr(self, f"{n}{suffix}") for n in ("conv1d", "x_proj", "dt_proj")) + (
+            getattr(self, f"A{suffix}_log"),
+            getattr(self, f"D{suffix}"),
+        )
+
+    def scan_direction(self, x: torch.Tensor, z: torch.Tensor, backward: bool = False) -> torch.Tensor:
+        """One direction on (B, d_inner, L) inputs, in the given order; returns the gated scan output."""
+        conv, x_proj, dt_proj, a_log, d_skip = self.direction_params(backward)
+        length = x.shape[-1]
+        x = F.silu(conv(x)[..., :length])
+        dt, b, c = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
+        return selective_scan(
+            x,
+            delta,
+            -torch.exp(a_log.float()),
+            b.transpose(1, 2),
+            c.transpose(1, 2),
+            d_skip.float(),
+            z=z,
+            delta_bias=dt_proj.bias.float(),
+            delta_softplus=True,
+            impl=self.scan,
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        forward_out = self.scan_direction(x, z)
+        backward_out = self.scan_direction(x.flip(-1), z.flip(-1), backward=True).flip(-1)
+        return self.out_proj((forward_out + backward_out).transpose(1, 2))

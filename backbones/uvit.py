@@ -1,0 +1,143 @@
+"""U-ViT: all inputs as tokens, with long skips between shallow and deep blocks (Bao et al., 2023).
+
+Tokens are ``[label, time, patches]`` (the label only when conditional), a learned
+position table is added, and a U-shaped stack of pre-norm transformer blocks runs
+over them.  The block's sequence mixer is swappable: ``mixer="bimamba"`` gives the
+same skeleton with DiS's bidirectional Mamba in place of attention, which isolates
+the mixer's effect on a comparison.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import Mlp, trunc_normal_
+
+from archbench.registry import register_backbone
+from backbones.layers import Attention, FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
+from backbones.layers.long_skip import build_long_skip, run_long_skip
+from backbones.layers.mamba import BiMamba
+
+MIXERS = ("attention", "bimamba")
+
+
+class UViTBlock(nn.Module):
+    """Pre-norm block: (fuse long skip) -> x + mixer(LN(x)) -> x + MLP(LN(x))."""
+
+    def __init__(self, width: int, mixer: nn.Module, mlp_ratio: float, has_skip: bool):
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * width, width) if has_skip else None
+        self.norm1 = nn.LayerNorm(width)
+        self.mixer = mixer
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class UViT(TokenBackbone):
+    """U-ViT; defaults are U-ViT-S/2 on CIFAR-10 (unconditional, noise prediction)."""
+
+    family = "uvit"
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        in_channels: int = 3,
+        num_classes: int = 0,
+        learn_sigma: bool = False,
+        class_dropout_prob: float = 0.1,
+        patch_size: int = 2,
+        width: int = 512,
+        depth: int = 12,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        mlp_time_embed: bool = False,
+        final_conv: bool = True,
+        mixer: str = "attention",
+        scan: str = "auto",
+    ):
+        super().__init__(
+            image_size=image_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            class_dropout_prob=class_dropout_prob,
+            patch_size=patch_size,
+            width=width,
+        )
+        if mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {mixer!r}; valid mixers are {', '.join(MIXERS)}")
+        self.mixer_kind = mixer
+        self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width if mlp_time_embed else None)
+        self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
+        self.extras = 2 if num_classes > 0 else 1
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
+
+        def make_mixer() -> nn.Module:
+            if mixer == "attention":
+                return Attention(width, num_heads, qkv_bias=qkv_bias, upcast=True)
+            return BiMamba(width, scan=scan)
+
+        self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(
+            depth, lambda index, has_skip: UViTBlock(width, make_mixer(), mlp_ratio, has_skip)
+        )
+        self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=False, affine=True, eps=1e-5)
+        self.final_conv = nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1) if final_conv else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """U-ViT's initialisation: trunc-normal(0.02) linears and positions, unit LayerNorms."""
+        trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, BiMamba):
+                module.reset_ssm_parameters()  # dt/A/D must keep Mamba's init to be stable
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.check_inputs(x, t, y)
+        patches = self.patch_embed(x)
+        extra = [self.time_embed(t).to(patches.dtype).unsqueeze(1)]
+        if self.label_embed is not None:
+            extra.insert(0, self.label_embed(y).unsqueeze(1))
+        tokens = torch.cat([*extra, patches], dim=1) + self.pos_embed
+        tokens = run_long_skip(self.in_blocks, self.mid_block, self.out_blocks, tokens)
+        image = self.tokens_to_image(self.final_layer(tokens)[:, self.extras :])
+        return self.final_conv(image) if self.final_conv is not None else image
+
+
+UVIT_SIZES = {
+    "s": dict(depth=12, width=512, num_heads=8),
+    "s_deep": dict(depth=16, width=512, num_heads=8),
+    "m": dict(depth=16, width=768, num_heads=12),
+    "l": dict(depth=20, width=1024, num_heads=16),
+    "h": dict(depth=28, width=1152, num_heads=16, final_conv=False),
+}
+
+for _size, _arch in UVIT_SIZES.items():
+    for _patch in (2, 4):
+        register_backbone(
+            f"uvit_{_size}{_patch}", UViT, family="uvit", description=f"U-ViT-{_size.upper()}/{_patch}",
+            patch_size=_patch, **_arch,
+        )
+
+register_backbone(
+    "uvit_t2", UViT, family="uvit", description="tiny U-ViT for tests and CI",
+    depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10,
+)
+register_backbone(
+    "uvit_bimamba_t2", UViT, family="uvit", description="tiny U-ViT skeleton with DiS's bidirectional Mamba mixer",
+    depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10, mixer="bimamba",
+)
