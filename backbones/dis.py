@@ -79,7 +79,7 @@ class DiS(TokenBackbone):
         self.extras = 2 if num_classes > 0 else 1
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
         # Stochastic depth rises linearly over `depth` steps; block 0 has none (it starts the residual).
-        rates = [0.0] + torch.linspace(0, drop_path, depth).tolist()
+        rates = [0.0] + [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(
             depth, lambda index, has_skip: DiSBlock(width, rates[index], has_skip, scan)
         )

@@ -1,0 +1,179 @@
+"""The forward contract, checked as a property over every family's tiny member."""
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_BACKBONES
+from hypothesis import given
+from hypothesis import strategies as st
+
+import archbench
+
+
+@st.composite
+def contract_cases(draw):
+    name = draw(st.sampled_from(TINY_BACKBONES))
+    if name == "unet_t":  # its attention sits at 16x16, so the input must reach that level
+        image_size = draw(st.sampled_from([16, 32]))
+    else:
+        image_size = 2 * draw(st.integers(2, 6))
+    return dict(
+        name=name,
+        batch=draw(st.integers(1, 3)),
+        image_size=image_size,
+        in_channels=draw(st.integers(1, 4)),
+        num_classes=draw(st.sampled_from([0, 3])),
+        learn_sigma=draw(st.booleans()),
+    )
+
+
+@given(contract_cases())
+def test_forward_contract(case):
+    torch.manual_seed(0)
+    b, size, channels = case["batch"], case["image_size"], case["in_channels"]
+    model = archbench.build(
+        case["name"],
+        image_size=size,
+        in_channels=channels,
+        num_classes=case["num_classes"],
+        learn_sigma=case["learn_sigma"],
+    )
+    x = torch.randn(b, channels, size, size)
+    t = torch.randint(0, 1000, (b,))
+    y = torch.randint(0, case["num_classes"], (b,)) if case["num_classes"] else None
+
+    model.train()
+    out = model(x, t, y)
+    expected_channels = 2 * channels if case["learn_sigma"] else channels
+    assert out.shape == (b, expected_channels, size, size)
+    assert torch.isfinite(out).all()
+    # DDP needs every trainable parameter in the graph; perturb so no zero-init output hides a path.
+    (out * torch.randn_like(out)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters outside the graph: {missing}"
+
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y), model(x, t, y))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, t, y)
+    assert low.shape == out.shape and torch.isfinite(low.float()).all()
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_float_timesteps_accepted(name):
+    model = archbench.build(name).eval()
+    x = torch.randn(2, model.in_channels, 32, 32)
+    out = model(x, torch.tensor([0.25, 999.5]), torch.tensor([1, 2]))
+    assert torch.isfinite(out).all()
+
+
+def test_dit_outputs_exactly_zero_at_init():
+    model = archbench.build("dit_t2", learn_sigma=True)
+    out = model(torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), torch.tensor([0, 9]))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_dis_is_bidirectional():
+    """Changing the last patch must change the first patch's output (a causal scan would not)."""
+    torch.manual_seed(0)
+    model = archbench.build("dis_t2", num_classes=0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    t = torch.tensor([10])
+    changed = x.clone()
+    changed[..., -2:, -2:] += 1.0
+    with torch.no_grad():
+        a, b = model(x, t), model(changed, t)
+    assert not torch.allclose(a[..., :2, :2], b[..., :2, :2], atol=1e-6)
+
+
+def test_backward_direction_is_forward_mixer_on_flipped_sequence():
+    """Swap the two directions' parameters: the mixer must then act as its mirror image."""
+    from backbones.layers.mamba import BiMamba
+
+    torch.manual_seed(0)
+    mixer = BiMamba(16, scan="reference")
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    swapped = copy.deepcopy(mixer)
+    forward_keys = ["conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias", "A_log", "D"]
+    backward_keys = ["conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight", "dt_proj_b.weight", "dt_proj_b.bias"]
+    backward_keys += ["A_b_log", "D_b"]
+    state = mixer.state_dict()
+    renamed = dict(state)
+    for f, b in zip(forward_keys, backward_keys, strict=True):
+        renamed[f], renamed[b] = state[b], state[f]
+    swapped.load_state_dict(renamed)
+    h = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        assert torch.allclose(swapped(h.flip(1)), mixer(h).flip(1), atol=1e-5)
+        x, z = mixer.in_proj(h).transpose(1, 2).chunk(2, dim=1)
+        backward = mixer.scan_direction(x.flip(-1), z.flip(-1), backward=True)
+        forward_on_flipped = swapped.scan_direction(x.flip(-1), z.flip(-1), backward=False)
+        assert torch.allclose(backward, forward_on_flipped, atol=1e-6)
+
+
+def test_uvit_mixer_is_swappable():
+    attention = archbench.build("uvit_t2")
+    mamba = archbench.build("uvit_t2", mixer="bimamba")
+    assert type(attention.in_blocks[0].mixer).__name__ == "Attention"
+    assert type(mamba.in_blocks[0].mixer).__name__ == "BiMamba"
+    with pytest.raises(ValueError, match="attention, bimamba"):
+        archbench.build("uvit_t2", mixer="conv")
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_classifier_free_guidance_helper(name):
+    model = archbench.build(name).eval()
+    x = torch.randn(2, model.in_channels, 32, 32)
+    t = torch.tensor([5, 50])
+    y = torch.tensor([1, 2])
+    with torch.no_grad():
+        cond = model(x, t, y)
+        assert torch.allclose(model.forward_with_cfg(x, t, y, cfg_scale=1.0), cond, atol=1e-5)
+        uncond = model(x, t, None)  # None -> null class
+        guided = model.forward_with_cfg(x, t, y, cfg_scale=3.0)
+    c = model.in_channels
+    assert torch.allclose(guided[:, :c], uncond[:, :c] + 3.0 * (cond[:, :c] - uncond[:, :c]), atol=1e-4)
+    assert torch.allclose(guided[:, c:], cond[:, c:], atol=1e-5)
+
+
+class TestBadInput:
+    @pytest.fixture(params=TINY_BACKBONES)
+    def model(self, request):
+        return archbench.build(request.param).eval()
+
+    def test_wrong_rank(self, model):
+        with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+            model(torch.randn(3, 32, 32), torch.tensor([1]), torch.tensor([1]))
+
+    def test_wrong_channels(self, model):
+        with pytest.raises(ValueError, match="input channels"):
+            model(torch.randn(1, 5, 32, 32), torch.tensor([1]), torch.tensor([1]))
+
+    def test_spatial_not_divisible(self, model):
+        with pytest.raises(ValueError, match="multiple of"):
+            model(torch.randn(1, 3, 31, 31), torch.tensor([1]), torch.tensor([1]))
+
+    def test_label_out_of_range(self, model):
+        with pytest.raises(ValueError, match=r"class labels must lie in \[0, 10\]"):
+            model(torch.randn(1, 3, 32, 32), torch.tensor([1]), torch.tensor([11]))
+
+    def test_labels_to_unconditional_model(self, model):
+        name = model.backbone_name
+        uncond = archbench.build(name, num_classes=0)
+        with pytest.raises(ValueError, match="unconditional"):
+            uncond(torch.randn(1, 3, 32, 32), torch.tensor([1]), torch.tensor([1]))
+
+    def test_timestep_shape(self, model):
+        with pytest.raises(ValueError, match="one timestep per image"):
+            model(torch.randn(2, 3, 32, 32), torch.tensor([1]), torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("name", ["dis_t2", "dit_t2", "uvit_t2"])
+def test_token_backbone_rejects_other_size(name):
+    model = archbench.build(name)
+    with pytest.raises(ValueError, match="built for 32x32"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([1]), torch.tensor([1]))
