@@ -118,18 +118,20 @@ class UViT(TokenBackbone):
         return self.final_conv(image) if self.final_conv is not None else image
 
 
+# S sizes default to CIFAR-10 pixels; M/L/H to the ImageNet-256 latent setting they were published on.
+_LATENT_IMAGENET = dict(image_size=32, in_channels=4, num_classes=1000)
 UVIT_SIZES = {
     "s": dict(depth=12, width=512, num_heads=8),
     "s_deep": dict(depth=16, width=512, num_heads=8),
-    "m": dict(depth=16, width=768, num_heads=12),
-    "l": dict(depth=20, width=1024, num_heads=16),
-    "h": dict(depth=28, width=1152, num_heads=16, final_conv=False),
+    "m": dict(depth=16, width=768, num_heads=12, **_LATENT_IMAGENET),
+    "l": dict(depth=20, width=1024, num_heads=16, **_LATENT_IMAGENET),
+    "h": dict(depth=28, width=1152, num_heads=16, final_conv=False, **_LATENT_IMAGENET),
 }
 
 for _size, _arch in UVIT_SIZES.items():
     for _patch in (2, 4):
         register_backbone(
-            f"uvit_{_size}{_patch}", UViT, family="uvit", description=f"U-ViT-{_size.upper()}/{_patch}",
+            f"uvit_{_size}{_patch}", UViT, family="uvit", description=f"U-ViT-{_size.replace('_deep', '-Deep').upper()}/{_patch}",
             patch_size=_patch, **_arch,
         )
 
