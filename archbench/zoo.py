@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -47,10 +48,26 @@ def zoo_markdown(pattern: str = "*") -> str:
     return "\n".join(lines)
 
 
+README_BEGIN, README_END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
+
+
+def update_readme(path: Path) -> None:
+    """Rewrite the table between the zoo markers of a README in place."""
+    text = path.read_text()
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_BEGIN}\n{zoo_markdown()}\n{README_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print the table of registered backbones (Markdown).")
     parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'dis_*'")
-    print(zoo_markdown(parser.parse_args(argv).pattern))
+    parser.add_argument("--readme", type=Path, nargs="?", const=Path("README.md"), help="update this README's table")
+    args = parser.parse_args(argv)
+    if args.readme:
+        update_readme(args.readme)
+    else:
+        print(zoo_markdown(args.pattern))
 
 
 if __name__ == "__main__":
