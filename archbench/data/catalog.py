@@ -1,0 +1,136 @@
+"""The dataset catalogue: names, static facts, and ``build_dataset`` that turns a name into a Dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from archbench.data.arrays import RESIZE_MODES, ResizeMode
+from archbench.data.cifar10 import build_cifar10
+from archbench.data.crops import celeba_crop, center_crop_arr
+from archbench.data.digits import build_digits
+from archbench.data.fashion_mnist import build_fashion_mnist, files_present
+from archbench.data.folders import ImageFolderDataset, split_folder
+from archbench.data.latents import HINT as LATENTS_HINT
+from archbench.data.latents import LatentShardDataset
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts a recipe needs before loading anything (model channels, resolution, label count).
+
+    ``image_size`` is the native (default) resolution; for latents it is the latent side.
+    ``num_classes`` 0 means unlabelled: every ``y`` is 0.
+    """
+
+    name: str
+    channels: int
+    image_size: int
+    num_classes: int
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("digits", 1, 8, 10, "scikit-learn 8x8 digits (1797, bundled, always offline); last 20% = test"),
+        DatasetInfo("fashion_mnist", 1, 28, 10, "Fashion-MNIST 28x28 (60k/10k) from Debian dataset-fashion-mnist"),
+        DatasetInfo("cifar10", 3, 32, 10, "CIFAR-10 32x32 (50k/10k) via torchvision"),
+        DatasetInfo("celeba64", 3, 64, 0, "image folder (CelebA) with U-ViT's 128px face crop, resized to 64"),
+        DatasetInfo("imagenet_folder", 3, 256, 1000, "class-per-subfolder images, ADM/DiT centre crop to 256"),
+        DatasetInfo("imagenet256_latents", 4, 32, 1000, "ImageNet-256 pre-encoded to SD-VAE latents (4x32x32)"),
+    )
+}
+
+CELEBA_HINT = "Point data.root=/path at a folder of CelebA images (e.g. img_align_celeba/), searched recursively."
+IMAGENET_HINT = "Point data.root=/path at an ImageNet-style tree, one sub-folder of images per class (n01440764/...)."
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Facts about ``name``; unknown names raise ValueError listing the valid ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}") from None
+
+
+def _digits(*, split: str, image_size: int | None, resize_mode: ResizeMode, **_: object) -> Dataset:
+    return build_digits(split=split, image_size=image_size, resize_mode=resize_mode)
+
+
+def _fashion_mnist(
+    *, root: str | Path | None, split: str, image_size: int | None, resize_mode: ResizeMode, **_: object
+) -> Dataset:
+    return build_fashion_mnist(root=root, split=split, image_size=image_size, resize_mode=resize_mode)
+
+
+def _celeba64(*, root: str | Path | None, split: str, image_size: int | None, **_: object) -> Dataset:
+    folder = split_folder("celeba64", root, split, CELEBA_HINT)
+    crop = partial(celeba_crop, size=image_size or 64)
+    return ImageFolderDataset("celeba64", folder, crop=crop, labelled=False, hint=CELEBA_HINT)
+
+
+def _imagenet_folder(*, root: str | Path | None, split: str, image_size: int | None, **_: object) -> Dataset:
+    folder = split_folder("imagenet_folder", root, split, IMAGENET_HINT)
+    crop = partial(center_crop_arr, size=image_size or 256)
+    return ImageFolderDataset("imagenet_folder", folder, crop=crop, labelled=True, hint=IMAGENET_HINT)
+
+
+def _imagenet256_latents(*, root: str | Path | None, split: str, image_size: int | None, **_: object) -> Dataset:
+    folder = split_folder("imagenet256_latents", root, split, LATENTS_HINT)
+    dataset = LatentShardDataset(folder, name="imagenet256_latents")
+    if image_size is not None and image_size not in (dataset.manifest["image_size"], dataset.latent_shape[-1]):
+        raise ValueError(
+            f"imagenet256_latents: cache in {folder} holds {dataset.manifest['image_size']}px images "
+            f"({dataset.latent_shape[-1]}px latents); latents cannot be resized to {image_size}"
+        )
+    return dataset
+
+
+_BUILDERS: dict[str, Callable[..., Dataset]] = {
+    "digits": _digits,
+    "fashion_mnist": _fashion_mnist,
+    "cifar10": build_cifar10,
+    "celeba64": _celeba64,
+    "imagenet_folder": _imagenet_folder,
+    "imagenet256_latents": _imagenet256_latents,
+}
+
+
+def build_dataset(
+    name: str,
+    *,
+    root: str | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    download: bool = False,
+    resize_mode: ResizeMode = "resize",
+) -> Dataset:
+    """A Dataset of ``(x, y)``: x float32 (C, H, W) in [-1, 1] (latents: already scaled), y an int label.
+
+    ``image_size`` (when given and different from the native size) resizes bilinearly with antialiasing, or
+    with ``resize_mode="pad"`` centres the image on a -1 background (Fashion-MNIST 28 -> 32: 2 px each side)
+    so no pixel is resampled.  Folder datasets crop to ``image_size`` instead; latents cannot be resized.
+    ``root`` overrides where the data is read (ignored by ``digits``); only ``cifar10`` can ``download``.
+    Missing data raises ``DatasetNotFoundError`` saying where it looked and how to get the data.
+    """
+    dataset_info(name)
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize_mode {resize_mode!r}; valid: {', '.join(RESIZE_MODES)}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if resize_mode != "resize" and name in ("celeba64", "imagenet_folder", "imagenet256_latents"):
+        raise ValueError(f"{name}: resize_mode={resize_mode!r} applies only to array datasets (they crop instead)")
+    return _BUILDERS[name](root=root, split=split, image_size=image_size, download=download, resize_mode=resize_mode)
+
+
+def default_dataset() -> str:
+    """``fashion_mnist`` when its Debian files are installed, else the always-available ``digits``.
+
+    Returns the name only; the caller logs which one it trains on.
+    """
+    return "fashion_mnist" if files_present() else "digits"
