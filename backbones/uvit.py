@@ -129,9 +129,10 @@ UVIT_SIZES = {
 }
 
 for _size, _arch in UVIT_SIZES.items():
+    _label = _size.upper().replace("_DEEP", "-Deep")
     for _patch in (2, 4):
         register_backbone(
-            f"uvit_{_size}{_patch}", UViT, family="uvit", description=f"U-ViT-{_size.replace('_deep', '-Deep').upper()}/{_patch}",
+            f"uvit_{_size}{_patch}", UViT, family="uvit", description=f"U-ViT-{_label}/{_patch}",
             patch_size=_patch, **_arch,
         )
 
