@@ -1,0 +1,149 @@
+"""Training checkpoints: atomic writes, newest-K retention, and loading that fails with a clear message.
+
+A checkpoint is a dict of tensors and primitives only (the config travels as a JSON string), so it loads
+with ``torch.load(weights_only=True)``: opening a checkpoint never executes code from the file.  Files are
+written to a temporary name, fsync'd and moved into place with ``os.replace``, so a crash or a signal
+mid-write leaves either the previous file or the complete new one, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "archbench-checkpoint/1"
+SUBDIR = "checkpoints"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+# Build options that choose an implementation, not the weights: a checkpoint may resume under another value.
+RUNTIME_OPTIONS = frozenset({"scan"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: unreadable, not ours, or made for a different model."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / SUBDIR
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """``run_dir/checkpoints/step_0001000.pt``: zero-padded so names sort by step."""
+    return checkpoint_dir(run_dir) / f"step_{step:07d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint files of a run, oldest step first (temporary files are ignored)."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` atomically: temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save({"format": FORMAT, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (``keep_last <= 0`` keeps everything)."""
+    if keep_last <= 0:
+        return []
+    doomed = list_checkpoints(run_dir)[:-keep_last]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); anything unreadable raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}: {reason}); "
+            "delete it or resume from another one with train.resume=<path>"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not an archbench training checkpoint (format {found!r}, expected {FORMAT})")
+    return state
+
+
+def checkpoint_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The resolved training config stored in a checkpoint."""
+    return json.loads(state["config"])
+
+
+def check_backbone(state: dict[str, Any], name: str, options: dict[str, Any], path: str | Path = "") -> None:
+    """Refuse a checkpoint whose backbone (name or build options) differs from the one being built."""
+    saved = checkpoint_config(state)["backbone"]
+    saved_name = saved.get("name")
+    where = f"checkpoint {path}" if path else "the checkpoint"
+    if saved_name != name:
+        raise CheckpointError(f"{where} holds backbone {saved_name!r}, but this run builds {name!r}")
+    diffs = [
+        f"{key}={saved.get(key)!r} (now {options.get(key)!r})"
+        for key in sorted(set(saved) | set(options))
+        if key != "name" and key not in RUNTIME_OPTIONS and saved.get(key) != options.get(key)
+    ]
+    if diffs:
+        raise CheckpointError(f"{where} holds {name} built with different options: {', '.join(diffs)}")
+
+
+def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
+    """``auto`` -> newest checkpoint in ``run_dir`` (None for a fresh run); a path -> that file; None -> None."""
+    if resume is None or str(resume).lower() in ("none", "null", "false", ""):
+        return None
+    if str(resume) == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(str(resume)).expanduser()
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"train.resume={resume}: no checkpoints under {checkpoint_dir(path)}")
+        return found
+    if not path.is_file():
+        raise CheckpointError(f"train.resume={resume}: no such checkpoint file")
+    return path

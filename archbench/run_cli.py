@@ -1,0 +1,50 @@
+"""How the command-line tools report an expected failure: one line on stderr and exit code 1, no traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The message of ``exc`` collapsed to a single line."""
+    text = str(exc).strip() or (type(exc).__name__ if isinstance(exc, BaseException) else "")
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def fail(program: str, message: str) -> int:
+    """Print ``program: error: message`` to stderr and return the exit code to use (1)."""
+    print(f"{program}: error: {one_line(message)}", file=sys.stderr)
+    return 1
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (test harnesses swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup_logging(rank: int = 0, log_file: str | Path | None = None) -> None:
+    """``[archbench] message`` lines on stderr (rank 0 at INFO, other ranks warnings only), plus an optional file.
+
+    Idempotent: handlers added by an earlier call (an earlier run in the same process) are replaced.
+    """
+    root = logging.getLogger("archbench")
+    for handler in [h for h in root.handlers if getattr(h, "_archbench", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    console = _CurrentStderr()
+    console.setFormatter(logging.Formatter("[archbench] %(message)s"))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler._archbench = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    root.propagate = False

@@ -1,0 +1,183 @@
+"""``python -m archbench.sample run_dir=DIR [num_samples=64] [sampler=ddim] [steps=50] [cfg_scale=1.5] [out=grid.png]
+[labels=0,1,2 | class=3] [seed=0] [checkpoint=PATH] [batch_size=64] [device=auto]``
+
+Loads the EMA weights of the newest checkpoint in ``run_dir`` (or ``checkpoint=``), rebuilds the backbone
+and objective from the config stored in it, and writes a PNG grid plus an ``.npz`` next to it (``arr_0``:
+uint8 images [N, H, W, C], ``arr_1``: labels, -1 when unconditional).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from archbench.run_cli import fail, one_line, setup_logging
+
+log = logging.getLogger("archbench.sample")
+
+PROGRAM = "archbench.sample"
+DEFAULTS: dict[str, Any] = {
+    "run_dir": None,
+    "checkpoint": None,
+    "num_samples": 64,
+    "sampler": None,  # None: the run's sample.sampler, else ddim (ddpm) / euler (flow)
+    "steps": None,  # None: the run's sample.steps
+    "cfg_scale": None,  # None: the run's sample.cfg_scale
+    "out": None,  # None: <run_dir>/samples/sample_step<N>.png
+    "labels": None,
+    "class": None,
+    "seed": 0,
+    "batch_size": 64,
+    "device": "auto",
+    "nrow": None,
+    "progress": True,
+}
+
+
+class SampleError(ValueError):
+    """A bad argument to the sample CLI."""
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` arguments (Hydra's grammar; ``labels=0,1,2`` is a list) over :data:`DEFAULTS`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    args = dict(DEFAULTS)
+    for text in argv:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except HydraException:
+            raise SampleError(f"cannot parse {text!r}; arguments are key=value") from None
+        key = override.key_or_group
+        if key not in DEFAULTS:
+            raise SampleError(f"unknown argument {key!r}; valid: {', '.join(DEFAULTS)}")
+        value = override.value()
+        if override.is_sweep_override():  # labels=0,1,2
+            value = list(value.list)
+        args[key] = value
+    if args["run_dir"] is None and args["checkpoint"] is None:
+        raise SampleError("give run_dir=<training run folder> (or checkpoint=<file>)")
+    if args["labels"] is not None and args["class"] is not None:
+        raise SampleError("give labels=... or class=..., not both")
+    for key in ("num_samples", "batch_size", "seed"):
+        if not isinstance(args[key], int) or isinstance(args[key], bool) or (key != "seed" and args[key] < 1):
+            raise SampleError(f"{key} must be a positive integer, got {args[key]!r}")
+    return args
+
+
+def _labels(args: dict[str, Any], num_classes: int) -> torch.Tensor | None:
+    from archbench.sample_grid import grid_labels
+
+    n = int(args["num_samples"])
+    wanted = args["labels"] if args["labels"] is not None else args["class"]
+    if wanted is None:
+        return grid_labels(n, num_classes)
+    if num_classes <= 0:
+        raise SampleError("this model is unconditional; drop labels=/class=")
+    values = [wanted] if not isinstance(wanted, list) else wanted
+    if not values or not all(isinstance(v, int) and 0 <= v < num_classes for v in values):
+        raise SampleError(f"labels must be integers in [0, {num_classes - 1}], got {wanted!r}")
+    return torch.tensor(values, dtype=torch.long).repeat(n // len(values) + 1)[:n]
+
+
+def load_ema_model(run_dir: str | Path | None, checkpoint: str | Path | None, device: torch.device) -> dict[str, Any]:
+    """EMA network (eval mode, on ``device``), objective, config, step and path of the newest checkpoint in
+    ``run_dir`` (or of ``checkpoint``): everything needed to sample from a finished or running training run."""
+    from archbench import checkpoint as ckpt
+    from archbench.ema import EMA
+    from archbench.trainer import build_model, build_objective
+
+    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir) if run_dir else None
+    if path is None:
+        raise ckpt.CheckpointError(f"no checkpoints under {ckpt.checkpoint_dir(run_dir or '.')}")
+    state = ckpt.load_checkpoint(path)
+    config = ckpt.checkpoint_config(state)
+    ema = EMA(build_model(config), decay=1.0)
+    try:
+        ema.load_state_dict(state["ema"])
+    except (RuntimeError, KeyError) as exc:
+        raise ckpt.CheckpointError(f"checkpoint {path}: EMA weights do not fit the stored config ({exc})") from None
+    return {
+        "net": ema.model.to(device).eval(),
+        "objective": build_objective(config),
+        "config": config,
+        "step": int(state["step"]),
+        "path": path,
+    }
+
+
+def run(args: dict[str, Any]) -> tuple[Path, Path]:
+    """Sample and write the PNG grid and the .npz; returns both paths."""
+    from archbench.diffusion import FLOW_SAMPLERS, GAUSSIAN_SAMPLERS, GaussianObjective
+    from archbench.distributed import pick_device
+    from archbench.sample_grid import generate, grid_columns, save_grid, save_npz
+
+    try:
+        device = pick_device(str(args["device"]))
+    except RuntimeError as exc:
+        raise SampleError(f"device={args['device']}: {one_line(exc)}") from None
+    loaded = load_ema_model(args["run_dir"], args["checkpoint"], device)
+    net, objective, config, path = loaded["net"], loaded["objective"], loaded["config"], loaded["path"]
+    saved = config.get("sample", {})
+    num_classes = int(getattr(net, "num_classes", 0) or 0)
+    labels = _labels(args, num_classes)
+    data = config["data"]
+    n = int(args["num_samples"])
+    sampler = args["sampler"] if args["sampler"] is not None else saved.get("sampler")
+    steps = args["steps"] if args["steps"] is not None else saved.get("steps")
+    valid = GAUSSIAN_SAMPLERS if isinstance(objective, GaussianObjective) else FLOW_SAMPLERS
+    if sampler is not None and sampler not in valid:
+        raise SampleError(f"unknown sampler {sampler!r} for {type(objective).__name__}; valid: {', '.join(valid)}")
+    cfg_scale = float(args["cfg_scale"] if args["cfg_scale"] is not None else saved.get("cfg_scale", 1.0))
+    log.info("sampling %d images from %s (EMA, step %d, cfg %.2f)", n, path, loaded["step"], cfg_scale)
+    try:
+        samples = generate(
+            net,
+            objective,
+            num_samples=n,
+            shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])),
+            labels=labels,
+            sampler=sampler,
+            steps=steps,
+            cfg_scale=cfg_scale,
+            seed=int(args["seed"]),
+            batch_size=int(args["batch_size"]),
+            device=device,
+            progress=bool(args["progress"]),
+        )
+    except ValueError as exc:  # unknown sampler, bad steps, cfg without a null class
+        raise SampleError(one_line(exc)) from None
+    run_dir = Path(args["run_dir"]) if args["run_dir"] else path.parent.parent
+    out = Path(args["out"]) if args["out"] else run_dir / "samples" / f"sample_step{loaded['step']:07d}.png"
+    nrow = int(args["nrow"]) if args["nrow"] else grid_columns(n, num_classes if args["labels"] is None else 0)
+    png = save_grid(samples, out, nrow)
+    npz = save_npz(samples, labels, out.with_suffix(".npz"))
+    return png, npz
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from archbench.checkpoint import CheckpointError
+    from archbench.config import ConfigError
+
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args_in):
+        print(__doc__)
+        return 0
+    setup_logging()
+    try:
+        png, npz = run(parse_args(args_in))
+    except (SampleError, CheckpointError, ConfigError, OSError) as exc:
+        return fail(PROGRAM, one_line(exc))
+    print(f"wrote {png} and {npz}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

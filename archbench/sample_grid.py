@@ -1,0 +1,132 @@
+"""Drawing samples from a trained model and writing them as a PNG grid and an ``.npz`` array.
+
+Shared by the training loop (periodic grids from the EMA weights) and ``python -m archbench.sample``.
+Noise comes from a dedicated CPU generator, so sampling never disturbs the training RNG streams and a
+given seed gives the same images on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from archbench.diffusion import FlowObjective, GaussianObjective
+
+
+def default_sampler(objective: GaussianObjective | FlowObjective) -> str:
+    """DDIM for the Gaussian objective, Euler for flow matching."""
+    return "ddim" if isinstance(objective, GaussianObjective) else "euler"
+
+
+def grid_labels(num_samples: int, num_classes: int) -> torch.Tensor | None:
+    """Labels ``0, 1, ..., C-1, 0, 1, ...`` (one grid column per class), or None when unconditional."""
+    if num_classes <= 0:
+        return None
+    return torch.arange(num_samples) % num_classes
+
+
+def grid_columns(num_samples: int, num_classes: int) -> int:
+    """One column per class when the classes fit in a row, else a near-square grid."""
+    if 0 < num_classes <= 16 and num_samples >= num_classes:
+        return num_classes
+    return max(1, math.ceil(math.sqrt(num_samples)))
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    objective: GaussianObjective | FlowObjective,
+    *,
+    num_samples: int,
+    shape: tuple[int, int, int],
+    labels: torch.Tensor | None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    cfg_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """``num_samples`` images [N, C, H, W] in (about) [-1, 1], drawn in batches with the model in eval mode."""
+    if labels is not None and labels.shape[0] != num_samples:
+        raise ValueError(f"got {labels.shape[0]} labels for {num_samples} samples")
+    null_class = getattr(model, "null_class", None)
+    if cfg_scale != 1.0 and (labels is None or null_class is None):
+        raise ValueError(
+            f"cfg_scale={cfg_scale} needs a class-conditional model trained with class dropout "
+            "(a null class); use cfg_scale=1"
+        )
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    try:
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            kwargs = {} if labels is None else {"y": labels[start : start + n].to(device)}
+            out = objective.sample(
+                model,
+                (n, *shape),
+                sampler=sampler or default_sampler(objective),
+                steps=steps,
+                cfg_scale=cfg_scale,
+                null_class=null_class,
+                model_kwargs=kwargs,
+                generator=generator,
+                device=device,
+                progress=progress,
+            )
+            chunks.append(out.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def displayable(samples: torch.Tensor) -> torch.Tensor:
+    """Images to show: 1 or 3 channels as they are; latents (other channel counts) as their first 3 channels,
+    each image stretched to [-1, 1] (a preview only: decoding latents needs the VAE)."""
+    c = samples.shape[1]
+    if c in (1, 3):
+        return samples
+    view = samples[:, :3] if c >= 3 else samples[:, :1]
+    low = view.amin(dim=(1, 2, 3), keepdim=True)
+    high = view.amax(dim=(1, 2, 3), keepdim=True)
+    return (view - low) / (high - low).clamp_min(1e-8) * 2 - 1
+
+
+def save_grid(samples: torch.Tensor, path: str | Path, nrow: int) -> Path:
+    """Write a PNG grid of images in [-1, 1] (``torchvision.utils.save_image``)."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(displayable(samples).clamp(-1, 1), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+    return path
+
+
+def to_uint8(samples: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (the ADM/DiT sample-file layout)."""
+    pixels = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def save_npz(samples: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:
+    """``arr_0``: uint8 images [N, H, W, C]; ``arr_1``: int64 labels [N] (-1 when unconditional).
+
+    Same keys as guided-diffusion's / DiT's sample files, so their FID tooling reads it unchanged.
+    Latent samples (not 1 or 3 channels) are stored as float32 ``latents`` [N, C, H, W] instead: turning
+    them into images needs the VAE decoder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label_arr = np.full(samples.shape[0], -1, dtype=np.int64) if labels is None else labels.numpy().astype(np.int64)
+    if samples.shape[1] in (1, 3):
+        np.savez(path, arr_0=to_uint8(samples), arr_1=label_arr)
+    else:
+        np.savez(path, latents=samples.float().numpy(), arr_1=label_arr)
+    return path
