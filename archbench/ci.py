@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     fid = commands.add_parser("fid", help="train the tiny backbones, score FD, compare with the baselines")
     fid.add_argument("--backbones", default=",".join(TINY_BACKBONES), help="comma-separated registry names")
-    fid.add_argument("--steps", type=int, default=600, help="training steps per backbone (the baselines' budget)")
+    fid.add_argument("--steps", type=int, default=300, help="training steps per backbone (the baselines' budget)")
     fid.add_argument("--num-samples", type=int, default=500, help="generated images scored per backbone")
     fid.add_argument("--sampler", default="ddim", help="sampler for the scored images")
     fid.add_argument("--sample-steps", type=int, default=25, help="sampling steps")
@@ -244,12 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--update-baselines", action="store_true", help="rewrite the baselines from this run")
     fid.add_argument("--seeds", default=None, help="with --update-baselines: seeds whose spread sets the tolerance")
     fid.add_argument("--min-tolerance", type=float, default=0.10, help="smallest relative tolerance allowed")
+    fid.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads; 1 (default) makes scores independent of the core count and immune to oversubscription",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[archbench.ci] %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         return run_fid(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -85,7 +85,8 @@ BASE: dict[str, Any] = {
         "num_samples": 64,
         "sampler": None,  # None = ddim (ddpm objective) / euler (flow)
         "steps": 50,
-        "cfg_scale": 1.0,
+        "cfg_scale": 1.0,  # default guidance of python -m archbench.sample / archbench.eval
+        "grid_cfg_scale": None,  # guidance of the grids drawn during training; None = cfg_scale
         "seed": 0,
     },
 }

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -39,11 +38,16 @@ from archbench.train_data import build_loader
 from archbench.train_log import MetricsLog, check_tensorboard
 from archbench.train_noise import draw, training_losses
 from archbench.train_optim import build_optimizer, build_scheduler
+from archbench.train_setup import (  # noqa: F401  (build_model/build_objective/prepare_run_dir: public here too)
+    autocast_context,
+    build_model,
+    build_objective,
+    check_train_settings,
+    prepare_run_dir,
+    seed_everything,
+)
 
 log = logging.getLogger("archbench.train")
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss, gradient or weight; the run stopped without saving it."""
@@ -58,57 +62,6 @@ class TrainResult:
     step: int
     signum: int | None
     checkpoint: Path | None
-
-
-def prepare_run_dir(run_dir: str | Path, rank: int = 0) -> Path:
-    """Create ``run_dir`` and prove it is writable, before any data or model is built."""
-    path = Path(run_dir).expanduser()
-    probe = path / f".write-test-{rank}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"run_dir {path} is not writable ({exc.strerror or exc}); choose another run_dir=") from None
-    return path
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (``auto``/``bf16``), or on CPU when asked for explicitly; fp32 otherwise."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown train.precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """The configured backbone; a bad build option becomes a one-line ConfigError."""
-    from archbench.registry import build
-
-    name, options = backbone_options(config)
-    try:
-        return build(name, **options)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"cannot build backbone {name}: {exc}") from None
-
-
-def build_objective(config: dict[str, Any]) -> Any:
-    """``archbench.diffusion.create_diffusion`` from the ``diffusion`` section."""
-    from archbench.diffusion import create_diffusion
-
-    try:
-        return create_diffusion(**config["diffusion"])
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid diffusion settings: {exc}") from None
 
 
 def _params_finite(model: nn.Module) -> bool:
@@ -134,23 +87,13 @@ class Trainer:
             self.resume_state = ckpt.load_checkpoint(self.resume_from, map_location="cpu")
             ckpt.check_backbone(self.resume_state, *backbone_options(config), self.resume_from)
 
-        world, accum = dist.world_size, int(c.train.grad_accum)
+        check_train_settings(c.train, dist.world_size)
+        self.accum = int(c.train.grad_accum)
         self.global_batch = int(c.train.batch_size)
-        if accum < 1 or self.global_batch < 1 or self.global_batch % (world * accum):
-            raise ConfigError(
-                f"train.batch_size={self.global_batch} must be a positive multiple of "
-                f"world size ({world}) x train.grad_accum ({accum})"
-            )
-        for key in ("steps", "log_every"):
-            if int(c.train[key]) < 1:
-                raise ConfigError(f"train.{key} must be >= 1, got {c.train[key]}")
-        for key in ("ckpt_every", "sample_every", "keep_last", "warmup_steps"):
-            if c.train[key] is not None and int(c.train[key]) < 0:
-                raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {c.train[key]}")
-        self.accum = accum
-        self.micro_batch = self.global_batch // (world * accum)
+        self.micro_batch = self.global_batch // (dist.world_size * self.accum)
         self.total_steps = int(c.train.steps)
         self.seed = int(c.seed)
+        self.autocast = autocast_context(str(c.train.precision), self.device)
 
         if self.device.type == "cuda":  # as DiT: TF32 matmuls/convolutions on Ampere and newer
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -161,40 +104,20 @@ class Trainer:
         self.objective = build_objective(config)
         self.conditional = int(getattr(self.model, "num_classes", 0) or 0) > 0
         self.ema = EMA(self.model, decay=float(c.train.ema_decay), warmup=bool(c.train.ema_warmup))
-        betas = tuple(float(b) for b in c.train.betas)
-        if len(betas) != 2:
-            raise ConfigError(f"train.betas must hold two numbers, got {list(c.train.betas)}")
+        self.optimizer, self.scheduler = self._build_optimisation()
         try:
-            self.optimizer = build_optimizer(
-                self.model.parameters(),
-                lr=float(c.train.lr),
-                weight_decay=float(c.train.weight_decay),
-                betas=betas,  # type: ignore[arg-type]
-                eps=float(c.train.adam_eps),
-                device=self.device,
+            self.loader, self.sampler, self.loader_generator = build_loader(
+                self.dataset,
+                global_batch=self.global_batch,
+                micro_batch=self.micro_batch,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                seed=self.seed,
+                num_workers=int(c.data.num_workers),
+                pin_memory=self.device.type == "cuda",
             )
-            self.scheduler = build_scheduler(
-                self.optimizer,
-                warmup_steps=int(c.train.warmup_steps),
-                total_steps=self.total_steps,
-                kind=str(c.train.lr_schedule),
-                lr=float(c.train.lr),
-                min_lr=float(c.train.min_lr),
-            )
-        except ValueError as exc:
+        except ValueError as exc:  # fewer examples than one global batch
             raise ConfigError(str(exc)) from None
-        self.autocast = autocast_context(str(c.train.precision), self.device)
-
-        self.loader, self.sampler, self.loader_generator = build_loader(
-            self.dataset,
-            global_batch=self.global_batch,
-            micro_batch=self.micro_batch,
-            rank=dist.rank,
-            world_size=world,
-            seed=self.seed,
-            num_workers=int(c.data.num_workers),
-            pin_memory=self.device.type == "cuda",
-        )
         self.steps_per_epoch = self.sampler.steps_per_epoch
 
         self.step = 0
@@ -219,6 +142,29 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
 
     # ----- setup helpers -----------------------------------------------------------------------------------
+    def _build_optimisation(self) -> tuple[torch.optim.Optimizer, Any]:
+        t = self.c.train
+        try:
+            optimizer = build_optimizer(
+                self.model.parameters(),
+                lr=float(t.lr),
+                weight_decay=float(t.weight_decay),
+                betas=(float(t.betas[0]), float(t.betas[1])),
+                eps=float(t.adam_eps),
+                device=self.device,
+            )
+            scheduler = build_scheduler(
+                optimizer,
+                warmup_steps=int(t.warmup_steps),
+                total_steps=self.total_steps,
+                kind=str(t.lr_schedule),
+                lr=float(t.lr),
+                min_lr=float(t.min_lr),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return optimizer, scheduler
+
     def _resume_path(self) -> Path | None:
         resume = self.c.train.resume
         fresh = resume is None or resume is False or str(resume).lower() in ("none", "null", "false", "")
@@ -467,7 +413,7 @@ class Trainer:
         s, d = self.c.sample, self.c.data
         n = int(s.num_samples)
         num_classes = int(getattr(self.ema.model, "num_classes", 0) or 0)
-        cfg_scale = float(s.cfg_scale)
+        cfg_scale = float(s.cfg_scale if s.grid_cfg_scale is None else s.grid_cfg_scale)
         if cfg_scale != 1.0 and getattr(self.ema.model, "null_class", None) is None:
             cfg_scale = 1.0  # unconditional, or no class dropout: nothing to guide with
         samples = generate(

@@ -65,7 +65,7 @@ def test_sampler_gives_every_step_the_same_examples_for_any_split(world, accum):
     """Rank r's micro-batches of step s together hold exactly the one-process batch of step s."""
     from archbench.train_data import ResumableSampler
 
-    dataset, global_batch = list(range(103)), 12
+    dataset, global_batch = list(range(103)), 24
     single = list(ResumableSampler(dataset, global_batch=global_batch, num_replicas=1, rank=0, seed=5))
     assert len(single) == (103 // global_batch) * global_batch
     micro = global_batch // (world * accum)
