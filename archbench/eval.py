@@ -31,9 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from archbench.run_cli import fail, one_line
+from archbench.sample import load_ema_model
 
 PROGRAM = "archbench.eval"
 TRAIN_FEATURES = "train-features"
@@ -104,34 +103,6 @@ def parse_args(argv: Sequence[str], spec: dict[str, tuple[type, Any]]) -> dict[s
         if key in args and args[key] is not None and args[key] < 1:
             raise EvalError(f"{key} must be a positive integer, got {args[key]}")
     return args
-
-
-def load_ema_model(run_dir: str | None, checkpoint: str | None, device: torch.device) -> dict[str, Any]:
-    """EMA network, objective, config and step of the newest checkpoint in ``run_dir`` (or ``checkpoint``).
-
-    Mirrors ``archbench.sample.run``'s loading (which does not expose it as a function yet).
-    """
-    from archbench import checkpoint as ckpt
-    from archbench.ema import EMA
-    from archbench.trainer import build_model, build_objective
-
-    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)  # type: ignore[arg-type]
-    if path is None:
-        raise ckpt.CheckpointError(f"no checkpoints under {ckpt.checkpoint_dir(run_dir)}")  # type: ignore[arg-type]
-    state = ckpt.load_checkpoint(path)
-    config = ckpt.checkpoint_config(state)
-    ema = EMA(build_model(config), decay=1.0)
-    try:
-        ema.load_state_dict(state["ema"])
-    except (RuntimeError, KeyError) as exc:
-        raise ckpt.CheckpointError(f"checkpoint {path}: EMA weights do not fit the stored config ({exc})") from None
-    return {
-        "net": ema.model.to(device),
-        "objective": build_objective(config),
-        "config": config,
-        "step": int(state["step"]),
-        "path": path,
-    }
 
 
 def _features_name(requested: str, dataset: str) -> str:
