@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -82,6 +83,8 @@ def train_run(name: str, settings: RunSettings, work_dir: Path) -> tuple[Path, d
         f"train.ckpt_every={settings.steps}",
     ]
     config = to_container(compose_config(overrides))
+    if run_dir.exists():  # a scratch folder of an earlier check: every CI run trains from scratch
+        shutil.rmtree(run_dir)
     prepare_run_dir(run_dir)
     log.info("training %s for %d steps on %s (seed %d)", name, settings.steps, config["data"]["name"], settings.seed)
     start = time.perf_counter()
