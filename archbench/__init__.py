@@ -1,6 +1,6 @@
 """archbench: compare diffusion backbones like-for-like (DiS, DiT, U-ViT, U-Net)."""
 
-from archbench.registry import (
+from backbones.registry import (
     backbone_config,
     build,
     list_backbones,

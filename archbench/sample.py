@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from archbench.run_cli import fail, one_line, setup_logging
+from archbench.console import fail, one_line, setup_logging
+from archbench.training.runs import load_ema_model
 
 log = logging.getLogger("archbench.sample")
 
@@ -73,7 +74,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def _labels(args: dict[str, Any], num_classes: int) -> torch.Tensor | None:
-    from archbench.sample_grid import grid_labels
+    from archbench.sampling.grid import grid_labels
 
     n = int(args["num_samples"])
     wanted = args["labels"] if args["labels"] is not None else args["class"]
@@ -87,37 +88,11 @@ def _labels(args: dict[str, Any], num_classes: int) -> torch.Tensor | None:
     return torch.tensor(values, dtype=torch.long).repeat(n // len(values) + 1)[:n]
 
 
-def load_ema_model(run_dir: str | Path | None, checkpoint: str | Path | None, device: torch.device) -> dict[str, Any]:
-    """EMA network (eval mode, on ``device``), objective, config, step and path of the newest checkpoint in
-    ``run_dir`` (or of ``checkpoint``): everything needed to sample from a finished or running training run."""
-    from archbench import checkpoint as ckpt
-    from archbench.ema import EMA
-    from archbench.trainer import build_model, build_objective
-
-    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir) if run_dir else None
-    if path is None:
-        raise ckpt.CheckpointError(f"no checkpoints under {ckpt.checkpoint_dir(run_dir or '.')}")
-    state = ckpt.load_checkpoint(path)
-    config = ckpt.checkpoint_config(state)
-    ema = EMA(build_model(config), decay=1.0)
-    try:
-        ema.load_state_dict(state["ema"])
-    except (RuntimeError, KeyError) as exc:
-        raise ckpt.CheckpointError(f"checkpoint {path}: EMA weights do not fit the stored config ({exc})") from None
-    return {
-        "net": ema.model.to(device).eval(),
-        "objective": build_objective(config),
-        "config": config,
-        "step": int(state["step"]),
-        "path": path,
-    }
-
-
 def run(args: dict[str, Any]) -> tuple[Path, Path]:
     """Sample and write the PNG grid and the .npz; returns both paths."""
     from archbench.diffusion import FLOW_SAMPLERS, GAUSSIAN_SAMPLERS, GaussianObjective
-    from archbench.distributed import pick_device
-    from archbench.sample_grid import generate, grid_columns, save_grid, save_npz
+    from archbench.sampling.grid import generate, grid_columns, save_grid, save_npz
+    from archbench.training.distributed import pick_device
 
     try:
         device = pick_device(str(args["device"]))
@@ -163,8 +138,8 @@ def run(args: dict[str, Any]) -> tuple[Path, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from archbench.checkpoint import CheckpointError
-    from archbench.config import ConfigError
+    from archbench.training.checkpoint import CheckpointError
+    from archbench.training.config import ConfigError
 
     args_in = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args_in):

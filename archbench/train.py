@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from archbench.run_cli import fail, one_line, setup_logging
+from archbench.console import fail, one_line, setup_logging
 
 log = logging.getLogger("archbench.train")
 
@@ -32,12 +32,12 @@ usage: python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=ddpm|f
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, compose, train; every expected failure is reported as one line with exit code 1."""
-    from archbench.checkpoint import CheckpointError
-    from archbench.config import ConfigError, compose_config, recipe_names, to_container, to_yaml
     from archbench.data import DatasetNotFoundError
-    from archbench.distributed import cleanup, init_distributed
-    from archbench.train_signals import StopRequest
-    from archbench.trainer import NonFiniteLossError, prepare_run_dir, train
+    from archbench.training.checkpoint import CheckpointError
+    from archbench.training.config import ConfigError, compose_config, recipe_names, to_container, to_yaml
+    from archbench.training.distributed import cleanup, init_distributed
+    from archbench.training.loop import NonFiniteLossError, prepare_run_dir, train
+    from archbench.training.signals import StopRequest
 
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):

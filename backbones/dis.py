@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-from archbench.registry import register_backbone
 from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
 from backbones.layers.long_skip import build_long_skip, run_long_skip
 from backbones.layers.mamba import BiMamba
+from backbones.registry import register_backbone
 
 Carry = tuple[torch.Tensor, torch.Tensor | None]
 

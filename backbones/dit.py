@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp
 
-from archbench.registry import register_backbone
 from backbones.layers import (
     Attention,
     FinalLayer,
@@ -21,6 +20,7 @@ from backbones.layers import (
     modulate,
     sincos_pos_embed_2d,
 )
+from backbones.registry import register_backbone
 
 
 def tanh_gelu() -> nn.Module:

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from archbench.registry import register_backbone
 from backbones.layers.contract import DiffusionBackbone
 from backbones.layers.embed import LabelEmbedder, TimestepEmbedder
+from backbones.registry import register_backbone
 
 
 def zero_module(module: nn.Module) -> nn.Module:

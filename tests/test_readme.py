@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from archbench.zoo import README_BEGIN, README_END, zoo_markdown
+from archbench.measure.zoo import README_BEGIN, README_END, zoo_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,0 +1,56 @@
+"""Sample-quality metrics: Fréchet distance on Inception (FID) or dataset-CNN features, and k-NN precision/recall.
+
+Everything runs offline: feature-network weights come from local files (see ``inception`` and ``dataset_cnn``)
+and real-data statistics are cached under ``$ARCHBENCH_CACHE`` (default ``~/.cache/archbench``).
+"""
+
+from archbench.evaluation.cache import cache_dir, sha256_file
+from archbench.evaluation.dataset_cnn import (
+    CNN_DATASETS,
+    ChecksumMismatchError,
+    DatasetCNN,
+    DatasetCNNFeatures,
+    FeatureWeightsMissing,
+    default_cnn_path,
+    load_cnn,
+)
+from archbench.evaluation.extractor import FeatureExtractor
+from archbench.evaluation.features import extract_features, feature_stats, iter_features
+from archbench.evaluation.frechet import frechet_distance
+from archbench.evaluation.inception import InceptionFeatures, InceptionWeightsMissing, find_inception_weights
+from archbench.evaluation.networks import FEATURE_NETWORKS, get_feature_extractor
+from archbench.evaluation.precision_recall import PrecisionRecall, precision_recall
+from archbench.evaluation.reference import reference_key, reference_stats
+from archbench.evaluation.score import score_samples
+from archbench.evaluation.stats import FeatureStats, StatsAccumulator
+from archbench.evaluation.train_cnn import train_dataset_cnn
+
+__all__ = [
+    "CNN_DATASETS",
+    "FEATURE_NETWORKS",
+    "ChecksumMismatchError",
+    "DatasetCNN",
+    "DatasetCNNFeatures",
+    "FeatureExtractor",
+    "FeatureStats",
+    "FeatureWeightsMissing",
+    "InceptionFeatures",
+    "InceptionWeightsMissing",
+    "PrecisionRecall",
+    "StatsAccumulator",
+    "cache_dir",
+    "default_cnn_path",
+    "extract_features",
+    "feature_stats",
+    "find_inception_weights",
+    "frechet_distance",
+    "get_feature_extractor",
+    "iter_features",
+    "load_cnn",
+    "precision_recall",
+    "reference_key",
+    "reference_stats",
+    "score_samples",
+    "sha256_file",
+    "train_dataset_cnn",
+]

@@ -1,0 +1,271 @@
+"""``python -m archbench.ci fid``: catch a sample-quality regression on small training runs.
+
+Every family's tiny member trains with the same recipe (``recipes/ci_fid.yaml``), seed and
+step budget on real Fashion-MNIST, samples a fixed number of images with a fixed sampler,
+and is scored by the Fréchet distance on the project's own Fashion-MNIST CNN features
+(``FD-fashion_mnist_cnn``: no Inception weights can be downloaded in CI) against the real
+test set.  Each score is compared with ``recipes/baselines/<backbone>.json``; a score above
+``baseline * (1 + tolerance)`` is a regression and the command exits 1.
+
+``--update-baselines`` rewrites the baselines deliberately.  With ``--seeds 0,1,2`` it trains
+every backbone once per seed and sets the tolerance from the measured run-to-run spread:
+``max(min_tolerance, 3 * std / mean)`` over the seeds, the baseline being the seed-0 score
+(the seed CI runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from archbench.console import one_line
+
+PROGRAM = "archbench.ci"
+TINY_BACKBONES = ("dis_t2", "dit_t2", "uvit_t2", "unet_t")
+RECIPE = "ci_fid"
+FEATURES = "fashion_mnist_cnn"
+log = logging.getLogger("archbench.ci")
+
+
+def recipes_dir() -> Path:
+    from archbench.training.config import recipes_dir as configured
+
+    return configured()
+
+
+def baselines_dir() -> Path:
+    return recipes_dir() / "baselines"
+
+
+def feature_weights() -> Path:
+    """The committed feature CNN: a fixed network, so baselines stay comparable across machines."""
+    return baselines_dir() / f"{FEATURES}.safetensors"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What must match between a run and its baseline for the comparison to mean anything."""
+
+    steps: int
+    num_samples: int
+    sampler: str
+    sample_steps: int
+    seed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def train_run(name: str, settings: RunSettings, work_dir: Path) -> tuple[Path, dict[str, Any], float]:
+    """Train ``name`` with the CI recipe; returns the run folder, its config and the training seconds."""
+    from archbench.training.config import compose_config, to_container
+    from archbench.training.distributed import init_distributed
+    from archbench.training.loop import prepare_run_dir, train
+
+    run_dir = work_dir / f"{name}-seed{settings.seed}"
+    overrides = [
+        f"recipe={RECIPE}",
+        f"backbone={name}",
+        f"run_dir={run_dir}",
+        "train.resume=null",
+        "device=cpu",
+        f"seed={settings.seed}",
+        f"train.steps={settings.steps}",
+        f"train.ckpt_every={settings.steps}",
+    ]
+    config = to_container(compose_config(overrides))
+    if run_dir.exists():  # a scratch folder of an earlier check: every CI run trains from scratch
+        shutil.rmtree(run_dir)
+    prepare_run_dir(run_dir)
+    log.info("training %s for %d steps on %s (seed %d)", name, settings.steps, config["data"]["name"], settings.seed)
+    start = time.perf_counter()
+    train(config, init_distributed("cpu"))
+    return run_dir, config, time.perf_counter() - start
+
+
+def score_run(run_dir: Path, config: dict[str, Any], settings: RunSettings, work_dir: Path) -> dict[str, Any]:
+    """Sample the run's newest EMA weights and score them against the real test set; one table row."""
+    from archbench.evaluation.evaluate import RUN_ARGS, evaluate_run
+    from archbench.measure.flops import backbone_flops
+    from archbench.training.log import read_metrics
+
+    eval_args = {key: default for key, (_, default) in RUN_ARGS.items()}
+    eval_args.update(
+        run_dir=str(run_dir),
+        num_samples=settings.num_samples,
+        features=FEATURES,
+        weights=str(feature_weights()),
+        sampler=settings.sampler,
+        steps=settings.sample_steps,
+        cfg_scale=1.0,
+        seed=settings.seed,
+        batch_size=250,
+        ref_split="test",
+        device="cpu",
+        progress=False,
+        cache=str(work_dir / "cache"),
+    )
+    record = evaluate_run(eval_args)
+    name = config["backbone"]["name"]
+    flops = backbone_flops(name, **{k: v for k, v in config["backbone"].items() if k != "name"})
+    rates = [row["it_per_s"] for row in read_metrics(run_dir) if row.get("it_per_s")]
+    return {
+        "backbone": name,
+        "dataset": config["data"]["name"],
+        "params": flops["params"],
+        "gmacs": flops["gmacs"],
+        "steps": settings.steps,
+        "s_per_step": 1.0 / statistics.median(rates) if rates else float("nan"),
+        "score_name": record["score_name"],
+        "fd": float(record["score"]),
+        "precision": record.get("precision"),
+        "recall": record.get("recall"),
+        "feature_checksum": record["feature_checksum"],
+        "settings": settings.as_dict(),
+    }
+
+
+def train_and_score(name: str, settings: RunSettings, work_dir: Path) -> dict[str, Any]:
+    run_dir, config, seconds = train_run(name, settings, work_dir)
+    return {**score_run(run_dir, config, settings, work_dir), "train_s": seconds}
+
+
+def load_baseline(name: str, directory: Path) -> dict[str, Any] | None:
+    path = directory / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def verdict(row: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """``ok`` / ``better`` / ``REGRESSED`` / ``NO BASELINE`` / ``MISMATCH`` (baseline not comparable)."""
+    if baseline is None:
+        return "NO BASELINE"
+    for key in ("dataset", "feature_checksum"):
+        if baseline.get(key) != row[key]:
+            return f"MISMATCH ({key})"
+    if baseline.get("settings") != row["settings"]:
+        return "MISMATCH (settings)"
+    limit = baseline["fd"] * (1 + baseline["tolerance"])
+    if row["fd"] > limit:
+        return "REGRESSED"
+    return "better" if row["fd"] < baseline["fd"] * (1 - baseline["tolerance"]) else "ok"
+
+
+def write_baseline(row: dict[str, Any], seed_fds: list[float], min_tolerance: float, directory: Path) -> Path:
+    """Save ``row`` as the baseline; the tolerance comes from the spread of ``seed_fds``."""
+    spread = statistics.stdev(seed_fds) / statistics.mean(seed_fds) if len(seed_fds) > 1 else 0.0
+    tolerance = max(min_tolerance, 3 * spread)
+    baseline = {
+        **{k: row[k] for k in ("backbone", "dataset", "score_name", "fd", "params", "gmacs", "feature_checksum")},
+        "tolerance": round(tolerance, 4),
+        "settings": row["settings"],
+        "spread": {"seed_fds": seed_fds, "relative_std": round(spread, 4), "min_tolerance": min_tolerance},
+        "measured": {"s_per_step": round(row["s_per_step"], 4), "on": os.uname().nodename},
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{row['backbone']}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(baseline, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = "| backbone | params | GMACs | steps | s/step | FD | baseline | verdict |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        base = row.get("baseline_fd")
+        base_text = f"{base:.3f} (+{100 * row['tolerance']:.0f}%)" if base is not None else "-"
+        lines.append(
+            f"| {row['backbone']} | {row['params']:,} | {row['gmacs']:.4f} | {row['steps']} | "
+            f"{row['s_per_step']:.3f} | {row['fd']:.3f} | {base_text} | {row['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    from backbones.registry import list_backbones
+
+    names = [n.strip() for n in args.backbones.split(",") if n.strip()]
+    unknown = [n for n in names if n not in list_backbones()]
+    if unknown:
+        print(f"{PROGRAM}: unknown backbone(s) {', '.join(unknown)}; e.g. {', '.join(TINY_BACKBONES)}", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    if not args.update_baselines and len(seeds) > 1:
+        print(f"{PROGRAM}: --seeds is for --update-baselines (CI compares one seed)", file=sys.stderr)
+        return 2
+    directory = Path(args.baselines) if args.baselines else baselines_dir()
+    work_dir = Path(args.work_dir)
+    rows = []
+    for name in names:
+        per_seed = []
+        for seed in seeds:
+            settings = RunSettings(args.steps, args.num_samples, args.sampler, args.sample_steps, seed)
+            per_seed.append(train_and_score(name, settings, work_dir))
+        row = per_seed[0]
+        if args.update_baselines:
+            path = write_baseline(row, [r["fd"] for r in per_seed], args.min_tolerance, directory)
+            log.info("wrote %s", path)
+        baseline = load_baseline(name, directory)
+        row["baseline_fd"] = baseline["fd"] if baseline else None
+        row["tolerance"] = baseline["tolerance"] if baseline else 0.0
+        row["verdict"] = verdict(row, baseline)
+        rows.append(row)
+        log.info("%s: %s %.3f -> %s", name, row["score_name"], row["fd"], row["verdict"])
+    print(f"\nFD regression ({rows[0]['score_name']}, {rows[0]['dataset']}, {args.num_samples} samples, "
+          f"{args.sampler} {args.sample_steps} steps, seed {seeds[0]}):\n")
+    print(format_table(rows))
+    (work_dir / "ci_fid.json").write_text(json.dumps(rows, indent=2) + "\n")
+    failed = [r["backbone"] for r in rows if r["verdict"] not in ("ok", "better")]
+    if failed:
+        print(f"\n{PROGRAM}: FD regression check failed for {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {PROGRAM}", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fid = commands.add_parser("fid", help="train the tiny backbones, score FD, compare with the baselines")
+    fid.add_argument("--backbones", default=",".join(TINY_BACKBONES), help="comma-separated registry names")
+    fid.add_argument("--steps", type=int, default=300, help="training steps per backbone (the baselines' budget)")
+    fid.add_argument("--num-samples", type=int, default=500, help="generated images scored per backbone")
+    fid.add_argument("--sampler", default="ddim", help="sampler for the scored images")
+    fid.add_argument("--sample-steps", type=int, default=25, help="sampling steps")
+    fid.add_argument("--seed", type=int, default=0, help="training and sampling seed")
+    fid.add_argument("--work-dir", default="runs/ci-fid", help="where the runs and the result table go")
+    fid.add_argument("--baselines", default=None, help="baseline folder (default: recipes/baselines)")
+    fid.add_argument("--update-baselines", action="store_true", help="rewrite the baselines from this run")
+    fid.add_argument("--seeds", default=None, help="with --update-baselines: seeds whose spread sets the tolerance")
+    fid.add_argument("--min-tolerance", type=float, default=0.10, help="smallest relative tolerance allowed")
+    fid.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads; 1 (default) makes scores independent of the core count and immune to oversubscription",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[archbench.ci] %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    try:
+        return run_fid(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"{PROGRAM}: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

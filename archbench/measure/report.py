@@ -1,0 +1,426 @@
+"""Command-line reports on registered backbones, all counted and measured the same way.
+
+    python -m archbench.report flops backbones=dit_s2,dis_* [build overrides] [format=md|csv|json]
+    python -m archbench.report flops preset=paper [format=md|csv|json]
+    python -m archbench.report summary backbone=dis_s2 [depth=3] [build overrides]
+    python -m archbench.report scaling backbones=dis_s2,dit_s2 resolutions=16,32,64 out=DIR [...]
+
+Arguments are ``key=value`` (Hydra-like).  Values parse as int, float, bool (true/false),
+None (none/null) or string; a comma-separated value is a tuple (``channel_mult=1,2,2``).
+Build overrides (``image_size``, ``in_channels``, ``num_classes``, ``learn_sigma``, ...) must be
+accepted by every selected backbone, so one command never mixes settings across backbones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from backbones.registry import backbone_config, get_spec, list_backbones
+
+COMMANDS: dict[str, dict[str, str]] = {
+    "flops": {
+        "backbones": "names or fnmatch patterns, comma-separated",
+        "format": "md (default), csv or json",
+        "preset": "paper: the DiT paper table and the DiS family at 32x32x4 latents, 1000 classes",
+    },
+    "summary": {
+        "backbone": "one registered name",
+        "depth": "module nesting shown by torchinfo (default 3)",
+        "batch": "batch size of the summary's example input (default 1)",
+    },
+    "scaling": {
+        "backbones": "names or fnmatch patterns (default dis_s2,dit_s2,uvit_s2)",
+        "resolutions": "input sizes, comma-separated (default 16,32,64,128)",
+        "out": "output directory for scaling.csv and scaling.png (default scaling_out)",
+        "device": "cpu (default) or cuda",
+        "batch": "images per pass (default 1); times and memory are reported per image",
+        "repeats": "timed passes per measurement; the median is reported (default 5)",
+        "warmup": "untimed passes first (default 1)",
+        "threads": "torch CPU threads (default: torch's choice)",
+        "memory": "measure peak memory (default true)",
+    },
+}
+
+FORMATS = ("md", "csv", "json")
+PAPER_SETTING = {"image_size": 32, "in_channels": 4, "num_classes": 1000, "learn_sigma": True}
+# DiT paper (Peebles & Xie, 2023), Table 4 / Fig. 2: Gflops in fvcore's MAC convention; exact params where published.
+DIT_PAPER = {
+    "dit_s2": (6.06, 32_963_360),
+    "dit_b2": (23.01, None),
+    "dit_l2": (80.71, None),
+    "dit_xl2": (118.64, 675_129_632),
+    "dit_xl4": (29.05, None),
+    "dit_xl8": (7.39, None),
+}
+DIS_FAMILY = [f"dis_{size}{patch}" for size in "sbmlh" for patch in (2, 4)]
+
+CONVENTION_NOTE = (
+    "Counting: fvcore's convention, one multiply-add = 1 MAC, forward pass, one image; GFLOPs = 2 x GMACs. "
+    "Counted: linear/matmul/bmm/einsum/conv, scaled_dot_product_attention (QK^T + AV), the selective scan "
+    "(4N+1 MACs per channel and token), norms (as fvcore counts LayerNorm; RMSNorm alike). "
+    "Not counted (fvcore convention): elementwise ops - activations, residual adds, adaLN modulation, softmax, "
+    "the scan's D skip and silu(z) gate."
+)
+THOP_NOTE = (
+    "thop x2 (the DiS repository's method): thop only sees nn.Linear/nn.Conv modules; the official DiS calls "
+    "every Mamba projection and conv through raw weights and the scan is a function call, so thop sees the "
+    "embeddings, long-skip linears and head only. The column estimates it from our trace (Linear/Conv MACs "
+    "outside the Mamba mixers) x 2."
+)
+
+
+class UsageError(Exception):
+    """A user mistake on the command line: reported as one line, exit status 2."""
+
+
+def parse_value(text: str) -> Any:
+    """``"32"`` -> 32, ``"0.1"`` -> 0.1, ``"true"`` -> True, ``"none"`` -> None, ``"1,2"`` -> (1, 2)."""
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(",") if part)
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """Split ``COMMAND key=value ...`` into the command and its raw (unparsed) values."""
+    if not argv or argv[0] not in COMMANDS:
+        got = f" {argv[0]!r}" if argv else ""
+        raise UsageError(f"expected a command{got}: one of {', '.join(COMMANDS)} (see --help)")
+    args: dict[str, str] = {}
+    for item in argv[1:]:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{argv[0]}: arguments are key=value, got {item!r}")
+        args[key] = value
+    return argv[0], args
+
+
+def resolve_backbones(spec: str) -> list[str]:
+    """Comma-separated names or fnmatch patterns -> registered names, in the order given."""
+    names: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if any(ch in item for ch in "*?["):
+            matched = list_backbones(item)
+            if not matched:
+                raise UsageError(f"no registered backbone matches {item!r}")
+        else:
+            try:
+                get_spec(item)
+            except KeyError as error:
+                raise UsageError(error.args[0]) from None
+            matched = [item]
+        names += [name for name in matched if name not in names]
+    if not names:
+        raise UsageError("no backbones given")
+    return names
+
+
+def build_keys(names: Sequence[str]) -> set[str]:
+    """Build arguments every one of ``names`` accepts."""
+    keys = [set(backbone_config(name)) - {"name", "family"} for name in names]
+    return set.intersection(*keys) if keys else set()
+
+
+def split_overrides(
+    command: str, args: dict[str, str], names: Sequence[str], exclude: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Command options and parsed build overrides; an unknown key is a UsageError naming the valid ones.
+
+    ``exclude`` maps build keys the command sets itself to a hint on what to use instead.
+    """
+    exclude = exclude or {}
+    own = {k: v for k, v in args.items() if k in COMMANDS[command]}
+    allowed = build_keys(names) - set(exclude)
+    unknown = sorted(set(args) - set(own) - allowed)
+    if unknown:
+        fixed = [k for k in unknown if k in exclude]
+        partial = [k for k in unknown if k not in exclude and any(k in build_keys([n]) for n in names)]
+        why = f" ({', '.join(partial)}: not accepted by every selected backbone)" if partial else ""
+        why += "".join(f" ({k}: {exclude[k]})" for k in fixed)
+        raise UsageError(
+            f"{command}: unknown key(s) {', '.join(unknown)}{why}; valid keys: "
+            f"{', '.join(COMMANDS[command])}; build overrides: {', '.join(sorted(allowed)) or '(none)'}"
+        )
+    return own, {k: parse_value(v) for k, v in args.items() if k not in own}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} x{v}" for k, v in value.items()) or "-"
+    return "-" if value is None else str(value)
+
+
+def format_rows(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, extra: dict | None = None) -> str:
+    """Render rows as a markdown table, CSV (the given columns) or JSON (``{"rows": [...]}``, every field)."""
+    if fmt == "json":
+        return json.dumps({"rows": rows, **(extra or {})}, indent=2, default=str)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+        return buffer.getvalue().rstrip("\n")
+    if fmt != "md":
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row.get(k)) for k in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ";".join(f"{k}={v}" for k, v in value.items())
+    return "" if value is None else value
+
+
+FLOP_COLUMNS = ("name", "family", "params", "tokens", "gmacs", "gflops", "unsupported")
+
+
+def cmd_flops(args: dict[str, str]) -> str:
+    from archbench.measure.flops import backbone_flops
+
+    fmt = args.get("format", "md")
+    if fmt not in FORMATS:
+        raise UsageError(f"flops: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if "preset" in args:
+        extra = sorted(set(args) - {"preset", "format"})
+        if extra:
+            raise UsageError(f"flops: preset=paper fixes the setting; drop {', '.join(extra)}")
+        if args["preset"] != "paper":
+            raise UsageError(f"flops: unknown preset {args['preset']!r}; valid presets: paper")
+        return paper_report(fmt)
+    if "backbones" not in args:
+        raise UsageError("flops: give backbones=NAME[,PATTERN...] or preset=paper")
+    names = resolve_backbones(args["backbones"])
+    _, overrides = split_overrides("flops", args, names)
+    rows = [_checked(backbone_flops, name, **overrides) for name in names]
+    return format_rows(rows, FLOP_COLUMNS, fmt)
+
+
+def _positive_int(own: dict[str, str], key: str, default: int) -> int:
+    """An integer option (``warmup`` may be 0); anything else is a UsageError, not a traceback."""
+    value = parse_value(own[key]) if key in own else default
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "warmup" else 1):
+        raise UsageError(f"{key} must be a {'non-negative' if key == 'warmup' else 'positive'} integer, got {value!r}")
+    return value
+
+
+def _checked(fn: Any, name: str, **overrides: Any) -> Any:
+    """Turn a backbone's own validation error (bad image size, ...) into a one-line UsageError."""
+    try:
+        return fn(name, **overrides)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{name}: {error}") from None
+
+
+def paper_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """DiT rows (ours vs the paper) and DiS family rows, all at the DiT paper's setting."""
+    from archbench.measure.flops import backbone_flops
+
+    dit = []
+    for name, (paper_gmacs, paper_params) in DIT_PAPER.items():
+        row = backbone_flops(name, **PAPER_SETTING)
+        dit.append(
+            {"table": "dit", "model": get_spec(name).description, "name": name, "params": row["params"],
+             "paper_params": paper_params, "gmacs": row["gmacs"], "paper_gmacs": paper_gmacs,
+             "diff_pct": 100 * (row["gmacs"] / paper_gmacs - 1), "gflops": row["gflops"], "tokens": row["tokens"]}
+        )
+    dis = []
+    for name in DIS_FAMILY:
+        row = backbone_flops(name, **PAPER_SETTING)
+        dis.append(
+            {"table": "dis", "model": get_spec(name).description, "name": name, "params": row["params"],
+             "tokens": row["tokens"], "gmacs": row["gmacs"], "gflops": row["gflops"],
+             "scan_gmacs": row["by_operator"].get("selective_scan", 0) / 1e9,
+             "thop_x2_gflops": row["thop_x2_gflops"]}
+        )
+    return dit, dis
+
+
+DIT_COLUMNS = ("model", "params", "paper_params", "gmacs", "paper_gmacs", "diff_pct", "gflops")
+DIS_COLUMNS = ("model", "params", "tokens", "gmacs", "gflops", "scan_gmacs", "thop_x2_gflops")
+
+
+def paper_report(fmt: str) -> str:
+    dit, dis = paper_rows()
+    notes = [CONVENTION_NOTE, "DiT paper 'Gflops' are fvcore MACs: compare them with gmacs.", THOP_NOTE]
+    pairs = _pairing_note(dit, dis)
+    if pairs:
+        notes.append(pairs)
+    if fmt == "json":
+        return format_rows(dit + dis, (), "json", {"notes": notes})
+    if fmt == "csv":
+        columns = list(dict.fromkeys(("table", "name", *DIT_COLUMNS, *DIS_COLUMNS)))
+        return format_rows(dit + dis, columns, "csv")
+    title = "32x32x4 latents (256x256 images), 1000 classes, learned sigma"
+    return "\n\n".join(
+        [
+            f"DiT, ours vs paper ({title})",
+            format_rows(dit, DIT_COLUMNS, "md"),
+            f"DiS family, ours ({title})",
+            format_rows(dis, DIS_COLUMNS, "md"),
+            "\n".join(f"- {note}" for note in notes),
+        ]
+    )
+
+
+def _pairing_note(dit: list[dict[str, Any]], dis: list[dict[str, Any]]) -> str:
+    by_name = {row["name"]: row for row in dit + dis}
+    if "dis_h2" not in by_name or "dit_xl2" not in by_name:
+        return ""
+    h2, xl2 = by_name["dis_h2"], by_name["dit_xl2"]
+    return (
+        f"One convention: DiS-H/2 {h2['gmacs']:.1f} GMACs = {h2['gmacs'] / xl2['gmacs']:.2f} x DiT-XL/2 "
+        f"({xl2['gmacs']:.1f}); thop x2 would print {h2['thop_x2_gflops']:.1f} 'Gflops' for DiS-H/2, "
+        f"a number not comparable with DiT's {xl2['paper_gmacs']}."
+    )
+
+
+def cmd_summary(args: dict[str, str]) -> str:
+    import torchinfo
+
+    from archbench.measure.flops import backbone_flops, example_inputs
+    from backbones.registry import build
+
+    if "backbone" not in args:
+        raise UsageError("summary: give backbone=NAME")
+    name = resolve_backbones(args["backbone"])
+    if len(name) != 1:
+        raise UsageError(f"summary: backbone= takes one name, got {', '.join(name)}")
+    own, overrides = split_overrides("summary", args, name)
+    model = _checked(build, name[0], **overrides).eval()
+    x, t, y = example_inputs(model, _positive_int(own, "batch", 1))
+    stats = torchinfo.summary(
+        model,
+        input_data=[x, t] if y is None else [x, t, y],
+        depth=_positive_int(own, "depth", 3),
+        col_names=("output_size", "num_params", "mult_adds"),
+        verbose=0,
+        device="cpu",
+    )
+    counted = backbone_flops(name[0], **overrides)
+    return "\n".join(
+        [
+            str(stats),
+            "note: torchinfo's Mult-Adds are not a FLOP count: like thop it only sees nn.Module layers (no "
+            "scaled_dot_product_attention, no selective scan), and it prices a Linear applied to a (B, L, D) "
+            "token sequence as if L were 1. archbench's count (as `report flops`):",
+            f"{name[0]}: {counted['gmacs']:.3f} GMACs = {counted['gflops']:.3f} GFLOPs per image; by operator (GMACs): "
+            + ", ".join(f"{op} {macs / 1e9:.4f}" for op, macs in counted["by_operator"].items()),
+        ]
+    )
+
+
+SCALING_COLUMNS = (
+    "backbone", "resolution", "tokens", "params", "gmacs", "fwd_ms", "fwdbwd_ms", "fwd_mem_mb", "fwdbwd_mem_mb", "error"
+)
+
+
+def cmd_scaling(args: dict[str, str]) -> str:
+    import torch
+
+    from archbench.measure import scaling
+
+    names = resolve_backbones(args.get("backbones", "dis_s2,dit_s2,uvit_s2"))
+    own, overrides = split_overrides("scaling", args, names, exclude={"image_size": "use resolutions="})
+    resolutions = parse_value(own.get("resolutions", "16,32,64,128"))
+    resolutions = [resolutions] if isinstance(resolutions, int) else list(resolutions)
+    if not resolutions or not all(isinstance(r, int) and r > 0 for r in resolutions):
+        raise UsageError(f"scaling: resolutions must be positive integers, got {own['resolutions']!r}")
+    device = own.get("device", "cpu")
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise UsageError(f"scaling: device must be cpu or cuda (with a GPU present), got {device!r}")
+    options = {k: _positive_int(own, k, 0) for k in ("batch", "repeats", "warmup", "threads") if k in own}
+    memory = parse_value(own.get("memory", "true"))
+    out = Path(own.get("out", "scaling_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:  # fail on a bad override before any measurement, not halfway through
+        _checked(backbone_config, name, **overrides)
+    log = _stderr_log
+    log(_scaling_header(device, options))
+    rows = scaling.measure_scaling(
+        names, resolutions, device=device, memory=bool(memory), overrides=overrides, log=log, **options
+    )
+    scaling.write_csv(rows, out / "scaling.csv")
+    found = [item for mode in scaling.MODES for item in scaling.crossovers(rows, mode)]
+    _write_crossovers(found, out / "crossover.csv")
+    scaling.plot(rows, out / "scaling.png", title=_scaling_header(device, options))
+    lines = [format_rows(rows, SCALING_COLUMNS, "md"), ""]
+    lines += ["Crossover (time per image, DiS vs each other backbone):"]
+    lines += [f"- {scaling.describe_crossover(item)}" for item in found] or ["- no DiS/other pair measured"]
+    lines += ["", f"wrote {out / 'scaling.csv'}, {out / 'crossover.csv'}, {out / 'scaling.png'}"]
+    return "\n".join(lines)
+
+
+def _write_crossovers(found: list[dict[str, Any]], path: Path) -> None:
+    columns = ("mode", "dis", "other", "status", "tokens", "ratio_at_max", "max_tokens")
+    path.write_text(format_rows(found, columns, "csv") + "\n")
+
+
+def _scaling_header(device: str, options: dict[str, int]) -> str:
+    import torch
+
+    threads = options.get("threads") or torch.get_num_threads()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"scaling on {device} (torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {load:.1f}); "
+        f"batch {options.get('batch', 1)}, median of {options.get('repeats', 5)} after {options.get('warmup', 1)} "
+        f"warm-up; {'bf16 autocast' if device == 'cuda' else 'fp32'}"
+    )
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def usage() -> str:
+    lines = [__doc__.strip(), "", "Keys per command:"]
+    for command, keys in COMMANDS.items():
+        lines.append(f"  {command}:")
+        lines += [f"    {key:<12} {text}" for key, text in keys.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or any(a in ("-h", "--help", "help") for a in argv):
+        print(usage())
+        return 0 if argv else 2
+    try:
+        command, args = parse_args(argv)
+        handler = {"flops": cmd_flops, "summary": cmd_summary, "scaling": cmd_scaling}[command]
+        print(handler(args))
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except UsageError as error:
+        print(f"archbench.report: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

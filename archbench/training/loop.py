@@ -1,0 +1,468 @@
+"""The training loop shared by every backbone: one recipe, one objective, one data order.
+
+Exactness is a design goal, not an accident:
+
+* per-example t / noise / flips come from per-example seeds (``train_noise``), and the data order from a
+  world-size-independent sampler (``train_data``), so N processes with global batch B follow one process
+  with batch B, and gradient accumulation only changes how the batch is cut;
+* a checkpoint holds everything a step depends on (weights, EMA, optimiser, LR schedule, step, data
+  position, every rank's RNG states, the unlogged loss sums), so a resumed run logs the same losses as an
+  uninterrupted one;
+* a non-finite loss or gradient stops the run before the optimiser step, and a checkpoint is written
+  only from finite weights, so the last checkpoint on disk is always a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from archbench.sampling.grid import generate, grid_columns, grid_labels, save_grid
+from archbench.training import checkpoint as ckpt
+from archbench.training.config import ConfigError, backbone_options, to_yaml
+from archbench.training.data_order import build_loader
+from archbench.training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects
+from archbench.training.ema import EMA
+from archbench.training.log import MetricsLog, check_tensorboard
+from archbench.training.noise import draw, training_losses
+from archbench.training.optim import build_optimizer, build_scheduler
+from archbench.training.rng_state import capture_rng, restore_rng
+from archbench.training.setup import (  # noqa: F401  (build_model/build_objective/prepare_run_dir: public here too)
+    autocast_context,
+    build_model,
+    build_objective,
+    check_train_settings,
+    prepare_run_dir,
+    seed_everything,
+)
+
+log = logging.getLogger("archbench.train")
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss, gradient or weight; the run stopped without saving it."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: the last completed step, the signal that stopped it (None = finished) and the
+    newest checkpoint."""
+
+    run_dir: Path
+    step: int
+    signum: int | None
+    checkpoint: Path | None
+
+
+def _params_finite(model: nn.Module) -> bool:
+    peaks = [p.detach().abs().amax() for p in model.parameters() if p.numel()]
+    return bool(torch.isfinite(torch.stack(peaks)).all()) if peaks else True
+
+
+class Trainer:
+    """Builds everything from a resolved config dict, then ``run()`` trains until done, interrupted or broken."""
+
+    def __init__(self, config: dict[str, Any], dist: DistInfo, stop: Any = None) -> None:
+        self.config = config
+        self.c = OmegaConf.create(config)
+        self.dist = dist
+        self.stop = stop
+        self.device = dist.device
+        c = self.c
+        self.run_dir = prepare_run_dir(c.run_dir, dist.rank)
+        check_tensorboard(c.train.tensorboard)
+        self.resume_from = self._resume_path()
+        self.resume_state: dict[str, Any] | None = None
+        if self.resume_from is not None:  # read and check it before spending time on data and model
+            self.resume_state = ckpt.load_checkpoint(self.resume_from, map_location="cpu")
+            ckpt.check_backbone(self.resume_state, *backbone_options(config), self.resume_from)
+
+        check_train_settings(c.train, dist.world_size)
+        self.accum = int(c.train.grad_accum)
+        self.global_batch = int(c.train.batch_size)
+        self.micro_batch = self.global_batch // (dist.world_size * self.accum)
+        self.total_steps = int(c.train.steps)
+        self.seed = int(c.seed)
+        self.autocast = autocast_context(str(c.train.precision), self.device)
+
+        if self.device.type == "cuda":  # as DiT: TF32 matmuls/convolutions on Ampere and newer
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.dataset = self._build_dataset()
+        seed_everything(self.seed)  # identical initial weights on every rank
+        self.model = build_model(config).to(self.device)
+        self.objective = build_objective(config)
+        self.conditional = int(getattr(self.model, "num_classes", 0) or 0) > 0
+        self.ema = EMA(self.model, decay=float(c.train.ema_decay), warmup=bool(c.train.ema_warmup))
+        self.optimizer, self.scheduler = self._build_optimisation()
+        try:
+            self.loader, self.sampler, self.loader_generator = build_loader(
+                self.dataset,
+                global_batch=self.global_batch,
+                micro_batch=self.micro_batch,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                seed=self.seed,
+                num_workers=int(c.data.num_workers),
+                pin_memory=self.device.type == "cuda",
+            )
+        except ValueError as exc:  # fewer examples than one global batch
+            raise ConfigError(str(exc)) from None
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+
+        self.step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.loss_sum = 0.0  # rank-local losses since the last log row
+        self.loss_count = 0
+        self.step_seconds = 0.0
+        self.last_checkpoint: Path | None = None
+        if self.resume_state is not None:
+            self._load(self.resume_state, self.resume_from)
+            self.resume_state = None
+        else:
+            seed_everything(self.seed + 1_000_003 * (dist.rank + 1))  # per-rank stream for in-model dropout
+
+        if dist.is_main:
+            (self.run_dir / "config.yaml").write_text(to_yaml(config))
+            self.metrics = MetricsLog(self.run_dir, start_step=self.step, tensorboard=c.train.tensorboard)
+        self.train_model: nn.Module = self.model
+        if dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    # ----- setup helpers -----------------------------------------------------------------------------------
+    def _build_optimisation(self) -> tuple[torch.optim.Optimizer, Any]:
+        t = self.c.train
+        try:
+            optimizer = build_optimizer(
+                self.model.parameters(),
+                lr=float(t.lr),
+                weight_decay=float(t.weight_decay),
+                betas=(float(t.betas[0]), float(t.betas[1])),
+                eps=float(t.adam_eps),
+                device=self.device,
+            )
+            scheduler = build_scheduler(
+                optimizer,
+                warmup_steps=int(t.warmup_steps),
+                total_steps=self.total_steps,
+                kind=str(t.lr_schedule),
+                lr=float(t.lr),
+                min_lr=float(t.min_lr),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return optimizer, scheduler
+
+    def _resume_path(self) -> Path | None:
+        resume = self.c.train.resume
+        fresh = resume is None or resume is False or str(resume).lower() in ("none", "null", "false", "")
+        try:
+            path = None if fresh else ckpt.resolve_resume(str(resume), self.run_dir)
+        except ckpt.CheckpointError as exc:
+            raise ConfigError(str(exc)) from None
+        if fresh and (newest := ckpt.latest_checkpoint(self.run_dir)) is not None:
+            raise ConfigError(
+                f"run_dir {self.run_dir} already holds checkpoints ({newest.name}); continue it with "
+                "train.resume=auto or start fresh in a new run_dir"
+            )
+        return path
+
+    def _build_dataset(self) -> Any:
+        from archbench.data import build_dataset
+
+        d = self.c.data
+        kwargs = dict(
+            root=d.root, split=d.split, image_size=d.image_size, download=bool(d.download), resize_mode=d.resize_mode
+        )
+        if self.dist.is_main:
+            dataset = build_dataset(d.name, **kwargs)
+            barrier()
+        else:
+            barrier()  # let rank 0 download first
+            dataset = build_dataset(d.name, **kwargs)
+        shape = tuple(dataset[0][0].shape)
+        expected = (int(d.channels), int(d.image_size), int(d.image_size))
+        if shape != expected:
+            raise ConfigError(f"data {d.name} yields examples of shape {shape}, the config expects {expected}")
+        log.info(
+            "data: %s (%s split, %d examples, %dx%dx%d, %s)",
+            d.name,
+            d.split,
+            len(dataset),
+            *shape,
+            f"{d.num_classes} classes" if d.num_classes else "unconditional",
+        )
+        return dataset
+
+    def _load(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ckpt.CheckpointError(f"checkpoint {path} does not match this model: {first}") from None
+        self.step = int(state["step"])
+        data = state["data"]
+        self.epoch, self.step_in_epoch = int(data["epoch"]), int(data["step_in_epoch"])
+        if int(data["global_batch"]) != self.global_batch or int(data["seed"]) != self.seed:
+            log.warning("resuming with a different global batch or seed: the data order will differ from the original")
+            self.step_in_epoch = min(self.step_in_epoch, self.steps_per_epoch)
+        ranks = state["ranks"]
+        if len(ranks) != self.dist.world_size:
+            log.warning(
+                "checkpoint was written by %d rank(s), this run has %d: in-model dropout streams restart",
+                len(ranks),
+                self.dist.world_size,
+            )
+        mine = ranks[self.dist.rank] if self.dist.rank < len(ranks) else ranks[0]
+        restore_rng(mine["rng"])
+        if len(ranks) == self.dist.world_size:
+            self.loss_sum, self.loss_count = float(mine["loss_sum"]), int(mine["loss_count"])
+        self.last_checkpoint = path
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ----- the loop ------------------------------------------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        return bool(self.stop) if self.stop is not None else False
+
+    def _train_step(self, batches: Any) -> tuple[float, float, float, bool]:
+        """One optimiser step; returns (local loss, grad norm, lr used, stop requested on any rank)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            index, x, y = next(batches)
+            draws = draw(self.objective, index, tuple(x.shape[1:]), seed=self.seed, step=self.step)
+            x = x.to(self.device, non_blocking=True)
+            if self.c.data.random_flip:
+                x = torch.where(draws.flip.to(self.device).view(-1, 1, 1, 1), x.flip(-1), x)
+            kwargs = {"y": y.to(self.device, non_blocking=True)} if self.conditional else {}
+            last = micro == self.accum - 1
+            no_sync = getattr(self.train_model, "no_sync", None)
+            sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
+            with sync:
+                with self.autocast:
+                    losses = training_losses(self.objective, self.train_model, x, draws, kwargs)
+                loss = losses["loss"].float().mean()
+                (loss / self.accum).backward()
+            loss_sum += loss.detach()
+        max_norm = float(self.c.train.grad_clip) if self.c.train.grad_clip else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        loss_value, norm_value = torch.stack([loss_sum / self.accum, grad_norm.float()]).tolist()
+        bad = not (math.isfinite(loss_value) and math.isfinite(norm_value))
+        flags = torch.tensor([float(bad), float(self._stop_requested())], device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        if flags[0].item() > 0:
+            raise NonFiniteLossError(self._nonfinite_message(f"loss {loss_value:.4g}, grad norm {norm_value:.4g}"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return loss_value, norm_value, lr, bool(flags[1].item() > 0)
+
+    def _nonfinite_message(self, what: str) -> str:
+        kept = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
+        return (
+            f"non-finite training signal at step {self.step + 1} ({what}); stopped without saving it; {kept}. "
+            "Lower train.lr, set train.grad_clip, or check the data"
+        )
+
+    def run(self) -> TrainResult:
+        """Train to ``train.steps`` (or until a signal); always leaves a checkpoint of the last finished step."""
+        c = self.c
+        if self.step >= self.total_steps:
+            log.info("nothing to do: step %d >= train.steps=%d", self.step, self.total_steps)
+            return self._finish(None)
+        log.info(
+            "training %s on %s for %d steps (global batch %d = %d rank(s) x %d accumulation x %d, device %s)",
+            c.backbone.name,
+            c.data.name,
+            self.total_steps,
+            self.global_batch,
+            self.dist.world_size,
+            self.accum,
+            self.micro_batch,
+            self.device,
+        )
+        progress = self._progress_bar()
+        try:
+            signum = self._loop(progress)
+        except BaseException:
+            if self.dist.is_main:
+                self.metrics.close()
+            raise
+        finally:
+            progress.close()
+        if signum is None:
+            if self.last_checkpoint != ckpt.checkpoint_path(self.run_dir, self.step):
+                self._save()
+            if not c.train.sample_every or self.step % int(c.train.sample_every):
+                self._sample_grid()
+        elif self.dist.is_main:
+            log.warning("stopped by signal %s at step %d; checkpoint %s", signum, self.step, self.last_checkpoint)
+        return self._finish(signum)
+
+    def _loop(self, progress: Any) -> int | None:
+        """Epochs of steps until done; returns the signal that stopped the run early, or None."""
+        while self.step < self.total_steps:
+            if self.step_in_epoch >= self.steps_per_epoch:
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self.sampler.set_position(self.epoch, self.step_in_epoch * self.global_batch // self.dist.world_size)
+            self.loader_generator.manual_seed(self.seed * 100_003 + self.epoch)
+            batches = iter(self.loader)
+            while self.step < self.total_steps and self.step_in_epoch < self.steps_per_epoch:
+                started = time.perf_counter()
+                try:
+                    loss, grad_norm, lr, stop = self._train_step(batches)
+                except RuntimeError as exc:
+                    if isinstance(exc, NonFiniteLossError) or self.dist.enabled or not self._stop_requested():
+                        raise
+                    # Ctrl-C also reaches DataLoader workers, which exit: stop before this step, saving.
+                    self._save()
+                    return getattr(self.stop, "signum", None)
+                self.step_seconds += time.perf_counter() - started
+                self.step += 1
+                self.step_in_epoch += 1
+                self.loss_sum += loss
+                self.loss_count += 1
+                progress.update(1)
+                self._after_step(lr, grad_norm, progress)
+                if stop:
+                    if self.last_checkpoint != ckpt.checkpoint_path(self.run_dir, self.step):
+                        self._save()
+                    return getattr(self.stop, "signum", None)
+        return None
+
+    def _after_step(self, lr: float, grad_norm: float, progress: Any) -> None:
+        """Periodic work: a metrics row, a sample grid, a checkpoint."""
+        c = self.c
+        on_interval = self.step % int(c.train.log_every) == 0
+        if on_interval or self.step == self.total_steps:
+            # A last, off-interval row keeps its sums, so a later resume still logs whole intervals.
+            self._log_row(lr, grad_norm, progress, reset=on_interval)
+        if c.train.sample_every and self.step % int(c.train.sample_every) == 0:
+            self._sample_grid()
+        if c.train.ckpt_every and self.step % int(c.train.ckpt_every) == 0:
+            self._save()
+
+    def _finish(self, signum: int | None) -> TrainResult:
+        if self.dist.is_main:
+            self.metrics.close()
+        barrier()
+        return TrainResult(run_dir=self.run_dir, step=self.step, signum=signum, checkpoint=self.last_checkpoint)
+
+    def _progress_bar(self) -> Any:
+        from tqdm.auto import tqdm
+
+        enabled = self.dist.is_main and bool(self.c.train.progress)
+        return tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=f"{self.c.backbone.name}",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not enabled,
+        )
+
+    def _log_row(self, lr: float, grad_norm: float, progress: Any, reset: bool = True) -> None:
+        mean = torch.tensor([self.loss_sum / max(1, self.loss_count)], dtype=torch.float64, device=self.device)
+        loss = float(all_reduce_mean(mean).item())
+        steps, seconds = self.loss_count, max(self.step_seconds, 1e-9)
+        if reset:
+            self.loss_sum, self.loss_count, self.step_seconds = 0.0, 0, 0.0
+        if not self.dist.is_main:
+            return
+        row = {
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "img_per_s": steps * self.global_batch / seconds,
+            "it_per_s": steps / seconds,
+            "epoch": self.epoch,
+        }
+        self.metrics.write(row)
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if progress.disable:
+            log.info(
+                "step %d/%d loss %.4f lr %.2e %.1f img/s",
+                self.step,
+                self.total_steps,
+                loss,
+                lr,
+                row["img_per_s"],
+            )
+
+    def _sample_grid(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        s, d = self.c.sample, self.c.data
+        n = int(s.num_samples)
+        num_classes = int(getattr(self.ema.model, "num_classes", 0) or 0)
+        cfg_scale = float(s.cfg_scale if s.grid_cfg_scale is None else s.grid_cfg_scale)
+        if cfg_scale != 1.0 and getattr(self.ema.model, "null_class", None) is None:
+            cfg_scale = 1.0  # unconditional, or no class dropout: nothing to guide with
+        samples = generate(
+            self.ema.model,
+            self.objective,
+            num_samples=n,
+            shape=(int(d.channels), int(d.image_size), int(d.image_size)),
+            labels=grid_labels(n, num_classes),
+            sampler=s.sampler,
+            steps=s.steps,
+            cfg_scale=cfg_scale,
+            seed=int(s.seed),
+            batch_size=min(n, 256),
+            device=self.device,
+        )
+        path = save_grid(samples, self.run_dir / "samples" / f"step_{self.step:07d}.png", grid_columns(n, num_classes))
+        log.info("sample grid (EMA weights): %s", path)
+        return path
+
+    def _save(self) -> Path:
+        """Checkpoint the state after ``self.step`` (every rank takes part: RNG states are gathered)."""
+        if not _params_finite(self.model):
+            raise NonFiniteLossError(self._nonfinite_message("weights became non-finite"))
+        rank_state = {"rng": capture_rng(), "loss_sum": self.loss_sum, "loss_count": self.loss_count}
+        ranks = gather_objects(rank_state)
+        path = ckpt.checkpoint_path(self.run_dir, self.step)
+        if self.dist.is_main:
+            state = {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "data": {
+                    "epoch": self.epoch,
+                    "step_in_epoch": self.step_in_epoch,
+                    "global_batch": self.global_batch,
+                    "seed": self.seed,
+                },
+                "ranks": ranks,
+                "config": json.dumps(self.config),
+            }
+            ckpt.save_checkpoint(state, path)
+            ckpt.prune_checkpoints(self.run_dir, int(self.c.train.keep_last))
+        barrier()
+        self.last_checkpoint = path
+        return path
+
+
+def train(config: dict[str, Any], dist: DistInfo, stop: Any = None) -> TrainResult:
+    """Train from a resolved config dict (see ``archbench.training.config.compose_config``)."""
+    return Trainer(config, dist, stop).run()

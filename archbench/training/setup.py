@@ -1,0 +1,85 @@
+"""Building blocks of a training run that do not depend on the loop: run folder, seeds, model, objective,
+precision, and the sanity checks that must fail before any data is loaded."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from archbench.training.config import ConfigError, backbone_options
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def prepare_run_dir(run_dir: str | Path, rank: int = 0) -> Path:
+    """Create ``run_dir`` and prove it is writable, before any data or model is built."""
+    path = Path(run_dir).expanduser()
+    probe = path / f".write-test-{rank}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"run_dir {path} is not writable ({exc.strerror or exc}); choose another run_dir=") from None
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices) at once."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (``auto``/``bf16``), or on CPU when asked for explicitly; fp32 otherwise."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown train.precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """The configured backbone; a bad build option becomes a one-line ConfigError."""
+    from backbones.registry import build
+
+    name, options = backbone_options(config)
+    try:
+        return build(name, **options)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot build backbone {name}: {exc}") from None
+
+
+def build_objective(config: dict[str, Any]) -> Any:
+    """``archbench.diffusion.create_diffusion`` from the ``diffusion`` section."""
+    from archbench.diffusion import create_diffusion
+
+    try:
+        return create_diffusion(**config["diffusion"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid diffusion settings: {exc}") from None
+
+
+def check_train_settings(train: Any, world_size: int) -> None:
+    """Reject impossible ``train`` settings before any data or model is built."""
+    accum, batch = int(train.grad_accum), int(train.batch_size)
+    if accum < 1 or batch < 1 or batch % (world_size * accum):
+        raise ConfigError(
+            f"train.batch_size={batch} must be a positive multiple of world size ({world_size}) "
+            f"x train.grad_accum ({accum})"
+        )
+    for key in ("steps", "log_every"):
+        if int(train[key]) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {train[key]}")
+    for key in ("ckpt_every", "sample_every", "keep_last", "warmup_steps"):
+        if train[key] is not None and int(train[key]) < 0:
+            raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {train[key]}")
+    if len(train.betas) != 2:
+        raise ConfigError(f"train.betas must hold two numbers, got {list(train.betas)}")

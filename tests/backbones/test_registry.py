@@ -1,0 +1,105 @@
+import json
+import sys
+import textwrap
+
+import pytest
+import torch.nn as nn
+
+import archbench
+from backbones import registry
+
+
+def test_list_backbones_patterns_are_sorted_and_complete():
+    dis = archbench.list_backbones("dis_*")
+    assert dis == sorted(dis)
+    expected = {f"dis_{s}{p}" for s in "sbmlh" for p in (2, 4)} | {"dis_t2"}
+    assert set(dis) == expected
+    dit = set(archbench.list_backbones("dit_*"))
+    assert {f"dit_{s}{p}" for s in ("s", "b", "l", "xl") for p in (2, 4, 8)} <= dit
+    uvit = set(archbench.list_backbones("uvit_*"))
+    assert {f"uvit_{s}{p}" for s in ("s", "s_deep", "m", "l", "h") for p in (2, 4)} <= uvit
+    assert {"unet_ddpm", "unet_adm", "unet_t"} <= set(archbench.list_backbones("unet_*"))
+    assert archbench.list_backbones(["dit_xl*", "dis_h*"]) == ["dis_h2", "dis_h4", "dit_xl2", "dit_xl4", "dit_xl8"]
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(KeyError, match="dis_s2"):
+        archbench.build("dis_q2")
+
+
+def test_unknown_override_names_it_and_lists_valid_ones():
+    with pytest.raises(TypeError) as info:
+        archbench.build("dit_t2", widht=64)
+    message = str(info.value)
+    assert "'widht'" in message and "width" in message and "num_heads" in message
+
+
+def test_backbone_config_is_json_and_matches_build():
+    config = archbench.backbone_config("dit_xl2")
+    assert json.loads(json.dumps(config)) == config
+    assert (config["depth"], config["width"], config["num_heads"], config["patch_size"]) == (28, 1152, 16, 2)
+    model = archbench.build("dit_t2", depth=2)
+    assert model.backbone_config == archbench.backbone_config("dit_t2", depth=2)
+    assert len(model.blocks) == 2
+
+
+@pytest.mark.parametrize(
+    "name, option",
+    [("uvit_t2", {"final_conv": False}), ("dis_t2", {"scan": "reference"}), ("dis_t2", {"drop_path": 0.0})],
+)
+def test_family_options_are_overridable(name, option):
+    model = archbench.build(name, **option)
+    assert model.backbone_config[next(iter(option))] == next(iter(option.values()))
+
+
+def test_decorator_registration_on_a_class():
+    @archbench.register_backbone("test_decorated_net", width=7)
+    class DecoratedNet(nn.Module):
+        def __init__(self, width: int = 3, image_size: int = 32):
+            super().__init__()
+            self.layer = nn.Linear(width, width)
+
+    try:
+        assert "test_decorated_net" in archbench.list_backbones("test_*")
+        model = archbench.build("test_decorated_net")
+        assert isinstance(model, DecoratedNet) and model.layer.in_features == 7
+        assert archbench.backbone_config("test_decorated_net", width=5)["width"] == 5
+        with pytest.raises(ValueError, match="already registered"):
+            archbench.register_backbone("test_decorated_net", nn.Identity)
+    finally:
+        registry.unregister_backbone("test_decorated_net")
+
+
+def test_entry_point_plugin_registers(tmp_path, monkeypatch):
+    """A real installed-distribution layout (dist-info with entry_points.txt) on sys.path."""
+    package = tmp_path / "archbench_plugin_demo"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            import torch.nn as nn
+
+            class PluginNet(nn.Module):
+                '''A third-party backbone.'''
+
+                def __init__(self, width: int = 4):
+                    super().__init__()
+                    self.proj = nn.Linear(width, width)
+            """
+        )
+    )
+    dist_info = tmp_path / "archbench_plugin_demo-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: archbench-plugin-demo\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[archbench.backbones]\nplugin_net = archbench_plugin_demo:PluginNet\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        loaded = registry.refresh_entry_points()
+        assert "plugin_net" in loaded
+        assert "plugin_net" in archbench.list_backbones("plugin_*")
+        assert archbench.build("plugin_net", width=6).proj.out_features == 6
+    finally:
+        registry.unregister_backbone("plugin_net")
+        sys.modules.pop("archbench_plugin_demo", None)

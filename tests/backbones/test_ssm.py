@@ -1,0 +1,217 @@
+"""Selective scan: every impl against an independent float64 closed form, values and gradients."""
+
+from __future__ import annotations
+
+from functools import partial
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backbones.ssm import scan as ssm_scan
+from backbones.ssm import SCAN_IMPLS, mamba_ssm_available, selective_scan, selective_scan_macs
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+CPU_IMPLS = ("reference", "fast")
+
+
+def make_inputs(
+    batch: int, d_inner: int, N: int, L: int, *, seed: int = 0, delta_scale: float = 1.0,
+    A_scale: float = 1.0, with_D: bool = True, with_z: bool = True, with_bias: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor | None]:
+    """Mamba-like inputs: positive delta, negative A (A = -exp(A_log))."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    x = {
+        "u": rnd(batch, d_inner, L),
+        "delta": delta_scale * torch.rand(batch, d_inner, L, generator=g, dtype=torch.float64),
+        "A": -A_scale * torch.exp(0.5 * rnd(d_inner, N)),
+        "B": rnd(batch, N, L),
+        "C": rnd(batch, N, L),
+        "D": rnd(d_inner) if with_D else None,
+        "z": rnd(batch, d_inner, L) if with_z else None,
+        "delta_bias": 0.5 * rnd(d_inner) if with_bias else None,
+    }
+    return {k: None if v is None else v.to(dtype) for k, v in x.items()}
+
+
+def truth(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Float64 closed form y_t = sum_{s<=t} C_t . exp(sum_{s<r<=t} delta_r A) delta_s B_s u_s.
+
+    Deliberately not a recurrence: segment sums of log-decays (masked to -inf above the diagonal,
+    so exp never sees a positive exponent) give an independent check of the scans.
+    """
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    L = u.shape[-1]
+    log_decay = delta[:, :, None, :] * A[None, :, :, None]  # (b, d, n, L)
+    strict = torch.ones(L, L, dtype=torch.bool).tril(-1)
+    rows = log_decay[..., :, None].expand(*log_decay.shape, L).masked_fill(~strict, 0.0)
+    seg = rows.cumsum(dim=-2).masked_fill(~torch.ones(L, L, dtype=torch.bool).tril(), float("-inf"))
+    kernel = torch.exp(seg)  # (b, d, n, t, s)
+    y = torch.einsum("bnt,bdnts,bns,bds->bdt", C, kernel, B, delta * u)
+    if D is not None:
+        y = y + D.double()[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.double())
+    return y
+
+
+def values_and_grads(fn, inputs: dict, seed: int = 1) -> list[torch.Tensor]:
+    """Output and the gradient of <out, w> w.r.t. every given input, for a fixed random w."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
+    out = fn(**leaves)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grads = torch.autograd.grad((out.double() * w).sum(), list(leaves.values()))
+    return [out.detach().double(), *(g.double() for g in grads)]
+
+
+def assert_rel_close(actual: list[torch.Tensor], expected: list[torch.Tensor], rtol: float, what: str):
+    """Normwise relative closeness: elementwise rtol is meaningless for entries that cancel to ~0."""
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        assert torch.isfinite(a).all(), f"{what}: item {i} has non-finite values"
+        scale = e.abs().max().clamp_min(1e-12)
+        err = (a - e).abs().max() / scale
+        assert err <= rtol, f"{what}: item {i} relative error {err:.2e} > {rtol:.0e}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    d_inner=st.integers(1, 4),
+    N=st.integers(1, 5),
+    L=st.sampled_from([1, 2, 5, 31, 33, 64, 70]),
+    chunk=st.sampled_from([1, 3, 32]),
+    with_D=st.booleans(),
+    with_z=st.booleans(),
+    with_bias=st.booleans(),
+    softplus=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_impls_match_float64_truth(batch, d_inner, N, L, chunk, with_D, with_z, with_bias, softplus, seed):
+    x = make_inputs(batch, d_inner, N, L, seed=seed, with_D=with_D, with_z=with_z, with_bias=with_bias)
+    expected = values_and_grads(lambda **k: truth(**k, delta_softplus=softplus), x)
+    with mock.patch.object(ssm_scan, "DEFAULT_CHUNK", chunk):
+        for impl in CPU_IMPLS:
+            got = values_and_grads(partial(selective_scan, delta_softplus=softplus, impl=impl), x)
+            assert_rel_close(got, expected, 1e-4, f"{impl} L={L} chunk={chunk}")
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_extreme_decay_is_finite_and_exact(impl):
+    # delta*A spans roughly -0.5 .. -600: decays of e^-100 and far below underflow fp32.
+    x = make_inputs(2, 3, 4, 40, seed=3, delta_scale=200.0, A_scale=1.5)
+    x["delta"][:, :, ::3] *= 1e-3  # interleave ordinary steps so some state survives
+    assert (x["delta"] * x["A"][None, :, :1]).min() < -100
+    expected = values_and_grads(truth, x)
+    got = values_and_grads(lambda **k: selective_scan(**k, impl=impl), x)
+    assert_rel_close(got, expected, 1e-4, f"{impl} extreme decay")
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_extreme_softplus_delta_is_finite(impl):
+    x = make_inputs(1, 2, 3, 20, seed=4, A_scale=4.0)
+    x["delta_bias"] = torch.full((2,), 60.0)  # softplus(delta + 60) ~ 60, times A ~ -4 .. -10
+    expected = values_and_grads(lambda **k: truth(**k, delta_softplus=True), x)
+    got = values_and_grads(lambda **k: selective_scan(**k, delta_softplus=True, impl=impl), x)
+    assert_rel_close(got, expected, 1e-4, f"{impl} softplus extreme")
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_bf16_inputs_stay_close_to_fp32(impl):
+    x = make_inputs(2, 8, 4, 50, seed=5, dtype=torch.bfloat16)
+    out_bf16 = values_and_grads(lambda **k: selective_scan(**k, delta_softplus=True, impl=impl), x)
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items() if v is not None}
+    out = selective_scan(**leaves, delta_softplus=True, impl=impl)
+    out.sum().backward()
+    assert out.dtype == torch.bfloat16
+    assert all(t.grad.dtype == torch.bfloat16 for t in leaves.values())
+    # Same (already bf16-rounded) inputs in fp32: only output/grad rounding may differ.
+    x32 = {k: v.float() for k, v in x.items()}
+    ref = values_and_grads(lambda **k: selective_scan(**k, delta_softplus=True, impl=impl), x32)
+    assert_rel_close(out_bf16, ref, 2e-2, f"{impl} bf16 inputs")
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_bf16_autocast(impl):
+    x = make_inputs(2, 8, 4, 50, seed=6)
+    ref = values_and_grads(lambda **k: selective_scan(**k, delta_softplus=True, impl=impl), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # fp32 inputs: the scan must not silently drop to bf16 inside.
+        same = values_and_grads(lambda **k: selective_scan(**k, delta_softplus=True, impl=impl), x)
+        # Inputs produced by an autocast matmul arrive as bf16, as in a real Mamba block.
+        eye = torch.eye(x["u"].shape[-1])
+        u_bf16 = x["u"] @ eye
+        assert u_bf16.dtype == torch.bfloat16
+        low = values_and_grads(
+            lambda **k: selective_scan(**{**k, "u": k["u"] @ eye}, delta_softplus=True, impl=impl), x
+        )
+    assert_rel_close(same, ref, 1e-5, f"{impl} autocast, fp32 inputs")
+    assert_rel_close(low, ref, 3e-2, f"{impl} autocast, bf16 u")
+
+
+def test_auto_is_fast_on_cpu():
+    x = make_inputs(1, 3, 2, 9)
+    assert torch.equal(selective_scan(**x, impl="auto"), selective_scan(**x, impl="fast"))
+
+
+def test_mamba_ssm_on_cpu_raises_runtime_error():
+    x = make_inputs(1, 3, 2, 9)
+    with pytest.raises(RuntimeError, match="impl='fast'"):
+        selective_scan(**x, impl="mamba_ssm")
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and mamba_ssm_available()), reason="needs CUDA and mamba_ssm"
+)
+def test_mamba_ssm_matches_fast_on_cuda():
+    x = {k: None if v is None else v.cuda() for k, v in make_inputs(2, 8, 4, 70, seed=7).items()}
+    expected = values_and_grads(lambda **k: selective_scan(**k, delta_softplus=True, impl="fast"), x)
+    got = values_and_grads(lambda **k: selective_scan(**k, delta_softplus=True, impl="mamba_ssm"), x)
+    assert_rel_close(got, expected, 1e-3, "mamba_ssm vs fast")
+
+
+def test_unknown_impl_lists_valid_choices():
+    x = make_inputs(1, 2, 2, 3)
+    with pytest.raises(ValueError, match="valid choices") as err:
+        selective_scan(**x, impl="cuda")
+    assert all(name in str(err.value) for name in SCAN_IMPLS)
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "expected"),
+    [
+        ("u", torch.zeros(2, 3), "(batch, d_inner, L)"),
+        ("u", torch.zeros(1, 2, 0), "L >= 1"),
+        ("delta", torch.zeros(1, 2, 4), "(1, 2, 3)"),
+        ("A", torch.zeros(3, 2), "d_inner = 2"),
+        ("B", torch.zeros(1, 2, 4), "(1, 2, 3)"),
+        ("C", torch.zeros(2, 2), "(batch, N, L)"),
+        ("D", torch.zeros(3), "(2,)"),
+        ("z", torch.zeros(1, 3, 3), "(1, 2, 3)"),
+        ("delta_bias", torch.zeros(2, 1), "(2,)"),
+    ],
+)
+def test_bad_shapes_name_tensor_and_expectation(name, bad, expected):
+    x = make_inputs(1, 2, 2, 3)
+    x[name] = bad
+    with pytest.raises(ValueError, match=rf"{name} must have shape") as err:
+        selective_scan(**x, impl="fast")
+    assert expected in str(err.value) and str(tuple(bad.shape)) in str(err.value)
+
+
+def test_macs_closed_form():
+    # 4 MACs per (b, d, l, n) element; 1 (delta*u) + D + gate per (b, d, l).
+    assert selective_scan_macs(2, 3, 5, 4, has_z=False, has_D=False) == 2 * 3 * 5 * (16 + 1)
+    assert selective_scan_macs(2, 3, 5, 4, has_z=True, has_D=True) == 2 * 3 * 5 * (16 + 3)
+    assert selective_scan_macs(1, 1, 1, 16, has_z=True, has_D=False) == 66

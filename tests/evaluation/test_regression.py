@@ -1,0 +1,69 @@
+"""The FD regression check must be able to fail: degrade a trained model on purpose and see it flagged."""
+
+import json
+
+import pytest
+import torch
+
+from archbench.evaluation import regression as ci
+from archbench.training import checkpoint as ckpt
+
+SETTINGS = ci.RunSettings(steps=250, num_samples=200, sampler="ddim", sample_steps=10, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ci-fid")
+    run_dir, config, _ = ci.train_run("dit_t2", SETTINGS, work)
+    return work, run_dir, config
+
+
+def test_noise_in_the_weights_is_flagged(trained, tmp_path):
+    work, run_dir, config = trained
+    good = ci.score_run(run_dir, config, SETTINGS, work)
+    baseline_path = ci.write_baseline(good, [good["fd"]], min_tolerance=0.10, directory=tmp_path)
+    baseline = ci.load_baseline("dit_t2", tmp_path)
+    assert baseline_path.exists() and ci.verdict(good, baseline) == "ok"
+
+    newest = ckpt.latest_checkpoint(run_dir)
+    state = ckpt.load_checkpoint(newest)
+    generator = torch.Generator().manual_seed(0)
+    for value in state["ema"]["model"].values():
+        if value.is_floating_point():
+            value.add_(value.std().nan_to_num(0.0) * torch.randn(value.shape, generator=generator))
+    ckpt.save_checkpoint(state, newest)
+    degraded = ci.score_run(run_dir, config, SETTINGS, work)
+    assert degraded["fd"] > good["fd"] * 1.1
+    assert ci.verdict(degraded, baseline) == "REGRESSED"
+
+
+def test_cli_exits_nonzero_on_regression(tmp_path, capsys):
+    """A baseline far better than what the code can reach: the command prints REGRESSED and exits 1."""
+    row = {
+        "backbone": "dit_t2", "dataset": None, "score_name": "FD", "fd": 1e-3, "params": 0, "gmacs": 0.0,
+        "feature_checksum": None, "settings": SETTINGS.as_dict(), "s_per_step": 0.0,
+    }
+    ci.write_baseline(row, [row["fd"]], 0.1, tmp_path)
+    args = ["fid", "--backbones", "dit_t2", "--steps", "250", "--num-samples", "200", "--sample-steps", "10",
+            "--work-dir", str(tmp_path / "runs"), "--baselines", str(tmp_path)]
+    # fill in the facts the real run will report, so only the FD can make the verdict fail
+    from archbench.data import default_dataset
+    from archbench.evaluation import sha256_file
+
+    stored = json.loads((tmp_path / "dit_t2.json").read_text())
+    stored["dataset"] = default_dataset()
+    stored["feature_checksum"] = sha256_file(ci.feature_weights())
+    (tmp_path / "dit_t2.json").write_text(json.dumps(stored))
+    assert ci.main(args) == 1
+    out = capsys.readouterr()
+    assert "REGRESSED" in out.out and "FD regression check failed for dit_t2" in out.err
+
+
+def test_settings_mismatch_is_not_a_pass():
+    row = {"dataset": "fashion_mnist", "feature_checksum": "x", "settings": SETTINGS.as_dict(), "fd": 1.0}
+    baseline = {**row, "settings": {**SETTINGS.as_dict(), "steps": 600}, "tolerance": 0.1}
+    assert ci.verdict(row, baseline) == "MISMATCH (settings)"
+    assert ci.verdict(row, None) == "NO BASELINE"
+    assert ci.verdict({**row, "fd": 1.05}, {**row, "tolerance": 0.1}) == "ok"
+    assert ci.verdict({**row, "fd": 1.2}, {**row, "tolerance": 0.1}) == "REGRESSED"
+    assert ci.verdict({**row, "fd": 0.8}, {**row, "tolerance": 0.1}) == "better"
