@@ -38,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from archbench.training.distributed import cleanup, init_distributed
     from archbench.training.loop import NonFiniteLossError, prepare_run_dir, train
     from archbench.training.signals import StopRequest
+    from archbench.training.trackers import TrackerError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("archbench.train", f"unknown option {flags[0]!r}; options are --cfg and -h, the rest is key=value")
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(rank)
-    expected = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, ImportError)
+    expected = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, ImportError, TrackerError)
     try:
         cfg = compose_config(overrides)
         if show_cfg:

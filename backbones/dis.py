@@ -29,11 +29,19 @@ def _drop_path(rate: float) -> nn.Module:
 class DiSBlock(nn.Module):
     """residual += drop_path(hidden); hidden = mixer(RMSNorm(residual)).  Returns both."""
 
-    def __init__(self, width: int, drop_path: float, has_skip: bool, scan: str, norm_eps: float = 1e-5):
+    def __init__(
+        self,
+        width: int,
+        drop_path: float,
+        has_skip: bool,
+        scan: str,
+        norm_eps: float = 1e-5,
+        backward_dt_init: str = "official",
+    ):
         super().__init__()
         self.skip_linear = nn.Linear(2 * width, width) if has_skip else None
         self.norm = nn.RMSNorm(width, eps=norm_eps)
-        self.mixer = BiMamba(width, scan=scan)
+        self.mixer = BiMamba(width, scan=scan, backward_dt_init=backward_dt_init)
         self.drop_path = _drop_path(drop_path)
 
     def forward(self, carry: Carry, skip: torch.Tensor | None = None) -> Carry:
@@ -47,7 +55,11 @@ class DiSBlock(nn.Module):
 
 
 class DiS(TokenBackbone):
-    """Diffusion State-space model; defaults are DiS-H/2 on 256x256 ImageNet latents."""
+    """Diffusion State-space model; defaults are DiS-H/2 on 256x256 ImageNet latents.
+
+    Initialised as the official code initialises it; ``backward_dt_init="mamba"`` instead gives the backward
+    scan direction Mamba's dt initialisation too (see :class:`backbones.layers.mamba.BiMamba`).
+    """
 
     family = "dis"
 
@@ -63,6 +75,7 @@ class DiS(TokenBackbone):
         depth: int = 48,
         drop_path: float = 0.1,
         scan: str = "auto",
+        backward_dt_init: str = "official",
     ):
         super().__init__(
             image_size=image_size,
@@ -81,7 +94,8 @@ class DiS(TokenBackbone):
         # Stochastic depth rises linearly over `depth` steps; block 0 has none (it starts the residual).
         rates = [0.0] + [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(
-            depth, lambda index, has_skip: DiSBlock(width, rates[index], has_skip, scan)
+            depth,
+            lambda index, has_skip: DiSBlock(width, rates[index], has_skip, scan, backward_dt_init=backward_dt_init),
         )
         self.drop_path = _drop_path(drop_path)
         self.norm_f = nn.RMSNorm(width, eps=1e-5)

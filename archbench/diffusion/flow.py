@@ -96,11 +96,7 @@ def euler_sample(
 ) -> torch.Tensor:
     """Explicit Euler on the probability-flow ODE from t=1 (noise) to t=0; ``steps`` model calls."""
     x = initial_noise(shape, generator=generator, noise=noise, device=device)
-    ts = _time_grid(steps, x.device)
-    for i in progress_bar(range(steps), progress):
-        t = torch.full((x.shape[0],), float(ts[i]), device=x.device)
-        x = x + (ts[i + 1] - ts[i]).item() * flow.velocity(model, x, t, model_kwargs)
-    return x
+    return _integrate(model, x, flow, steps, model_kwargs, progress, corrector=False)
 
 
 def heun_sample(
@@ -121,14 +117,27 @@ def heun_sample(
     well defined at t = 0.
     """
     x = initial_noise(shape, generator=generator, noise=noise, device=device)
+    return _integrate(model, x, flow, steps, model_kwargs, progress, corrector=True)
+
+
+def _integrate(
+    model: Model,
+    x: torch.Tensor,
+    flow: FlowMatching,
+    steps: int,
+    model_kwargs: dict[str, Any] | None,
+    progress: bool,
+    corrector: bool,
+) -> torch.Tensor:
+    """Walk the uniform time grid 1 -> 0 with Euler steps, each corrected by Heun's trapezoid if asked."""
     ts = _time_grid(steps, x.device)
     batch = x.shape[0]
     for i in progress_bar(range(steps), progress):
         dt = (ts[i + 1] - ts[i]).item()
-        t_cur = torch.full((batch,), float(ts[i]), device=x.device)
-        t_next = torch.full((batch,), float(ts[i + 1]), device=x.device)
-        v_cur = flow.velocity(model, x, t_cur, model_kwargs)
-        x_euler = x + dt * v_cur
-        v_next = flow.velocity(model, x_euler, t_next, model_kwargs)
-        x = x + dt * 0.5 * (v_cur + v_next)
+        velocity = flow.velocity(model, x, torch.full((batch,), float(ts[i]), device=x.device), model_kwargs)
+        if corrector:
+            t_next = torch.full((batch,), float(ts[i + 1]), device=x.device)
+            velocity_next = flow.velocity(model, x + dt * velocity, t_next, model_kwargs)
+            velocity = 0.5 * (velocity + velocity_next)
+        x = x + dt * velocity
     return x

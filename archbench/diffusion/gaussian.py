@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .likelihood import discretized_gaussian_log_likelihood, mean_flat, nats_to_bits, normal_kl
+from .likelihood import DECODER_LIKELIHOODS, discretized_gaussian_log_likelihood, mean_flat, nats_to_bits, normal_kl
 from .schedules import DiffusionSchedule, space_timesteps
 
 PREDICTIONS = ("eps", "v", "x0")
@@ -53,16 +53,20 @@ class GaussianDiffusion:
     ``learn_sigma``: the model returns 2C channels, the last C being v in [-1, 1] that
     interpolates log-variance between the clipped posterior variance and beta (improved DDPM).
     Otherwise the variance is fixed: ``"large"`` (beta_t) or ``"small"`` (posterior variance).
+    ``decoder_likelihood``: the form of the t=0 decoder NLL in the VB term (see
+    :func:`discretized_gaussian_log_likelihood`): ``"official"`` (the DDPM/ADM/DiT rule) or ``"exact"``.
     """
 
     schedule: DiffusionSchedule
     prediction: str = "eps"
     learn_sigma: bool = True
     fixed_variance: str = "large"
+    decoder_likelihood: str = "official"
 
     def __post_init__(self) -> None:
         check_choice("prediction", self.prediction, PREDICTIONS)
         check_choice("fixed_variance", self.fixed_variance, FIXED_VARIANCES)
+        check_choice("decoder_likelihood", self.decoder_likelihood, DECODER_LIKELIHOODS)
 
     @property
     def num_timesteps(self) -> int:
@@ -212,7 +216,9 @@ class GaussianDiffusion:
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, xt, t)
         out = self.p_mean_variance_from_output(output, xt, t)
         kl = nats_to_bits(mean_flat(normal_kl(true_mean, true_log_var, out.mean, out.log_variance)))
-        nll = -discretized_gaussian_log_likelihood(x0, means=out.mean, log_scales=0.5 * out.log_variance)
+        nll = -discretized_gaussian_log_likelihood(
+            x0, means=out.mean, log_scales=0.5 * out.log_variance, form=self.decoder_likelihood
+        )
         nll = nats_to_bits(mean_flat(nll))
         return torch.where(t == 0, nll, kl)
 

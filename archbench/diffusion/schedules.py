@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 SCHEDULES = ("linear", "cosine")
@@ -142,24 +143,23 @@ def respace_betas(betas: torch.Tensor, use_timesteps: Iterable[int]) -> tuple[to
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | int | Iterable[int]) -> set[int]:
-    """Timesteps to keep, in improved-diffusion's respacing notation.
+    """Timesteps to keep, in improved-diffusion's respacing notation and with its exact rounding.
 
     ``"ddimN"`` keeps ``range(0, T, stride)`` with the stride giving exactly N steps (DDIM paper).
+    ``"linspaceN"`` keeps ``round(linspace(0, T-1, N))`` (diffusers' "linspace" spacing, half to even).
     Otherwise the chain is cut into equal sections and each keeps the given number of evenly
     spaced steps, both section ends included: ``"50"`` or ``50`` spans 0..T-1 with 50 steps,
-    ``"10,10,10"`` puts 10 steps in each third.
+    ``"10,10,10"`` puts 10 steps in each third. Within a section the position is accumulated as a
+    float (``cur += stride``) and rounded at each step, as the official code does; that differs from
+    ``round(j * stride)`` by one step at some exact .5 ties (e.g. N=21 keeps 499, not 500).
     """
     if isinstance(section_counts, str):
         spec = section_counts.strip()
         if spec.startswith("ddim"):
-            desired = int(spec[len("ddim") :])
-            for stride in range(1, num_timesteps):
-                if len(range(0, num_timesteps, stride)) == desired:
-                    return set(range(0, num_timesteps, stride))
-            if desired == num_timesteps:
-                return set(range(num_timesteps))
-            raise ValueError(f"cannot take exactly {desired} steps of {num_timesteps} with a fixed stride")
-        counts = [int(c) for c in spec.split(",") if c.strip()]
+            return _fixed_stride_timesteps(num_timesteps, _count(spec[len("ddim") :], spec))
+        if spec.startswith("linspace"):
+            return _linspace_timesteps(num_timesteps, _count(spec[len("linspace") :], spec))
+        counts = [_count(c, spec) for c in spec.split(",") if c.strip()]
     elif isinstance(section_counts, int):
         counts = [section_counts]
     else:
@@ -175,6 +175,32 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Iterable[int
         if size < count:
             raise ValueError(f"cannot take {count} steps from a section of {size} timesteps")
         stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        kept.update(start + round(j * stride) for j in range(count))
+        position = 0.0
+        for _ in range(count):
+            kept.add(start + round(position))
+            position += stride
         start += size
     return kept
+
+
+def _count(text: str, spec: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"cannot read timestep respacing {spec!r}; use N, 'N,M,...' (sections), 'ddimN' or 'linspaceN'"
+        ) from None
+
+
+def _fixed_stride_timesteps(num_timesteps: int, desired: int) -> set[int]:
+    """DDIM's ``range(0, T, stride)`` with the one integer stride that gives exactly ``desired`` steps."""
+    for stride in range(1, num_timesteps):
+        if len(range(0, num_timesteps, stride)) == desired:
+            return set(range(0, num_timesteps, stride))
+    raise ValueError(f"cannot take exactly {desired} steps of {num_timesteps} with a fixed stride")
+
+
+def _linspace_timesteps(num_timesteps: int, count: int) -> set[int]:
+    if not 1 <= count <= num_timesteps:
+        raise ValueError(f"linspace{count}: the count must lie in [1, {num_timesteps}]")
+    return {int(v) for v in np.round(np.linspace(0, num_timesteps - 1, count))}

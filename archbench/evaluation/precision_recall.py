@@ -32,7 +32,8 @@ def _as_tensor(x: ArrayLike | torch.Tensor) -> torch.Tensor:
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # |a|^2 + |b|^2 - 2ab in float64: rounding stays ~1e-16 relative, far below any k-NN radius.
+    # |a|^2 + |b|^2 - 2ab in float64 loses precision relative to |a|^2, so callers centre the points first
+    # (distances do not change under a common shift): a large common offset would otherwise swamp the radii.
     d2 = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None] - 2.0 * (a @ b.T)
     return d2.clamp_min_(0.0).sqrt_()
 
@@ -40,6 +41,7 @@ def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def knn_radii(x: ArrayLike | torch.Tensor, k: int = DEFAULT_K, chunk: int = 1024) -> torch.Tensor:
     """Distance from each row of ``x`` to its k-th nearest other row (the point itself is not a neighbour)."""
     x = _as_tensor(x)
+    x = x - x.mean(0)
     if not 1 <= k < len(x):
         raise ValueError(f"need 1 <= k < number of points, got k={k} with {len(x)} points")
     radii = [torch.kthvalue(_distances(x[i : i + chunk], x), k + 1, dim=1).values for i in range(0, len(x), chunk)]
@@ -53,6 +55,8 @@ def manifold_coverage(
     p, s = _as_tensor(points), _as_tensor(support)
     if p.shape[1] != s.shape[1]:
         raise ValueError(f"feature dims differ: {p.shape[1]} vs {s.shape[1]}")
+    centre = s.mean(0)
+    p, s = p - centre, s - centre
     radii = knn_radii(s, k, chunk)
     inside = [(_distances(p[i : i + chunk], s) <= radii[None]).any(dim=1) for i in range(0, len(p), chunk)]
     return float(torch.cat(inside).double().mean())

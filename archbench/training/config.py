@@ -79,7 +79,8 @@ BASE: dict[str, Any] = {
         "keep_last": 3,
         "resume": "auto",  # auto = newest checkpoint in run_dir (if any) | a path | None
         "progress": True,
-        "tensorboard": "auto",  # auto = when installed | true | false
+        "logger": "auto",  # tracker beside metrics.jsonl: auto (tensorboard if installed) | tensorboard | wandb | none
+        "project": "archbench",  # the W&B project (train.logger=wandb)
     },
     "sample": {
         "num_samples": 64,
@@ -87,6 +88,7 @@ BASE: dict[str, Any] = {
         "steps": 50,
         "cfg_scale": 1.0,  # default guidance of python -m archbench.sample / archbench.eval
         "grid_cfg_scale": None,  # guidance of the grids drawn during training; None = cfg_scale
+        "guide_channels": None,  # guide only the first N output channels (DiT's sample.py: 3); None = all
         "seed": 0,
     },
 }
@@ -99,7 +101,7 @@ class ConfigError(ValueError):
 def recipes_dir() -> Path:
     """``$ARCHBENCH_RECIPES`` or the repository's ``recipes/`` folder."""
     env = os.environ.get(RECIPES_ENV)
-    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[1] / "recipes"
+    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[2] / "recipes"
 
 
 def recipe_names() -> list[str]:
@@ -127,6 +129,7 @@ def diffusion_node(objective: str) -> dict[str, Any]:
         "prediction": None,  # None = eps (ddpm) / velocity (flow)
         "learn_sigma": True,
         "T": 1000,
+        "decoder_likelihood": "official",  # t=0 NLL of the VB term: DDPM/ADM/DiT's tanh form, or "exact"
     }
 
 

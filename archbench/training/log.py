@@ -1,4 +1,4 @@
-"""Where training numbers go: ``run_dir/metrics.jsonl`` (one JSON object per logged step) and TensorBoard.
+"""Where training numbers go: ``run_dir/metrics.jsonl`` (one JSON object per logged step) and a tracker.
 
 On resume the metrics file is cut back to the resumed step, so steps logged after the last checkpoint by an
 interrupted run are not duplicated.
@@ -11,6 +11,8 @@ import logging
 import math
 from pathlib import Path
 from typing import Any
+
+from archbench.training.trackers import Tracker
 
 log = logging.getLogger("archbench.train")
 
@@ -39,50 +41,24 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def wants_tensorboard(setting: bool | str) -> bool | None:
-    """``true`` -> True (required), ``auto`` -> None (if installed), ``false`` -> False."""
-    text = str(setting).lower()
-    if setting is True or text == "true":
-        return True
-    return None if text == "auto" else False
-
-
-def check_tensorboard(setting: bool | str) -> None:
-    """Fail early, before any data is loaded, when TensorBoard is required but missing."""
-    if wants_tensorboard(setting):
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        except ImportError:
-            raise ImportError("train.tensorboard=true needs TensorBoard: pip install tensorboard") from None
-
-
 class MetricsLog:
-    """Appends metric rows; writes TensorBoard scalars too when ``tensorboard`` is on (``auto`` = if installed)."""
+    """Appends metric rows to ``metrics.jsonl`` and hands the same scalars (and sample grids) to a tracker."""
 
-    def __init__(self, run_dir: str | Path, *, start_step: int, tensorboard: bool | str = "auto") -> None:
+    def __init__(self, run_dir: str | Path, *, start_step: int, tracker: Tracker | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         _truncate(self.path, start_step)
         self.handle = open(self.path, "a", encoding="utf-8")
-        self.writer = None
-        if wants_tensorboard(tensorboard) is not False:
-            check_tensorboard(tensorboard)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.debug("TensorBoard not installed; metrics go to %s only", self.path)
-            else:
-                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
+        self.tracker = tracker or Tracker()
 
     def write(self, row: dict[str, Any]) -> None:
         self.handle.write(json.dumps({k: _json_number(v) for k, v in row.items()}) + "\n")
         self.handle.flush()
-        if self.writer is not None:
-            step = int(row["step"])
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"train/{key}", value, step)
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+        self.tracker.log_scalars(int(row["step"]), scalars)
+
+    def image(self, tag: str, path: Path, step: int) -> None:
+        self.tracker.log_image(tag, path, step)
 
     def close(self) -> None:
         self.handle.close()
-        if self.writer is not None:
-            self.writer.close()
+        self.tracker.close()

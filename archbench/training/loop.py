@@ -34,7 +34,7 @@ from archbench.training.config import ConfigError, backbone_options, to_yaml
 from archbench.training.data_order import build_loader
 from archbench.training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects
 from archbench.training.ema import EMA
-from archbench.training.log import MetricsLog, check_tensorboard
+from archbench.training.log import MetricsLog
 from archbench.training.noise import draw, training_losses
 from archbench.training.optim import build_optimizer, build_scheduler
 from archbench.training.rng_state import capture_rng, restore_rng
@@ -46,6 +46,7 @@ from archbench.training.setup import (  # noqa: F401  (build_model/build_objecti
     prepare_run_dir,
     seed_everything,
 )
+from archbench.training.trackers import check_logger, open_tracker
 
 log = logging.getLogger("archbench.train")
 
@@ -80,7 +81,7 @@ class Trainer:
         self.device = dist.device
         c = self.c
         self.run_dir = prepare_run_dir(c.run_dir, dist.rank)
-        check_tensorboard(c.train.tensorboard)
+        check_logger(str(c.train.logger))
         self.resume_from = self._resume_path()
         self.resume_state: dict[str, Any] | None = None
         if self.resume_from is not None:  # read and check it before spending time on data and model
@@ -135,7 +136,10 @@ class Trainer:
 
         if dist.is_main:
             (self.run_dir / "config.yaml").write_text(to_yaml(config))
-            self.metrics = MetricsLog(self.run_dir, start_step=self.step, tensorboard=c.train.tensorboard)
+            tracker = open_tracker(
+                str(c.train.logger), self.run_dir, start_step=self.step, config=config, project=str(c.train.project)
+            )
+            self.metrics = MetricsLog(self.run_dir, start_step=self.step, tracker=tracker)
         self.train_model: nn.Module = self.model
         if dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -425,12 +429,14 @@ class Trainer:
             sampler=s.sampler,
             steps=s.steps,
             cfg_scale=cfg_scale,
+            guide_channels=s.guide_channels,
             seed=int(s.seed),
             batch_size=min(n, 256),
             device=self.device,
         )
         path = save_grid(samples, self.run_dir / "samples" / f"step_{self.step:07d}.png", grid_columns(n, num_classes))
         log.info("sample grid (EMA weights): %s", path)
+        self.metrics.image("samples", path, self.step)
         return path
 
     def _save(self) -> Path:

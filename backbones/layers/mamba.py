@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from backbones.ssm import selective_scan
 
+# How the backward direction's dt projection starts: as the official DiS code leaves it, or like the forward one.
+BACKWARD_DT_INITS = ("official", "mamba")
+
 
 class BiMamba(nn.Module):
     """(B, L, D) -> (B, L, D) sequence mixer, linear in L."""
@@ -32,8 +35,14 @@ class BiMamba(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         scan: str = "auto",
+        backward_dt_init: str = "official",
     ):
         super().__init__()
+        if backward_dt_init not in BACKWARD_DT_INITS:
+            raise ValueError(
+                f"unknown backward_dt_init {backward_dt_init!r}; valid choices: {', '.join(BACKWARD_DT_INITS)}"
+            )
+        self.backward_dt_init = backward_dt_init
         self.dim = dim
         self.d_state = d_state
         self.d_inner = expand * dim
@@ -55,16 +64,28 @@ class BiMamba(nn.Module):
 
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
-        """Mamba's SSM initialisation: S4D-real A, D = 1, dt spread log-uniformly."""
+        """Mamba's SSM initialisation: S4D-real A, D = 1, dt spread log-uniformly.
+
+        With ``backward_dt_init="official"`` (default) the backward ``dt_proj_b`` is initialised as in the
+        official DiS code: that code gives only the forward ``dt_proj`` Mamba's dt initialisation (and marks
+        its bias ``_no_reinit``); ``dt_proj_b`` keeps PyTorch's default Linear weights and the model-wide
+        bias reset zeroes its bias, so the backward step starts at softplus(0) = 0.69. ``"mamba"`` gives
+        both directions Mamba's dt initialisation (bias mean about -4.6).
+        """
         dt_min, dt_max, floor = self.dt_range
         for suffix in ("", "_b"):
             dt_proj = getattr(self, f"dt_proj{suffix}")
-            bound = self.dt_rank**-0.5
-            nn.init.uniform_(dt_proj.weight, -bound, bound)
-            log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-            dt = log_dt.exp().clamp(min=floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-            dt_proj.bias._no_reinit = True
+            if suffix == "_b" and self.backward_dt_init == "official":
+                dt_proj.reset_parameters()  # PyTorch's default: weight U(+-1/sqrt(dt_rank)), as officially
+                nn.init.zeros_(dt_proj.bias)
+                dt_proj.bias._no_reinit = False
+            else:
+                bound = self.dt_rank**-0.5
+                nn.init.uniform_(dt_proj.weight, -bound, bound)
+                log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+                dt = log_dt.exp().clamp(min=floor)
+                dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+                dt_proj.bias._no_reinit = True
             a = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
             getattr(self, f"A{suffix}_log").copy_(a.log())
             getattr(self, f"D{suffix}").fill_(1.0)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backbones.ssm import scan as ssm_scan
 from backbones.ssm import SCAN_IMPLS, mamba_ssm_available, selective_scan, selective_scan_macs
+from backbones.ssm import scan as ssm_scan
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 CPU_IMPLS = ("reference", "fast")

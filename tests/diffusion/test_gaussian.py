@@ -1,5 +1,6 @@
 """Closed forms of the Gaussian diffusion and the training losses."""
 
+import dataclasses
 import math
 
 import pytest
@@ -85,22 +86,72 @@ def test_normal_kl_matches_torch_distributions(m1, m2, lv1, lv2):
     assert normal_kl(args[0], args[1], args[0], args[1]).item() == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("form", ["official", "exact"])
 @pytest.mark.parametrize(
     "mean,log_scale", [(0.0, math.log(0.1)), (0.3, math.log(0.01)), (-0.95, math.log(0.5)), (0.9, -8.0)]
 )
-def test_discretized_likelihood_sums_to_one(mean, log_scale):
+def test_discretized_likelihood_sums_to_one(mean, log_scale, form):
     x = torch.linspace(-1, 1, 256, dtype=torch.float64)
     logp = discretized_gaussian_log_likelihood(
-        x, means=torch.full_like(x, mean), log_scales=torch.full_like(x, log_scale)
+        x, means=torch.full_like(x, mean), log_scales=torch.full_like(x, log_scale), form=form
     )
     assert torch.isfinite(logp).all()
     assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
 
 
-def test_discretized_likelihood_sharp_decoder_is_certain():
+@pytest.mark.parametrize("form", ["official", "exact"])
+def test_discretized_likelihood_sharp_decoder_is_certain(form):
     x = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
-    logp = discretized_gaussian_log_likelihood(x, means=x, log_scales=torch.full_like(x, -10.0))
+    logp = discretized_gaussian_log_likelihood(x, means=x, log_scales=torch.full_like(x, -10.0), form=form)
     assert torch.allclose(logp, torch.zeros_like(logp), atol=1e-9)
+
+
+def _tanh_cdf(v: float) -> float:
+    """Page's tanh approximation of the normal CDF, as in the DDPM/ADM decoder."""
+    return 0.5 * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+
+
+def test_official_decoder_likelihood_follows_the_official_rule():
+    # A middle level, a model error of 3 bins, std of 1 bin: the tanh CDF, not the exact one.
+    x, mean, scale = 0.2, 0.2 + 6 / 255, 2 / 255
+    x_t, m_t = torch.tensor([x], dtype=torch.float64), torch.tensor([mean], dtype=torch.float64)
+    log_s = torch.tensor([math.log(scale)], dtype=torch.float64)
+    upper, lower = (x - mean + 1 / 255) / scale, (x - mean - 1 / 255) / scale
+    expected = math.log(_tanh_cdf(upper) - _tanh_cdf(lower))
+    got = discretized_gaussian_log_likelihood(x_t, means=m_t, log_scales=log_s).item()
+    assert got == pytest.approx(expected, rel=1e-12)
+    exact = discretized_gaussian_log_likelihood(x_t, means=m_t, log_scales=log_s, form="exact").item()
+    assert abs(exact - got) > 1e-3  # the two forms really differ here
+    # Far in the tail of an edge bin the probability is clamped at 1e-12 before the log (log_ndtr is not).
+    far = torch.tensor([1.0], dtype=torch.float64)
+    far_args = {"means": torch.tensor([-0.5], dtype=torch.float64), "log_scales": torch.tensor([-6.0]).double()}
+    assert discretized_gaussian_log_likelihood(far, **far_args).item() == pytest.approx(math.log(1e-12))
+    assert discretized_gaussian_log_likelihood(far, **far_args, form="exact").item() < math.log(1e-12) - 100
+    # Edge bins start at |x| > 0.999: x = -0.9985 is an interior bin officially, the edge bin in the exact form.
+    edge_x = torch.tensor([-0.9985], dtype=torch.float64)
+    f64 = torch.float64
+    edge_args = {"means": torch.tensor([0.5], dtype=f64), "log_scales": torch.tensor([math.log(0.5)], dtype=f64)}
+    u, low = (-0.9985 - 0.5 + 1 / 255) / 0.5, (-0.9985 - 0.5 - 1 / 255) / 0.5
+    interior = math.log(_tanh_cdf(u) - _tanh_cdf(low))
+    assert discretized_gaussian_log_likelihood(edge_x, **edge_args).item() == pytest.approx(interior, rel=1e-12)
+    assert discretized_gaussian_log_likelihood(edge_x, **edge_args, form="exact").item() == pytest.approx(
+        math.log(0.5 * math.erfc(-u / math.sqrt(2))), rel=1e-9
+    )
+
+
+def test_vb_term_uses_the_configured_decoder_form():
+    diff_official = _diffusion("linear")
+    diff_exact = dataclasses.replace(diff_official, decoder_likelihood="exact")
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.randint(0, 256, (4, 1, 4, 4), generator=g).double() / 127.5 - 1.0)
+    xt = x0 + 0.01 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    output = torch.cat([x0 + 0.3, torch.zeros_like(x0)], dim=1)  # a large error at t=0
+    t = torch.zeros(4, dtype=torch.long)
+    official = diff_official.vb_terms_bpd(output, x0, xt, t)
+    exact = diff_exact.vb_terms_bpd(output, x0, xt, t)
+    assert not torch.allclose(official, exact, rtol=1e-3)
+    with pytest.raises(ValueError, match="decoder_likelihood"):
+        dataclasses.replace(diff_official, decoder_likelihood="tanh")
 
 
 @settings(max_examples=10, deadline=None)

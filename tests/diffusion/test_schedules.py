@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -107,3 +108,35 @@ def test_space_timesteps_rejects_impossible(bad):
 def test_unknown_schedule_lists_choices():
     with pytest.raises(ValueError, match="linear, cosine"):
         make_betas("quadratic", 10)
+
+
+def _round_of_product(T: int, n: int) -> set[int]:
+    """The rule the official code does *not* use: round(j * stride) for each j."""
+    stride = (T - 1) / (n - 1) if n > 1 else 1.0
+    return {round(j * stride) for j in range(n)}
+
+
+def test_respacing_accumulates_the_stride_like_the_official_code():
+    # improved-diffusion adds a float stride step by step and rounds the running position; at exact .5
+    # ties that lands one step away from round(j * stride). N=21 of T=1000: the 11th kept step is 499.
+    assert sorted(space_timesteps(1000, 21))[10] == 499
+    assert sorted(_round_of_product(1000, 21))[10] == 500
+    differing = [n for n in range(1, 1000) if space_timesteps(1000, n) != _round_of_product(1000, n)]
+    assert len(differing) == 278
+    assert sum(space_timesteps(4000, n) != _round_of_product(4000, n) for n in range(1, 4000)) == 1263
+    # Sections accumulate within each section: 21 steps in each half of 2000 reproduces the same tie.
+    assert sorted(space_timesteps(2000, "21,21"))[10] == 499
+
+
+def test_linspace_spacing_is_available_under_its_own_name():
+    assert space_timesteps(1000, "linspace21") == {int(v) for v in np.round(np.linspace(0, 999, 21))}
+    assert 500 in space_timesteps(1000, "linspace21") and 499 not in space_timesteps(1000, "linspace21")
+    with pytest.raises(ValueError, match="linspace"):
+        space_timesteps(1000, "linspace0")
+
+
+def test_bad_respacing_strings_say_what_is_valid():
+    with pytest.raises(ValueError, match="ddimN"):
+        space_timesteps(1000, "fifty")
+    with pytest.raises(ValueError, match="fixed stride"):
+        space_timesteps(1000, "ddim1")  # no integer stride in [1, T) gives a single step, as officially

@@ -71,7 +71,7 @@ def digits_run(tmp_path_factory):
         "sample.num_samples=2",
         "sample.steps=1",
         "train.progress=false",
-        "train.tensorboard=false",
+        "train.logger=none",
         f"run_dir={root / 'run'}",
     ]
     assert train_main(overrides) == 0

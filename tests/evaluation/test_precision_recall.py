@@ -51,3 +51,27 @@ def test_knn_radii_excludes_self():
     np.testing.assert_allclose(knn_radii(x, k=3, chunk=1).numpy(), [6.0, 5.0, 3.0, 6.0])
     with pytest.raises(ValueError, match="k < number of points"):
         knn_radii(x, k=4)
+
+
+def _exact_coverage(points: np.ndarray, support: np.ndarray, k: int = 3) -> float:
+    """Brute force with explicit differences (no |a|^2 + |b|^2 - 2ab): the ground truth."""
+    within = np.sqrt(((support[:, None, :] - support[None, :, :]) ** 2).sum(-1))
+    radii = np.sort(within, axis=1)[:, k]
+    across = np.sqrt(((points[:, None, :] - support[None, :, :]) ** 2).sum(-1))
+    return float((across <= radii[None, :]).any(axis=1).mean())
+
+
+def test_a_large_common_offset_does_not_change_the_answer():
+    # Features with a large common offset and a small spread (1e5 and 1e-2): the expansion trick on raw
+    # features gets the radii wrong by several percent; centring first makes it match brute force.
+    rng = np.random.default_rng(7)
+    real = 1e5 + 1e-2 * rng.standard_normal((400, 16))
+    fake = 1e5 + 1e-2 * (0.8 * rng.standard_normal((400, 16)) + 0.3)
+    pr = precision_recall(real, fake)
+    assert pr.precision == pytest.approx(_exact_coverage(fake, real), abs=1e-12)
+    assert pr.recall == pytest.approx(_exact_coverage(real, fake), abs=1e-12)
+    shifted = precision_recall(real - 1e5, fake - 1e5)
+    assert (pr.precision, pr.recall) == (shifted.precision, shifted.recall)
+    radii = knn_radii(real).numpy()
+    exact = np.sort(np.sqrt(((real[:, None] - real[None]) ** 2).sum(-1)), axis=1)[:, 3]
+    np.testing.assert_allclose(radii, exact, rtol=1e-6)

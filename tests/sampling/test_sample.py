@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_train_support import one_thread, run_cli, run_train  # noqa: F401
+from train_support import one_thread, run_cli, run_train  # noqa: F401
 
 from archbench.sample import main
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from test_train_support import QUICK, REPO, cli_env, losses, one_thread, run_train  # noqa: F401
+from train_support import QUICK, REPO, cli_env, losses, one_thread, run_train  # noqa: F401
 
 from archbench.training import checkpoint as ckpt
 from archbench.training.log import read_metrics

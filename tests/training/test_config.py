@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from test_train_support import one_thread, run_cli  # noqa: F401
+from train_support import one_thread, run_cli  # noqa: F401
 
 from archbench.train import main
 from archbench.training.config import ConfigError, compose_config, recipe_names, to_container

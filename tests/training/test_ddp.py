@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_train_support import QUICK, free_port, losses, one_thread, run_train  # noqa: F401
+from train_support import QUICK, free_port, losses, one_thread, run_train  # noqa: F401
 
 SETTINGS = ["backbone.class_dropout_prob=0", "train.batch_size=32", "train.steps=8", "train.warmup_steps=2",
             "train.ckpt_every=4"]

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import yaml
-from test_train_support import losses, one_thread, run_train  # noqa: F401
+from train_support import losses, one_thread, run_train  # noqa: F401
 
 from archbench.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 

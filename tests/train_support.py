@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 # A few-second run: dit_t2 at the digits' native 8x8, class dropout included (it draws from the global RNG,
 # so resume tests also check the RNG states round-trip).
@@ -28,7 +28,7 @@ QUICK = [
     "train.sample_every=0",
     "train.ckpt_every=0",
     "train.progress=false",
-    "train.tensorboard=false",
+    "train.logger=none",
     "sample.num_samples=4",
     "sample.steps=2",
 ]
