@@ -1,8 +1,9 @@
 """``python -m archbench.sample run_dir=DIR [num_samples=64] [sampler=ddim] [steps=50] [cfg_scale=1.5] [out=grid.png]
-[labels=0,1,2 | class=3] [seed=0] [checkpoint=PATH] [batch_size=64] [device=auto]``
+[labels=0,1,2 | class=3] [seed=0] [checkpoint=PATH] [batch_size=64] [device=auto] [guide_channels=3]``
 
 Loads the EMA weights of the newest checkpoint in ``run_dir`` (or ``checkpoint=``), rebuilds the backbone
-and objective from the config stored in it, and writes a PNG grid plus an ``.npz`` next to it (``arr_0``:
+and objective from the config stored in it (``run_dir`` may also be a pretrained folder written by
+``save_pretrained`` / ``python -m archbench.export``), and writes a PNG grid plus an ``.npz`` next to it (``arr_0``:
 uint8 images [N, H, W, C], ``arr_1``: labels, -1 when unconditional).
 """
 
@@ -29,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "sampler": None,  # None: the run's sample.sampler, else ddim (ddpm) / euler (flow)
     "steps": None,  # None: the run's sample.steps
     "cfg_scale": None,  # None: the run's sample.cfg_scale
+    "guide_channels": None,  # None: the run's sample.guide_channels (None there: guide every channel)
     "out": None,  # None: <run_dir>/samples/sample_step<N>.png
     "labels": None,
     "class": None,
@@ -90,8 +92,8 @@ def _labels(args: dict[str, Any], num_classes: int) -> torch.Tensor | None:
 
 def run(args: dict[str, Any]) -> tuple[Path, Path]:
     """Sample and write the PNG grid and the .npz; returns both paths."""
-    from archbench.diffusion import FLOW_SAMPLERS, GAUSSIAN_SAMPLERS, GaussianObjective
     from archbench.sampling.grid import generate, grid_columns, save_grid, save_npz
+    from archbench.sampling.settings import sampling_settings
     from archbench.training.distributed import pick_device
 
     try:
@@ -100,17 +102,15 @@ def run(args: dict[str, Any]) -> tuple[Path, Path]:
         raise SampleError(f"device={args['device']}: {one_line(exc)}") from None
     loaded = load_ema_model(args["run_dir"], args["checkpoint"], device)
     net, objective, config, path = loaded["net"], loaded["objective"], loaded["config"], loaded["path"]
-    saved = config.get("sample", {})
     num_classes = int(getattr(net, "num_classes", 0) or 0)
     labels = _labels(args, num_classes)
     data = config["data"]
     n = int(args["num_samples"])
-    sampler = args["sampler"] if args["sampler"] is not None else saved.get("sampler")
-    steps = args["steps"] if args["steps"] is not None else saved.get("steps")
-    valid = GAUSSIAN_SAMPLERS if isinstance(objective, GaussianObjective) else FLOW_SAMPLERS
-    if sampler is not None and sampler not in valid:
-        raise SampleError(f"unknown sampler {sampler!r} for {type(objective).__name__}; valid: {', '.join(valid)}")
-    cfg_scale = float(args["cfg_scale"] if args["cfg_scale"] is not None else saved.get("cfg_scale", 1.0))
+    try:
+        chosen = sampling_settings(args, config.get("sample", {}), objective)
+    except ValueError as exc:
+        raise SampleError(one_line(exc)) from None
+    cfg_scale = chosen["cfg_scale"]
     log.info("sampling %d images from %s (EMA, step %d, cfg %.2f)", n, path, loaded["step"], cfg_scale)
     try:
         samples = generate(
@@ -119,9 +119,10 @@ def run(args: dict[str, Any]) -> tuple[Path, Path]:
             num_samples=n,
             shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])),
             labels=labels,
-            sampler=sampler,
-            steps=steps,
+            sampler=chosen["sampler"],
+            steps=chosen["steps"],
             cfg_scale=cfg_scale,
+            guide_channels=chosen["guide_channels"],
             seed=int(args["seed"]),
             batch_size=int(args["batch_size"]),
             device=device,
@@ -129,8 +130,7 @@ def run(args: dict[str, Any]) -> tuple[Path, Path]:
         )
     except ValueError as exc:  # unknown sampler, bad steps, cfg without a null class
         raise SampleError(one_line(exc)) from None
-    run_dir = Path(args["run_dir"]) if args["run_dir"] else path.parent.parent
-    out = Path(args["out"]) if args["out"] else run_dir / "samples" / f"sample_step{loaded['step']:07d}.png"
+    out = Path(args["out"]) if args["out"] else loaded["run_dir"] / "samples" / f"sample_step{loaded['step']:07d}.png"
     nrow = int(args["nrow"]) if args["nrow"] else grid_columns(n, num_classes if args["labels"] is None else 0)
     png = save_grid(samples, out, nrow)
     npz = save_npz(samples, labels, out.with_suffix(".npz"))

@@ -1,11 +1,13 @@
 """Evaluate a training run's samples, or train the offline feature network.
 
   python -m archbench.eval run_dir=DIR [num_samples=10000] [features=auto|inception|fashion_mnist_cnn|digits_cnn]
-      [sampler=ddim] [steps=50] [cfg_scale=1.0] [seed=0] [batch_size=64] [checkpoint=PATH] [device=auto]
-      [weights=PATH] [ref_split=train] [ref_items=N] [out=DIR/eval.json] [train_if_missing=false] [cache=DIR]
+      [sampler=ddim] [steps=50] [cfg_scale=1.0] [guide_channels=N] [seed=0] [batch_size=64] [checkpoint=PATH]
+      [device=auto] [weights=PATH] [ref_split=train] [ref_items=N] [out=DIR/eval.json] [train_if_missing=false]
+      [cache=DIR]
 
-    Samples ``num_samples`` images from the EMA weights of the newest checkpoint in ``run_dir`` (sampler, steps
-    and cfg_scale default to the run's ``sample`` settings), extracts features, compares them with cached
+    Samples ``num_samples`` images from the EMA weights of the newest checkpoint in ``run_dir`` (or from a
+    pretrained folder exported from a run; sampler, steps, cfg_scale and guide_channels default to the run's
+    ``sample`` settings), extracts features, compares them with cached
     statistics of the run's real dataset (``ref_split`` at the run's resolution) and writes ``run_dir/eval.json``:
     the score (FID for ``inception``, ``FD-<network>`` otherwise), k-NN precision/recall (k=3), and what was used.
     ``features=auto`` picks the dataset CNN for fashion_mnist/digits, else inception.
@@ -47,6 +49,7 @@ RUN_ARGS: dict[str, tuple[type, Any]] = {
     "sampler": (str, None),
     "steps": (int, None),
     "cfg_scale": (float, None),
+    "guide_channels": (int, None),
     "seed": (int, 0),
     "batch_size": (int, 64),
     "feature_batch_size": (int, 250),
@@ -116,7 +119,8 @@ def _features_name(requested: str, dataset: str) -> str:
 def evaluate_run(args: dict[str, Any]) -> dict[str, Any]:
     """Sample from the run's EMA model, score the samples, write ``eval.json``; returns the record."""
     from archbench.evaluation import get_feature_extractor, reference_stats, score_samples
-    from archbench.sampling.grid import default_sampler, generate, grid_labels
+    from archbench.sampling.grid import generate, grid_labels
+    from archbench.sampling.settings import sampling_settings
     from archbench.training.distributed import pick_device
 
     if args["run_dir"] is None and args["checkpoint"] is None:
@@ -127,6 +131,11 @@ def evaluate_run(args: dict[str, Any]) -> dict[str, Any]:
         raise EvalError(f"device={args['device']}: {one_line(exc)}") from None
     run = load_ema_model(args["run_dir"], args["checkpoint"], device)
     config, data = run["config"], run["config"]["data"]
+    if not data.get("name"):
+        raise EvalError(
+            f"{run['path']} does not say which dataset it was trained on, so there is no reference to score against; "
+            "export it from its training run (python -m archbench.export) or evaluate the run_dir"
+        )
     if int(data["channels"]) not in (1, 3):
         raise EvalError(f"run {run['path']} models {data['channels']}-channel latents; decoding them is not supported")
     name = _features_name(args["features"], data["name"])
@@ -145,10 +154,11 @@ def evaluate_run(args: dict[str, Any]) -> dict[str, Any]:
         batch_size=args["feature_batch_size"],
         log=log.info,
     )
-    saved = config.get("sample", {})
-    sampler = args["sampler"] or saved.get("sampler") or default_sampler(run["objective"])
-    steps = args["steps"] if args["steps"] is not None else saved.get("steps")
-    cfg_scale = float(args["cfg_scale"] if args["cfg_scale"] is not None else saved.get("cfg_scale", 1.0))
+    try:
+        chosen = sampling_settings(args, config.get("sample", {}), run["objective"])
+    except ValueError as exc:
+        raise EvalError(one_line(exc)) from None
+    sampler, steps, cfg_scale = chosen["sampler"], chosen["steps"], chosen["cfg_scale"]
     n = args["num_samples"]
     num_classes = int(getattr(run["net"], "num_classes", 0) or 0)
     log.info("sampling %d images from %s (EMA, step %d, %s, %s steps, cfg %.2f)",
@@ -164,6 +174,7 @@ def evaluate_run(args: dict[str, Any]) -> dict[str, Any]:
             sampler=sampler,
             steps=steps,
             cfg_scale=cfg_scale,
+            guide_channels=chosen["guide_channels"],
             seed=args["seed"],
             batch_size=args["batch_size"],
             device=device,
@@ -179,6 +190,7 @@ def evaluate_run(args: dict[str, Any]) -> dict[str, Any]:
         "sampler": sampler,
         "steps": steps,
         "cfg_scale": cfg_scale,
+        "guide_channels": chosen["guide_channels"],
         "seed": args["seed"],
         "checkpoint": str(run["path"]),
         "step": run["step"],
@@ -189,7 +201,7 @@ def evaluate_run(args: dict[str, Any]) -> dict[str, Any]:
         "reference": reference.meta,
         "seconds": {"sampling": round(sampling_s, 2), "scoring": round(time.perf_counter() - start, 2)},
     }
-    out = Path(args["out"]) if args["out"] else Path(args["run_dir"] or run["path"].parent.parent) / "eval.json"
+    out = Path(args["out"]) if args["out"] else run["run_dir"] / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")

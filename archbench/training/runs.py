@@ -1,6 +1,8 @@
-"""A training run's record read back: the newest checkpoint's EMA network, rebuilt from the config stored in it.
+"""A training run's record read back: its EMA network rebuilt from a checkpoint, or from a pretrained folder.
 
-Everything that consumes a trained run (the sample command, evaluation, the CI regression, the study) loads it here.
+Everything that consumes a trained model (the sample command, evaluation, the CI regression, the study) loads
+it here, from a run_dir (newest checkpoint), a checkpoint file, or a folder written by ``save_pretrained``
+(``export_pretrained`` writes one from a run, with the diffusion and data settings needed to sample from it).
 """
 
 from __future__ import annotations
@@ -11,16 +13,28 @@ from typing import Any
 import torch
 
 from archbench.training import checkpoint as ckpt
+from archbench.training.config import diffusion_node
 from archbench.training.ema import EMA
 from archbench.training.setup import build_model, build_objective
+from backbones.hub import from_pretrained, is_pretrained_dir, save_pretrained
+
+# The parts of a run's config a pretrained folder carries in its ``extra`` section.
+EXPORTED_SECTIONS = ("diffusion", "data", "sample")
 
 
 def load_ema_model(run_dir: str | Path | None, checkpoint: str | Path | None, device: torch.device) -> dict[str, Any]:
-    """EMA network (eval mode, on ``device``), objective, config, step and path of the newest checkpoint in
-    ``run_dir`` (or of ``checkpoint``): everything needed to sample from a finished or running training run."""
+    """EMA network (eval mode, on ``device``), objective, config, step, source path and run folder.
+
+    ``run_dir`` may be a training run (its newest checkpoint is used unless ``checkpoint`` names one) or a
+    pretrained folder; everything needed to sample from a finished or running training run.
+    """
+    if run_dir is not None and checkpoint is None and is_pretrained_dir(run_dir):
+        return _load_pretrained(Path(run_dir), device)
     path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir) if run_dir else None
     if path is None:
-        raise ckpt.CheckpointError(f"no checkpoints under {ckpt.checkpoint_dir(run_dir or '.')}")
+        raise ckpt.CheckpointError(
+            f"no checkpoints under {ckpt.checkpoint_dir(run_dir or '.')} (and {run_dir} is not a pretrained folder)"
+        )
     state = ckpt.load_checkpoint(path)
     config = ckpt.checkpoint_config(state)
     ema = EMA(build_model(config), decay=1.0)
@@ -34,4 +48,35 @@ def load_ema_model(run_dir: str | Path | None, checkpoint: str | Path | None, de
         "config": config,
         "step": int(state["step"]),
         "path": path,
+        "run_dir": Path(run_dir) if run_dir else path.parent.parent,
     }
+
+
+def _load_pretrained(folder: Path, device: torch.device) -> dict[str, Any]:
+    """A pretrained folder: the backbone from its config, the objective from the exported settings (or DDPM)."""
+    net = from_pretrained(folder, device=device).eval()
+    extra = getattr(net, "pretrained_extra", {}) or {}
+    build = dict(net.backbone_config)
+    diffusion = extra.get("diffusion") or {**diffusion_node("ddpm"), "learn_sigma": bool(build.get("learn_sigma"))}
+    data = extra.get("data") or {"name": None, "image_size": build["image_size"], "channels": build["in_channels"]}
+    config = {"backbone": build, "diffusion": diffusion, "data": data, "sample": extra.get("sample", {})}
+    return {
+        "net": net,
+        "objective": build_objective(config),
+        "config": config,
+        "step": int(extra.get("step", 0)),
+        "path": folder,
+        "run_dir": folder,
+    }
+
+
+def export_pretrained(
+    run_dir: str | Path | None, out: str | Path, checkpoint: str | Path | None = None
+) -> dict[str, Any]:
+    """Write the run's EMA backbone as a pretrained folder (safetensors + config.json with the run's diffusion,
+    data and sample settings), so ``archbench.from_pretrained`` and the sample/eval commands can use it."""
+    run = load_ema_model(run_dir, checkpoint, torch.device("cpu"))
+    extra = {key: run["config"][key] for key in EXPORTED_SECTIONS if key in run["config"]}
+    extra.update(step=run["step"], source=str(run["path"]))
+    folder = save_pretrained(run["net"], out, extra)
+    return {**run, "folder": folder, "extra": extra}

@@ -45,6 +45,19 @@ class DiffusionBackbone(nn.Module):
         self.class_dropout_prob = class_dropout_prob
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
 
+    def save_pretrained(self, directory: str, extra: dict | None = None) -> str:
+        """Write ``model.safetensors`` + ``config.json`` (see :mod:`backbones.hub`); reload with
+        ``archbench.from_pretrained(directory)``."""
+        from backbones.hub import save_pretrained
+
+        return str(save_pretrained(self, directory, extra))
+
+    def push_to_hub(self, repo_id: str, extra: dict | None = None, private: bool = False) -> str:
+        """Upload the pretrained folder to a Hugging Face Hub repo (network and token needed)."""
+        from backbones.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, extra=extra, private=private)
+
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0

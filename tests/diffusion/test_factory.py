@@ -123,3 +123,20 @@ def test_progress_bar_does_not_change_result(objective, sampler):
             for p in (False, True)
         ]
     assert torch.equal(*runs)
+
+
+def test_guide_channels_guides_only_the_first_channels():
+    """DiT's official sampler guides 3 of 4 latent channels: the rest follow the conditional prediction."""
+    objective = create_diffusion("ddpm", learn_sigma=False)
+
+    def model(x, t, y):  # eps depends on the label, channel by channel
+        return x * 0 + (y.float()[:, None, None, None] - 0.5) * torch.tensor([1.0, 2.0])[None, :, None, None]
+
+    kwargs = {"y": torch.tensor([1, 1])}
+    common = dict(sampler="ddim", steps=3, cfg_scale=3.0, null_class=0, model_kwargs=kwargs)
+    noise = torch.randn(2, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    all_guided = objective.sample(model, (2, 2, 2, 2), noise=noise, **common)
+    first_only = objective.sample(model, (2, 2, 2, 2), noise=noise, guide_channels=1, **common)
+    unguided = objective.sample(model, (2, 2, 2, 2), noise=noise, **{**common, "cfg_scale": 1.0})
+    assert torch.equal(first_only[:, 0], all_guided[:, 0])
+    assert torch.equal(first_only[:, 1], unguided[:, 1]) and not torch.equal(all_guided[:, 1], unguided[:, 1])

@@ -101,6 +101,27 @@ def test_eval_writes_score_to_run_dir(digits_run, capsys):
     assert (cache / "reference" / f"{record['reference']['key']}.npz").is_file()
 
 
+def test_eval_scores_an_exported_pretrained_folder_like_its_run(digits_run, tmp_path, capsys):
+    from archbench.export import main as export_main
+
+    run_dir, cache = digits_run
+    folder = tmp_path / "pretrained"
+    assert export_main([f"run_dir={run_dir}", f"out={folder}"]) == 0
+    argv = ["num_samples=12", "steps=2", "batch_size=6", f"cache={cache}", "progress=false"]
+    assert ev.main([f"run_dir={run_dir}", f"out={tmp_path / 'run.json'}", *argv]) == 0
+    assert ev.main([f"run_dir={folder}", *argv]) == 0
+    from_run = json.loads((tmp_path / "run.json").read_text())
+    from_folder = json.loads((folder / "eval.json").read_text())
+    assert from_folder["score"] == from_run["score"] and from_folder["step"] == from_run["step"] == 1
+    # A bare save_pretrained folder knows no dataset: refused in one line.
+    import archbench
+
+    bare = archbench.build("unet_t", image_size=16, in_channels=1).save_pretrained(tmp_path / "bare")
+    capsys.readouterr()
+    assert ev.main([f"run_dir={bare}", *argv]) == 1
+    assert "does not say which dataset" in capsys.readouterr().err
+
+
 def test_eval_with_inception_and_no_weights_says_where_to_put_them(digits_run, tmp_path, monkeypatch, capsys):
     from archbench.evaluation import inception
 

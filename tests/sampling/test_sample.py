@@ -69,3 +69,24 @@ def test_latent_samples_are_kept_as_floats(tmp_path):
     stored = np.load(tmp_path / "z.npz")
     assert np.allclose(stored["latents"], latents.numpy()) and stored["arr_1"].tolist() == [1, 2, 3]
     assert save_grid(latents, tmp_path / "z.png", nrow=3).is_file()  # a preview of 3 latent channels
+
+
+def test_an_exported_pretrained_folder_samples_like_its_run(trained, tmp_path):
+    folder = tmp_path / "pretrained"
+    proc = run_cli("archbench.export", f"run_dir={trained}", f"out={folder}")
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / "model.safetensors").is_file() and "step 3" in proc.stdout
+    args = ["num_samples=4", "steps=3", "seed=1", "progress=false", "labels=0,1"]
+    assert main([f"run_dir={trained}", f"out={tmp_path / 'from_run.png'}", *args]) == 0
+    assert main([f"run_dir={folder}", f"out={tmp_path / 'from_folder.png'}", *args]) == 0
+    from_run = np.load(tmp_path / "from_run.npz")["arr_0"]
+    assert np.array_equal(np.load(tmp_path / "from_folder.npz")["arr_0"], from_run)
+
+
+def test_guide_channels_is_a_sampling_option(trained, tmp_path, capsys):
+    base = [f"run_dir={trained}", "num_samples=4", "steps=3", "cfg_scale=3", "progress=false", "labels=0,1"]
+    assert main([*base, f"out={tmp_path / 'all.png'}"]) == 0
+    assert main([*base, "guide_channels=1", f"out={tmp_path / 'one.png'}"]) == 0  # 1 of 1 channel: the same
+    assert np.array_equal(np.load(tmp_path / "all.npz")["arr_0"], np.load(tmp_path / "one.npz")["arr_0"])
+    assert main([*base, "guide_channels=0"]) == 1
+    assert "guide_channels must be a positive channel count" in capsys.readouterr().err
