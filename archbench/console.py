@@ -1,10 +1,19 @@
-"""How the command-line tools report an expected failure: one line on stderr and exit code 1, no traceback."""
+"""How the command-line tools report an expected failure: one line on stderr and exit code 1, no traceback.
+
+Exit codes, the same for every ``python -m archbench.X`` command: 0 success; 1 an expected failure (a bad
+argument, a missing or unusable input, a failed check such as an FD regression); 128 + N when training was
+stopped by signal N after writing its checkpoint (130 for Ctrl-C, 143 for SIGTERM).
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+EXIT_OK, EXIT_FAILURE = 0, 1
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -48,3 +57,10 @@ def setup_logging(rank: int = 0, log_file: str | Path | None = None) -> None:
         root.addHandler(handler)
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     root.propagate = False
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with this project's convention: a usage error is one line and exit code 1 (argparse's is 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_FAILURE, f"{self.prog}: error: {one_line(message)} (see --help)\n")

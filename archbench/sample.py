@@ -72,6 +72,15 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     for key in ("num_samples", "batch_size", "seed"):
         if not isinstance(args[key], int) or isinstance(args[key], bool) or (key != "seed" and args[key] < 1):
             raise SampleError(f"{key} must be a positive integer, got {args[key]!r}")
+    cfg_scale = args["cfg_scale"]
+    if cfg_scale is not None and (isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float))):
+        raise SampleError(f"cfg_scale must be a number (1 = no guidance), got {cfg_scale!r}")
+    steps = args["steps"]
+    if steps is not None and (isinstance(steps, (bool, float)) or (isinstance(steps, int) and steps < 1)):
+        raise SampleError(f"steps must be a positive integer (or a respacing such as ddim25), got {steps!r}")
+    gc = args["guide_channels"]
+    if gc is not None and (isinstance(gc, bool) or not isinstance(gc, int) or gc < 1):
+        raise SampleError(f"guide_channels must be a positive channel count (or null: all), got {gc!r}")
     return args
 
 

@@ -1,7 +1,7 @@
 """``python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=ddpm|flow] [key=value ...] [--cfg]``
 
 With no arguments: the embedded default recipe, a small DiS on Fashion-MNIST (or scikit-learn digits when
-the Debian package is absent) for a few CPU minutes, writing sample grids under ``runs/default-dis_t2``.
+the Debian package is absent) for a few CPU minutes, writing sample grids under ``runs/default-fashion_mnist-dis_t2``.
 Under ``torchrun --nproc_per_node=N -m archbench.train ...`` it trains with DDP (NCCL on GPUs, gloo on CPU).
 
 Exit codes: 0 done, 1 error (one line on stderr), 128+signal when SIGTERM/SIGINT stopped it after saving.
@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from archbench.training.config import ConfigError, compose_config, recipe_names, to_container, to_yaml
     from archbench.training.distributed import cleanup, init_distributed
     from archbench.training.loop import NonFiniteLossError, prepare_run_dir, train
+    from archbench.training.run_lock import RunDirLockedError
+    from archbench.training.setup import check_config
     from archbench.training.signals import StopRequest
     from archbench.training.trackers import TrackerError
 
@@ -51,9 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("archbench.train", f"unknown option {flags[0]!r}; options are --cfg and -h, the rest is key=value")
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(rank)
-    expected = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, ImportError, TrackerError)
+    expected = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, ImportError, TrackerError,
+                RunDirLockedError)
     try:
         cfg = compose_config(overrides)
+        check_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # --cfg and the run agree
         if show_cfg:
             print(to_yaml(cfg), end="")
             return 0

@@ -117,7 +117,7 @@ class DiS(TokenBackbone):
         nn.init.zeros_(self.pos_embed)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.check_inputs(x, t, y)
+        t, y = self.check_inputs(x, t, y)
         patches = self.patch_embed(x)
         time_token = self.time_embed(t).to(patches.dtype)
         extra = [time_token.unsqueeze(1)]

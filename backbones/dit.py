@@ -101,7 +101,7 @@ class DiT(TokenBackbone):
             nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.check_inputs(x, t, y)
+        t, y = self.check_inputs(x, t, y)
         tokens = self.patch_embed(x) + self.pos_embed
         c = self.time_embed(t)
         if self.label_embed is not None:

@@ -170,10 +170,30 @@ def backbone_config(name: str, **overrides: Any) -> dict[str, Any]:
     return {"name": name, "family": spec.family, **config}
 
 
+# Structural sizes every family that has them needs to be positive integers (checked before building, so a bad
+# value is named instead of surfacing as "math domain error" or "groups must be a positive integer").
+POSITIVE_INTEGERS = ("depth", "width", "num_heads", "patch_size", "base_channels", "num_res_blocks", "norm_groups")
+
+
+def check_structure(name: str, config: dict[str, Any]) -> None:
+    """Refuse non-positive or non-integer structural sizes, naming the argument."""
+    for key in POSITIVE_INTEGERS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
+    ratio = config.get("mlp_ratio")
+    if ratio is not None and not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0):
+        raise ValueError(f"{name}: mlp_ratio must be a positive number, got {ratio!r}")
+    mult = config.get("channel_mult")
+    if mult is not None and not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mult):
+        raise ValueError(f"{name}: channel_mult must hold positive integers, got {mult!r}")
+
+
 def build(name: str, **overrides: Any) -> nn.Module:
     """Build a registered backbone; ``overrides`` replace its default configuration."""
     spec = get_spec(name)
     config = spec.resolve(overrides)
+    check_structure(name, config)
     model = spec.constructor(**config)
     model.backbone_name = name
     model.backbone_config = {"name": name, "family": spec.family, **config}

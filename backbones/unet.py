@@ -283,7 +283,7 @@ class UNet(DiffusionBackbone):
         return channels // self.num_head_channels
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.check_inputs(x, t, y)
+        t, y = self.check_inputs(x, t, y)
         emb = self.time_embed(t)
         if self.label_embed is not None:
             emb = emb + self.label_embed(y)

@@ -107,7 +107,7 @@ class UViT(TokenBackbone):
                 module.reset_ssm_parameters()  # dt/A/D must keep Mamba's init to be stable
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.check_inputs(x, t, y)
+        t, y = self.check_inputs(x, t, y)
         patches = self.patch_embed(x)
         extra = [self.time_embed(t).to(patches.dtype).unsqueeze(1)]
         if self.label_embed is not None:

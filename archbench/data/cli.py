@@ -144,5 +144,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         raise ValueError(f"unknown command {command!r}; commands: list, encode (see --help)")
     except (ValueError, DatasetNotFoundError, VaeNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"archbench.data: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1

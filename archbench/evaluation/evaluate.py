@@ -102,7 +102,8 @@ def parse_args(argv: Sequence[str], spec: dict[str, tuple[type, Any]]) -> dict[s
         if key not in spec:
             raise EvalError(f"unknown argument {key!r}; valid: {', '.join(spec)}")
         args[key] = _convert(key, spec[key][0], value)
-    for key in ("num_samples", "batch_size", "feature_batch_size", "epochs", "train_items", "ref_items"):
+    for key in ("num_samples", "batch_size", "feature_batch_size", "epochs", "train_items", "ref_items", "steps",
+                "guide_channels"):
         if key in args and args[key] is not None and args[key] < 1:
             raise EvalError(f"{key} must be a positive integer, got {args[key]}")
     return args

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archbench.console import one_line
+from archbench.console import ArgumentParser, fail, one_line
 
 PROGRAM = "archbench.ci"
 TINY_BACKBONES = ("dis_t2", "dit_t2", "uvit_t2", "unet_t")
@@ -197,12 +197,10 @@ def run_fid(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.backbones.split(",") if n.strip()]
     unknown = [n for n in names if n not in list_backbones()]
     if unknown:
-        print(f"{PROGRAM}: unknown backbone(s) {', '.join(unknown)}; e.g. {', '.join(TINY_BACKBONES)}", file=sys.stderr)
-        return 2
+        return fail(PROGRAM, f"unknown backbone(s) {', '.join(unknown)}; e.g. {', '.join(TINY_BACKBONES)}")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     if not args.update_baselines and len(seeds) > 1:
-        print(f"{PROGRAM}: --seeds is for --update-baselines (CI compares one seed)", file=sys.stderr)
-        return 2
+        return fail(PROGRAM, "--seeds is for --update-baselines (CI compares one seed)")
     directory = Path(args.baselines) if args.baselines else baselines_dir()
     work_dir = Path(args.work_dir)
     rows = []
@@ -233,7 +231,7 @@ def run_fid(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m {PROGRAM}", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=f"python -m {PROGRAM}", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     fid = commands.add_parser("fid", help="train the tiny backbones, score FD, compare with the baselines")
     fid.add_argument("--backbones", default=",".join(TINY_BACKBONES), help="comma-separated registry names")

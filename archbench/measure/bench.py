@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from archbench.console import ArgumentParser
+
 SCAN_BENCH_IMPLS = ("reference", "fast", "pscan", "mamba_ssm")
 
 
@@ -219,7 +221,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m archbench.bench", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m archbench.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     scan = sub.add_parser("scan", help="selective-scan implementations: time and peak memory")
     scan.add_argument("--lengths", type=int, nargs="+", default=[257, 1025, 4097])

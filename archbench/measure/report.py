@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from archbench.console import fail
 from backbones.registry import backbone_config, get_spec, list_backbones
 
 COMMANDS: dict[str, dict[str, str]] = {
@@ -408,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or any(a in ("-h", "--help", "help") for a in argv):
         print(usage())
-        return 0 if argv else 2
+        return 0 if argv else 1
     try:
         command, args = parse_args(argv)
         handler = {"flops": cmd_flops, "summary": cmd_summary, "scaling": cmd_scaling}[command]
@@ -417,8 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except UsageError as error:
-        print(f"archbench.report: error: {error}", file=sys.stderr)
-        return 2
+        return fail("archbench.report", str(error))
+    except OSError as error:  # an output folder that cannot be written, a missing file
+        return fail("archbench.report", f"{error.strerror or error}: {error.filename or ''}".strip(": "))
     return 0
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
+from archbench.console import ArgumentParser, fail
 from backbones.registry import backbone_config, build, get_spec, list_backbones
 
 
@@ -59,15 +59,21 @@ def update_readme(path: Path) -> None:
     path.write_text(f"{head}{README_BEGIN}\n{zoo_markdown()}\n{README_END}{tail}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print the table of registered backbones (Markdown).")
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description="Print the table of registered backbones (Markdown).")
     parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'dis_*'")
     parser.add_argument("--readme", type=Path, nargs="?", const=Path("README.md"), help="update this README's table")
     args = parser.parse_args(argv)
     if args.readme:
+        if not args.readme.is_file() or README_BEGIN not in args.readme.read_text():
+            return fail(
+                "archbench.zoo", f"{args.readme} is not a README with the zoo markers {README_BEGIN} ... {README_END}; "
+                "run from the repository root or give --readme PATH"
+            )
         update_readme(args.readme)
     else:
         print(zoo_markdown(args.pattern))
+    return 0
 
 
 if __name__ == "__main__":

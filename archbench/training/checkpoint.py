@@ -9,6 +9,7 @@ mid-write leaves either the previous file or the complete new one, never a trunc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 FORMAT = "archbench-checkpoint/1"
 SUBDIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+log = logging.getLogger("archbench.train")
 # Build options that choose an implementation, not the weights: a checkpoint may resume under another value.
 RUNTIME_OPTIONS = frozenset({"scan"})
 
@@ -97,18 +99,50 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):  # torch's zip format, or legacy pickle
+        raise CheckpointError(f"{path} is not a checkpoint: it is not a file written by torch.save")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}: {reason}); "
-            "delete it or resume from another one with train.resume=<path>"
-        ) from None
+        raise CheckpointError(f"{path} is not a readable archbench checkpoint ({_reason(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not an archbench training checkpoint (format {found!r}, expected {FORMAT})")
     return state
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a load error, without torch's advice to load with weights_only=False (that would let
+    the file run code: never the right fix for a damaged or foreign file)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    if "weights_only" in first or "Weights only load failed" in first:
+        first = "it holds objects other than tensors and plain values, or it is damaged"
+    return f"{type(exc).__name__}: {first}"
+
+
+def load_newest_good(
+    run_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``run_dir`` that loads, skipping damaged newer ones with a warning naming them
+    (a kill cannot leave one, but a full disk or a copy can); None when the run has no checkpoints."""
+    found = list_checkpoints(run_dir)
+    skipped: list[str] = []
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        if skipped:
+            log.warning("skipped %d unreadable newer checkpoint(s): %s; resuming from %s",
+                        len(skipped), "; ".join(skipped), path)
+        return path, state
+    if found:
+        raise CheckpointError(f"no readable checkpoint under {checkpoint_dir(run_dir)}: {'; '.join(skipped)}")
+    return None
 
 
 def checkpoint_config(state: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,8 @@ _DATA_DRIVEN = {
 
 BASE: dict[str, Any] = {
     "defaults": ["_self_", {"backbone": DEFAULT_BACKBONE}, {"diffusion": "ddpm"}, {"recipe": "default"}],
-    "run_dir": "runs/${recipe}-${backbone.name}",
+    # The dataset is in the name, so digits and Fashion-MNIST runs of one recipe never share a run_dir.
+    "run_dir": "runs/${recipe}-${data.name}-${backbone.name}",
     "seed": 0,
     "device": "auto",  # auto = cuda:<local rank> when available, else cpu
     "data": {

@@ -40,9 +40,21 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; anything else is used as given."""
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise RuntimeError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise RuntimeError(
+                f"no CUDA device is available (torch {torch.__version__}, {built}, sees 0 GPUs); "
+                "run on the CPU with device=cpu (or device=auto)"
+            )
+        if device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"{device} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     return device
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +20,37 @@ log = logging.getLogger("archbench.train")
 METRICS_FILE = "metrics.jsonl"
 
 
+def _parse_rows(path: Path) -> tuple[list[str], list[dict[str, Any]], bool]:
+    """Complete lines and their rows; a last line cut short by a kill mid-write is dropped (flag True)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows: list[dict[str, Any]] = []
+    for index, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if index == len(lines) - 1:
+                return lines[:-1], rows, True
+            raise ValueError(f"{path}: line {index + 1} is not JSON (the file was edited or damaged)") from None
+    return lines, rows, False
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All rows of ``run_dir/metrics.jsonl`` (empty if absent)."""
+    """All complete rows of ``run_dir/metrics.jsonl`` (empty if absent)."""
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse_rows(path)[1] if path.is_file() else []
 
 
 def _truncate(path: Path, last_step: int) -> None:
+    """Keep the rows up to ``last_step`` (those a resumed run will not log again), rewriting atomically."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    lines, rows, cut = _parse_rows(path)
+    if cut:
+        log.warning("%s: dropped an incomplete last line (the previous run was killed while writing it)", path)
+    kept = [line for line, row in zip(lines, rows, strict=True) if row["step"] <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _json_number(value: Any) -> Any:

@@ -30,19 +30,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from archbench.sampling.grid import generate, grid_columns, grid_labels, save_grid
 from archbench.training import checkpoint as ckpt
-from archbench.training.config import ConfigError, backbone_options, to_yaml
+from archbench.training.config import ConfigError, backbone_options
 from archbench.training.data_order import build_loader
 from archbench.training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects
 from archbench.training.ema import EMA
 from archbench.training.log import MetricsLog
 from archbench.training.noise import draw, training_losses
 from archbench.training.optim import build_optimizer, build_scheduler
+from archbench.training.resume_config import check_resume_config, record_config
 from archbench.training.rng_state import capture_rng, restore_rng
+from archbench.training.run_lock import run_dir_lock
 from archbench.training.setup import (  # noqa: F401  (build_model/build_objective/prepare_run_dir: public here too)
     autocast_context,
     build_model,
     build_objective,
-    check_train_settings,
+    check_config,
     prepare_run_dir,
     seed_everything,
 )
@@ -84,11 +86,19 @@ class Trainer:
         check_logger(str(c.train.logger))
         self.resume_from = self._resume_path()
         self.resume_state: dict[str, Any] | None = None
-        if self.resume_from is not None:  # read and check it before spending time on data and model
+        if self.resume_from is not None and str(c.train.resume) == "auto":
+            # read and check it before spending time on data and model; fall back past damaged newer files
+            found = ckpt.load_newest_good(self.run_dir, map_location="cpu")
+            self.resume_from, self.resume_state = found if found is not None else (None, None)
+        elif self.resume_from is not None:
             self.resume_state = ckpt.load_checkpoint(self.resume_from, map_location="cpu")
+        self.config_changes: dict[str, Any] = {}
+        if self.resume_state is not None:
             ckpt.check_backbone(self.resume_state, *backbone_options(config), self.resume_from)
+            saved = ckpt.checkpoint_config(self.resume_state)
+            self.config_changes = check_resume_config(saved, config, self.resume_from)
 
-        check_train_settings(c.train, dist.world_size)
+        check_config(c, dist.world_size)
         self.accum = int(c.train.grad_accum)
         self.global_batch = int(c.train.batch_size)
         self.micro_batch = self.global_batch // (dist.world_size * self.accum)
@@ -135,7 +145,8 @@ class Trainer:
             seed_everything(self.seed + 1_000_003 * (dist.rank + 1))  # per-rank stream for in-model dropout
 
         if dist.is_main:
-            (self.run_dir / "config.yaml").write_text(to_yaml(config))
+            resumed = self.step if self.resume_from is not None else None
+            record_config(self.run_dir, config, resumed, self.config_changes)
             tracker = open_tracker(
                 str(c.train.logger), self.run_dir, start_step=self.step, config=config, project=str(c.train.project)
             )
@@ -470,5 +481,10 @@ class Trainer:
 
 
 def train(config: dict[str, Any], dist: DistInfo, stop: Any = None) -> TrainResult:
-    """Train from a resolved config dict (see ``archbench.training.config.compose_config``)."""
-    return Trainer(config, dist, stop).run()
+    """Train from a resolved config dict (see ``archbench.training.config.compose_config``).
+
+    The run_dir is locked for the whole run (one writer per run_dir; see :mod:`archbench.training.run_lock`).
+    """
+    run_dir = prepare_run_dir(config["run_dir"], dist.rank)
+    with run_dir_lock(run_dir, enabled=dist.is_main):
+        return Trainer(config, dist, stop).run()

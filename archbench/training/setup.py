@@ -83,3 +83,30 @@ def check_train_settings(train: Any, world_size: int) -> None:
             raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {train[key]}")
     if len(train.betas) != 2:
         raise ConfigError(f"train.betas must hold two numbers, got {list(train.betas)}")
+    if not float(train.lr) > 0:
+        raise ConfigError(f"train.lr must be > 0, got {train.lr}")
+    if float(train.weight_decay) < 0 or float(train.min_lr) < 0:
+        raise ConfigError(f"train.weight_decay and train.min_lr must be >= 0, got {train.weight_decay}, {train.min_lr}")
+    if not 0.0 <= float(train.ema_decay) <= 1.0:
+        raise ConfigError(f"train.ema_decay must lie in [0, 1], got {train.ema_decay}")
+    if train.grad_clip is not None and not float(train.grad_clip) > 0:
+        raise ConfigError(f"train.grad_clip must be > 0 (or null: no clipping), got {train.grad_clip}")
+
+
+def check_config(config: Any, world_size: int) -> None:
+    """Every value check that needs no data and no model: ``--cfg`` and the run refuse the same configs."""
+    from backbones.registry import check_structure
+
+    check_train_settings(config.train, world_size)
+    data = config.data
+    for key in ("image_size", "channels"):
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
+    if isinstance(data.num_workers, bool) or not isinstance(data.num_workers, int) or data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0, got {data.num_workers!r}")
+    name, options = backbone_options(config)
+    try:
+        check_structure(name, options)
+    except ValueError as exc:
+        raise ConfigError(f"cannot build backbone {exc}") from None

@@ -67,9 +67,23 @@ class DiffusionBackbone(nn.Module):
         """Index of the unconditional label, or None when the model has none."""
         return self.num_classes if self.conditional and self.class_dropout_prob > 0 else None
 
-    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
-        """Validate (x, t, y); returns y, with ``None`` replaced by the null class when there is one."""
+    def check_inputs(
+        self, x: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validate (x, t, y); returns (t, y): a plain int/float t becomes one timestep per image, and a missing
+        y becomes the null class when there is one."""
         name = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name}: x must be a tensor (B, C, H, W), got {type(x).__name__}")
+        weights = next(self.parameters(), None)
+        weight_dtype = weights.dtype if weights is not None else x.dtype
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"{name}: x must be a floating-point tensor, got {x.dtype}; use x.to({weight_dtype})")
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"{name}: x is {x.dtype} but the weights are {weight_dtype}; use x.to({weight_dtype}) "
+                "(or run under torch.autocast)"
+            )
         if x.ndim != 4:
             raise ValueError(f"{name}: x must be (B, C, H, W), got shape {tuple(x.shape)}")
         b, c, h, w = x.shape
@@ -85,18 +99,24 @@ class DiffusionBackbone(nn.Module):
                 f"for that), got {h}x{w}; rebuild with image_size={h}" if h == w else
                 f"{name}: built for square {self.image_size}x{self.image_size} inputs, got {h}x{w}"
             )
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            t = torch.full((b,), t, device=x.device, dtype=torch.long if isinstance(t, int) else torch.float32)
+        if not isinstance(t, torch.Tensor) or t.dtype == torch.bool:
+            raise ValueError(f"{name}: t must be a tensor of shape ({b},), an int or a float, got {type(t).__name__}")
+        if t.ndim == 0:
+            t = t.expand(b)
         if t.ndim != 1 or t.shape[0] != b:
             raise ValueError(f"{name}: t must have shape ({b},), one timestep per image, got {tuple(t.shape)}")
         if not self.conditional:
             if y is not None:
                 raise ValueError(f"{name}: the model is unconditional (num_classes=0) but class labels were given")
-            return None
+            return t, None
         if y is None:
             if self.null_class is None:
                 raise ValueError(
                     f"{name}: class-conditional model without a null class (class_dropout_prob=0) needs labels y"
                 )
-            return torch.full((b,), self.null_class, dtype=torch.long, device=x.device)
+            return t, torch.full((b,), self.null_class, dtype=torch.long, device=x.device)
         if y.ndim != 1 or y.shape[0] != b:
             raise ValueError(f"{name}: y must have shape ({b},), one label per image, got {tuple(y.shape)}")
         if y.dtype.is_floating_point or y.dtype == torch.bool:
@@ -108,7 +128,7 @@ class DiffusionBackbone(nn.Module):
                 + (f", {self.null_class} = null class" if self.null_class is not None else "")
                 + f"), got range [{int(y.min())}, {int(y.max())}]"
             )
-        return y
+        return t, y
 
     def forward_with_cfg(
         self,

@@ -1,0 +1,120 @@
+"""Faults injected for real: two writers on one run_dir, kill -9, a half-written metrics line, partial
+temporary files, a damaged newest checkpoint. Each ends in one line or a clean resume, never in lost data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from train_support import QUICK, REPO, cli_env, one_thread, run_train  # noqa: F401
+
+from archbench.training import checkpoint as ckpt
+from archbench.training.log import read_metrics
+
+
+def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "archbench.train", *QUICK, f"run_dir={run_dir}", *overrides]
+    return subprocess.Popen(args, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the training process")
+        time.sleep(0.1)
+
+
+def test_a_second_writer_is_refused_at_once_and_a_killed_one_blocks_nobody(tmp_path):
+    run_dir = tmp_path / "run"
+    first = _start(run_dir, "train.steps=100000", "train.ckpt_every=5")
+    try:
+        _wait_for(lambda: ckpt.latest_checkpoint(run_dir) is not None)
+        started = time.monotonic()
+        second = subprocess.run(
+            [sys.executable, "-m", "archbench.train", *QUICK, f"run_dir={run_dir}", "train.steps=100000"],
+            cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120,
+        )
+        assert second.returncode == 1 and time.monotonic() - started < 60
+        err = second.stderr.strip().splitlines()[-1]
+        assert err.startswith("archbench.train: error: run_dir ") and "Traceback" not in second.stderr
+        assert f"PID {first.pid} on host {socket.gethostname()}" in err
+        rows_before = read_metrics(run_dir)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # The OS released the lock with the process: the next run resumes from the last checkpoint.
+    resumed_from = ckpt.latest_checkpoint(run_dir)
+    step = int(resumed_from.stem.split("_")[1])
+    assert run_train(run_dir, f"train.steps={step + 3}", "train.ckpt_every=5") == 0
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, step + 4))  # no duplicated or lost rows
+    assert len(rows_before) >= step
+
+
+def test_a_half_written_metrics_line_is_dropped_and_the_file_rewritten(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run_train(run_dir, "train.steps=4") == 0
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 5, "loss": 0.4')  # a kill mid-write
+    assert read_metrics(run_dir)[-1]["step"] == 4  # readers skip it too
+    assert run_train(run_dir, "train.steps=6") == 0
+    assert "dropped an incomplete last line" in capsys.readouterr().err
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert not list(run_dir.glob(".metrics.jsonl.tmp-*"))
+
+
+def test_partial_temporary_checkpoints_are_removed_when_a_run_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_train(run_dir, "train.steps=2") == 0
+    leftover = ckpt.checkpoint_dir(run_dir) / ".step_0000003.pt.tmp-999999"
+    leftover.write_bytes(b"half a checkpoint")
+    assert run_train(run_dir, "train.steps=3") == 0
+    assert not leftover.exists()
+    assert [p.name for p in ckpt.list_checkpoints(run_dir)][-1] == "step_0000003.pt"
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run_train(run_dir, "train.steps=4", "train.ckpt_every=2") == 0
+    newest = ckpt.latest_checkpoint(run_dir)
+    assert newest.name == "step_0000004.pt"
+    newest.write_bytes(newest.read_bytes()[:2000])
+    capsys.readouterr()
+    assert run_train(run_dir, "train.steps=6", "train.ckpt_every=2") == 0
+    err = capsys.readouterr().err
+    assert "step_0000004.pt" in err and "resuming from" in err
+    assert "resumed from" in err and "step_0000002.pt at step 2" in err
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))["step"] == 6
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigkill_in_a_loop_never_loses_or_repeats_a_row(tmp_path):
+    """kill -9 at random moments (checkpoint writes included: one every 2 steps), then resume, six times."""
+    import random
+
+    rng = random.Random(0)
+    run_dir = tmp_path / "run"
+    target, killed = 2000, 0
+    for _ in range(6):
+        proc = _start(run_dir, f"train.steps={target}", "train.ckpt_every=2", "train.keep_last=2")
+        _wait_for(lambda p=proc: (run_dir / "metrics.jsonl").is_file() or p.poll() is not None)
+        time.sleep(rng.uniform(0.2, 2.0))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.wait(timeout=60)
+    assert killed == 6
+    target = int(ckpt.latest_checkpoint(run_dir).stem.split("_")[1]) + 4  # finish a little past the last kill
+    assert run_train(run_dir, f"train.steps={target}", "train.ckpt_every=2", "train.keep_last=2") == 0
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, target + 1))
+    assert not list(ckpt.checkpoint_dir(run_dir).glob(".*.tmp-*"))
