@@ -208,8 +208,8 @@ def test_plain_int_and_float_timesteps_are_one_per_image(name):
 @pytest.mark.parametrize(
     ("make_x", "fragment"),
     [
-        (lambda m: torch.randn(1, m.in_channels, m.image_size, m.image_size, dtype=torch.float64), "x is torch.float64"),
-        (lambda m: torch.zeros(1, m.in_channels, m.image_size, m.image_size, dtype=torch.long), "floating-point"),
+        (lambda m: torch.randn(1, m.in_channels, 32, 32, dtype=torch.float64), "x is torch.float64"),
+        (lambda m: torch.zeros(1, m.in_channels, 32, 32, dtype=torch.long), "floating-point"),
     ],
 )
 def test_wrong_input_dtype_is_named(make_x, fragment):
