@@ -8,10 +8,12 @@ stopped by signal N after writing its checkpoint (130 for Ctrl-C, 143 for SIGTER
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -64,3 +66,24 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_FAILURE, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+def interruptible(program: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a command's ``main`` so Ctrl-C outside the training loop (while importing, loading data,
+    sampling) ends with one line and exit code 130 instead of a traceback (the loop itself checkpoints first)."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                print(f"{program}: interrupted (Ctrl-C)", file=sys.stderr)
+                return EXIT_INTERRUPTED
+
+        return run
+
+    return wrap

@@ -12,12 +12,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from archbench.console import fail, one_line, setup_logging
+from archbench.console import fail, interruptible, one_line, setup_logging
 
 PROGRAM = "archbench.export"
 KEYS = ("run_dir", "checkpoint", "out", "push_to_hub")
 
 
+@interruptible("archbench.export")
 def main(argv: Sequence[str] | None = None) -> int:
     from archbench.training.checkpoint import CheckpointError
     from archbench.training.config import ConfigError

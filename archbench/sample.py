@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from archbench.console import fail, one_line, setup_logging
+from archbench.console import fail, interruptible, one_line, setup_logging
 from archbench.training.runs import load_ema_model
 
 log = logging.getLogger("archbench.sample")
@@ -146,6 +146,7 @@ def run(args: dict[str, Any]) -> tuple[Path, Path]:
     return png, npz
 
 
+@interruptible("archbench.sample")
 def main(argv: Sequence[str] | None = None) -> int:
     from archbench.training.checkpoint import CheckpointError
     from archbench.training.config import ConfigError

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from archbench.console import fail, one_line, setup_logging
+from archbench.console import fail, interruptible, one_line, setup_logging
 
 log = logging.getLogger("archbench.train")
 
@@ -30,6 +30,7 @@ usage: python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=ddpm|f
 """
 
 
+@interruptible("archbench.train")
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, compose, train; every expected failure is reported as one line with exit code 1."""
     from archbench.data import DatasetNotFoundError

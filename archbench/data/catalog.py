@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +18,8 @@ from archbench.data.fashion_mnist import build_fashion_mnist, files_present
 from archbench.data.folders import ImageFolderDataset, split_folder
 from archbench.data.latents import HINT as LATENTS_HINT
 from archbench.data.latents import LatentShardDataset
+
+log = logging.getLogger("archbench.data")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def build_dataset(
         raise ValueError(f"image_size must be positive, got {image_size}")
     if resize_mode != "resize" and name in ("celeba64", "imagenet_folder", "imagenet256_latents"):
         raise ValueError(f"{name}: resize_mode={resize_mode!r} applies only to array datasets (they crop instead)")
+    if root is not None and name == "digits":
+        log.warning("data.root=%s is ignored: digits are bundled with scikit-learn and read from there", root)
     return _BUILDERS[name](root=root, split=split, image_size=image_size, download=download, resize_mode=resize_mode)
 
 

@@ -11,10 +11,12 @@ from archbench.data.errors import DatasetNotFoundError
 from archbench.data.paths import default_data_root
 
 SPLITS = ("train", "test")
-HINT = (
-    "Set data.download=true where online (torchvision fetches ~170 MB), or point data.root=/path at a folder "
-    "that holds cifar-10-batches-py/ (the python version from https://www.cs.toronto.edu/~kriz/cifar.html)."
+FOLDER_HINT = (
+    "point data.root=/path at a folder that holds cifar-10-batches-py/ (the python version from "
+    "https://www.cs.toronto.edu/~kriz/cifar.html)"
 )
+HINT = f"Set data.download=true where online (torchvision fetches ~170 MB), or {FOLDER_HINT}."
+OFFLINE_HINT = f"The download (data.download=true) needs a network: run once where online, or {FOLDER_HINT}."
 
 
 def build_cifar10(
@@ -34,9 +36,9 @@ def build_cifar10(
     try:
         source = CIFAR10(str(directory), train=split == "train", download=download)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise DatasetNotFoundError("cifar10", directory, HINT, detail=str(exc)) from exc
+        raise DatasetNotFoundError("cifar10", directory, OFFLINE_HINT if download else HINT, detail=str(exc)) from None
     except OSError as exc:  # download attempted offline (URLError is an OSError)
-        raise DatasetNotFoundError("cifar10", directory, HINT, detail=f"download failed ({exc})") from exc
+        raise DatasetNotFoundError("cifar10", directory, OFFLINE_HINT, detail=f"download failed ({exc})") from None
     pixels = torch.from_numpy(source.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
     labels = torch.tensor(source.targets, dtype=torch.int64)
     return ArrayImageDataset(pixels, labels, max_value=255, image_size=image_size, resize_mode=resize_mode)

@@ -5,7 +5,6 @@ Arguments are ``key=value`` pairs, the same spelling as recipe overrides, so com
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -13,6 +12,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import Subset
+
+from archbench.console import setup_logging
 
 USAGE = """\
 usage: python -m archbench.data list
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{info.name:20s} {shape:10s} classes={info.num_classes:<5d} {info.description}")
             return 0
         if command == "encode":
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+            setup_logging()
             print(run_encode(parse_pairs(rest, ENCODE_KEYS)))
             return 0
         raise ValueError(f"unknown command {command!r}; commands: list, encode (see --help)")

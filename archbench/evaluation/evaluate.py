@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from archbench.console import fail, one_line
+from archbench.console import fail, interruptible, one_line
 from archbench.training.runs import load_ema_model
 
 PROGRAM = "archbench.eval"
@@ -227,6 +227,7 @@ def train_features(args: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+@interruptible("archbench.eval")
 def main(argv: Sequence[str] | None = None) -> int:
     from archbench.data import DatasetNotFoundError
     from archbench.training.checkpoint import CheckpointError

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archbench.console import ArgumentParser, fail, one_line
+from archbench.console import ArgumentParser, fail, one_line, setup_logging
 
 PROGRAM = "archbench.ci"
 TINY_BACKBONES = ("dis_t2", "dit_t2", "uvit_t2", "unet_t")
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[archbench.ci] %(message)s")
+    setup_logging()  # archbench's own handler: the root logger stays untouched
     import torch
 
     torch.set_num_threads(args.threads)

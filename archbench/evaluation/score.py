@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -11,6 +12,8 @@ from archbench.evaluation.features import feature_stats
 from archbench.evaluation.precision_recall import DEFAULT_K, precision_recall
 from archbench.evaluation.reference import REFERENCE_KEEP
 from archbench.evaluation.stats import FeatureStats
+
+log = logging.getLogger("archbench.eval")
 
 
 def score_samples(
@@ -28,6 +31,12 @@ def score_samples(
     the k-NN estimate is biased by set size, so both manifolds are built from the same number of points.
     """
     stats = feature_stats(extractor, samples, batch_size=batch_size, keep=pr_items)
+    if stats.n <= extractor.dim:
+        log.warning(
+            "%s from %d samples of %d-dim features: the sample covariance is singular (rank < dim), so the score "
+            "is dominated by estimation bias; use well over %d samples (FID is conventionally 50,000)",
+            extractor.score_name, stats.n, extractor.dim, extractor.dim,
+        )
     result: dict[str, Any] = {
         "score_name": extractor.score_name,
         "score": stats.frechet_distance(reference),

@@ -8,10 +8,12 @@ mid-write leaves either the previous file or the complete new one, never a trunc
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,10 @@ RUNTIME_OPTIONS = frozenset({"scan"})
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: unreadable, not ours, or made for a different model."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written (a full disk, a vanished folder); no partial file is left."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -77,11 +83,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports ENOSPC as a RuntimeError on top
+        free = shutil.disk_usage(path.parent).free
+        cause = "the disk is full" if _disk_full(exc) else getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise CheckpointSaveError(f"could not write checkpoint {path}: {cause} ({free:,} bytes free)") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
     return path
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ENOSPC is anywhere in the exception chain."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:

@@ -473,7 +473,13 @@ class Trainer:
                 "ranks": ranks,
                 "config": json.dumps(self.config),
             }
-            ckpt.save_checkpoint(state, path)
+            try:
+                ckpt.save_checkpoint(state, path)
+            except ckpt.CheckpointSaveError as exc:
+                last = self.last_checkpoint or ckpt.latest_checkpoint(self.run_dir)
+                raise ckpt.CheckpointSaveError(
+                    f"{exc}; the last good checkpoint is {last or 'none (no checkpoint was written yet)'}"
+                ) from None
             ckpt.prune_checkpoints(self.run_dir, int(self.c.train.keep_last))
         barrier()
         self.last_checkpoint = path

@@ -298,9 +298,9 @@ def test_failed_shard_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: 
 def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli_main(["--help"]) == 0
     assert "encode" in capsys.readouterr().out
-    assert cli_main(["encode", "colour=red"]) == 2
+    assert cli_main(["encode", "colour=red"]) == 1  # the project's exit code for an expected failure
     assert "unknown key 'colour'" in capsys.readouterr().err
-    assert cli_main(["encode", f"out={tmp_path}", f"vae={tmp_path / 'no-vae'}", "src=digits"]) == 2
+    assert cli_main(["encode", f"out={tmp_path}", f"vae={tmp_path / 'no-vae'}", "src=digits"]) == 1
     assert "huggingface-cli download" in capsys.readouterr().err
 
 
@@ -323,3 +323,20 @@ def test_cli_encodes_with_a_local_vae(tmp_path: Path, capsys: pytest.CaptureFixt
     assert capsys.readouterr().out.strip() == str(tmp_path / "latents" / "manifest.json")
     cached = LatentShardDataset(tmp_path / "latents")
     assert len(cached) == 7 and cached.manifest["vae"]["name"] == str(tmp_path / "vae")
+
+
+def test_a_root_for_the_bundled_digits_is_reported_as_ignored():
+    import logging
+
+    from archbench.data import build_dataset
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("archbench.data")
+    logger.addHandler(handler)
+    try:
+        build_dataset("digits", root="/data/somewhere")
+    finally:
+        logger.removeHandler(handler)
+    assert any("data.root=/data/somewhere is ignored" in message for message in seen)

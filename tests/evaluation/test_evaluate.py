@@ -89,7 +89,9 @@ def test_eval_writes_score_to_run_dir(digits_run, capsys):
     run_dir, cache = digits_run
     argv = [f"run_dir={run_dir}", "num_samples=12", "steps=2", "batch_size=6", f"cache={cache}", "progress=false"]
     assert ev.main(argv) == 0
-    assert "FD-digits_cnn = " in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "FD-digits_cnn = " in captured.out
+    assert "12 samples of 128-dim features" in captured.err  # too few samples for a meaningful FD: said so
     record = json.loads((run_dir / "eval.json").read_text())
     assert record["score_name"] == "FD-digits_cnn" and record["score"] > 0 and record["num_samples"] == 12
     assert (record["sampler"], record["steps"], record["cfg_scale"], record["step"]) == ("ddim", 2, 1.0, 1)

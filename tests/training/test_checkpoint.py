@@ -45,7 +45,7 @@ def test_keep_last_and_newest(tmp_path):
 def test_unreadable_files_give_clear_errors(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(ckpt.CheckpointError, match="not a readable archbench checkpoint"):
+    with pytest.raises(ckpt.CheckpointError, match="is not a checkpoint: it is not a file written by torch.save"):
         ckpt.load_checkpoint(garbage)
     real = ckpt.save_checkpoint({"step": 1, "model": {"w": torch.randn(1000)}}, tmp_path / "real.pt")
     truncated = tmp_path / "truncated.pt"

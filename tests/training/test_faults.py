@@ -118,3 +118,44 @@ def test_sigkill_in_a_loop_never_loses_or_repeats_a_row(tmp_path):
     assert run_train(run_dir, f"train.steps={target}", "train.ckpt_every=2", "train.keep_last=2") == 0
     assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, target + 1))
     assert not list(ckpt.checkpoint_dir(run_dir).glob(".*.tmp-*"))
+
+
+def test_a_full_disk_ends_in_one_line_naming_the_last_good_checkpoint(tmp_path, capsys):
+    """On a small tmpfs that holds one checkpoint but not two (skipped where tmpfs cannot be mounted)."""
+    import pytest
+
+    probe = tmp_path / "probe"
+    assert run_train(probe, "train.steps=1") == 0
+    size = ckpt.latest_checkpoint(probe).stat().st_size
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5) + (1 << 20)}", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        run_dir = disk / "run"
+        capsys.readouterr()
+        assert run_train(run_dir, "train.steps=4", "train.ckpt_every=2", "train.keep_last=1") == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("archbench.train: error: could not write checkpoint")
+        assert "the disk is full" in err[-1] and "the last good checkpoint is" in err[-1]
+        assert str(ckpt.checkpoint_path(run_dir, 2)) in err[-1]
+        assert not any("Traceback" in line for line in err)
+        assert [p.name for p in ckpt.checkpoint_dir(run_dir).iterdir()] == ["step_0000002.pt"]  # no partial file
+        assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir, 2))["step"] == 2
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)  # train.log may still be open
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    proc = _start(tmp_path / "run", "train.steps=5")
+    time.sleep(1.0)  # inside main, importing torch / composing the config / loading data
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err
+    if proc.returncode == 0:  # the machine was fast enough to finish five steps first: nothing to test
+        return
+    assert proc.returncode == 130 and lines[-1] in ("archbench.train: interrupted (Ctrl-C)",) or \
+        lines[-1].startswith("[archbench] stopped by signal")
