@@ -102,7 +102,14 @@ class ConfigError(ValueError):
 def recipes_dir() -> Path:
     """``$ARCHBENCH_RECIPES`` or the repository's ``recipes/`` folder."""
     env = os.environ.get(RECIPES_ENV)
-    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[2] / "recipes"
+    if env:
+        return Path(env).expanduser().resolve()
+    source_tree = Path(__file__).resolve().parents[2] / "recipes"
+    if (source_tree / "default.yaml").is_file():  # a checkout or an editable install
+        return source_tree
+    import sysconfig
+
+    return Path(sysconfig.get_path("data")) / "share" / "archbench" / "recipes"  # installed from a wheel
 
 
 def recipe_names() -> list[str]:

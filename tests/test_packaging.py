@@ -1,0 +1,50 @@
+"""A non-editable install (the built wheel, in a fresh virtual environment) has its recipes and baselines and
+can train: nothing depends on running from the checkout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
+    pytest.importorskip("setuptools")
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("archbench-*.whl")
+    venv = tmp_path / "venv"
+    # --system-site-packages: torch and friends come from this environment; archbench itself from the wheel.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                               capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(python), *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+
+    where = run("-c", "import archbench, archbench.training.config as c; print(archbench.__file__, c.recipes_dir())")
+    assert where.returncode == 0, where.stderr
+    package_file, recipes = where.stdout.split()
+    assert package_file.startswith(str(venv)) and recipes.startswith(str(venv)), where.stdout
+    assert (Path(recipes) / "ci_fid.yaml").is_file() and (Path(recipes) / "baselines" / "dis_t2.json").is_file()
+    weights = run("-c", "from archbench.evaluation.regression import feature_weights as w; print(w().is_file())")
+    assert weights.stdout.strip() == "True", weights.stderr
+    trained = run("-m", "archbench.train", "recipe=digits", "backbone=dit_t2", "data.image_size=8", "train.steps=2",
+                  "train.batch_size=8", "train.logger=none", "train.progress=false", "sample.num_samples=2",
+                  "sample.steps=2", f"run_dir={work / 'run'}")
+    assert trained.returncode == 0, trained.stderr
+    assert (work / "run" / "checkpoints" / "step_0000002.pt").is_file()
