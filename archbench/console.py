@@ -11,7 +11,7 @@ import argparse
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -87,3 +87,14 @@ def interruptible(program: str) -> Callable[[Callable[..., int]], Callable[..., 
         return run
 
     return wrap
+
+
+def command_args(argv: Sequence[str] | None, doc: str | None) -> list[str] | None:
+    """A key=value command's arguments (``sys.argv`` by default) with logging set up, or None once ``doc`` has
+    been printed for ``-h``/``--help`` (the caller then exits 0)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(doc)
+        return None
+    setup_logging()
+    return args

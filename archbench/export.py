@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from archbench.console import fail, interruptible, one_line, setup_logging
+from archbench.console import command_args, fail, interruptible, one_line
 
 PROGRAM = "archbench.export"
 KEYS = ("run_dir", "checkpoint", "out", "push_to_hub")
@@ -25,11 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from archbench.training.runs import export_pretrained
     from backbones.hub import PretrainedError, push_to_hub
 
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args_in):
-        print(__doc__)
+    args_in = command_args(argv, __doc__)
+    if args_in is None:
         return 0
-    setup_logging()
     args: dict[str, str | None] = dict.fromkeys(KEYS)
     for text in args_in:
         key, sep, value = text.partition("=")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from archbench.console import fail, interruptible, one_line, setup_logging
+from archbench.console import command_args, fail, interruptible, one_line
 from archbench.training.runs import load_ema_model
 
 log = logging.getLogger("archbench.sample")
@@ -151,11 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from archbench.training.checkpoint import CheckpointError
     from archbench.training.config import ConfigError
 
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args_in):
-        print(__doc__)
+    args_in = command_args(argv, __doc__)
+    if args_in is None:
         return 0
-    setup_logging()
     try:
         png, npz = run(parse_args(args_in))
     except (SampleError, CheckpointError, ConfigError, OSError) as exc:
