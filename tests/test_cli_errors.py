@@ -121,3 +121,22 @@ def test_not_a_checkpoint_is_named_and_never_deleted(capsys, tmp_path):
     line = _one_line_failure(capsys, sample.main([f"checkpoint={foreign}"]))
     assert "is not a checkpoint" in line and "delete" not in line
     assert foreign.is_file()
+
+
+@FUZZ
+@given(flag=st.sampled_from(["--lengths", "--repeats", "--batch", "--d-inner", "--state", "--threads"]), value=WORDS)
+def test_bench_flags(capsys, flag, value):
+    from archbench import bench
+
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["scan", flag, value])
+    assert _one_line_failure(capsys, int(stop.value.code)).startswith("python -m archbench.bench scan: error: ")
+
+
+@FUZZ
+@given(key=WORDS, value=WORDS)
+def test_data_keys(capsys, key, value):
+    from archbench.data.cli import main as data_main
+
+    line = _one_line_failure(capsys, data_main(["encode", f"{key}={value}"]))
+    assert line.startswith("archbench.data: error: ")

@@ -123,7 +123,7 @@ def run_encode(options: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status (0 ok, 2 bad usage or missing data)."""
+    """Entry point; returns the process exit status (0 ok, 1 bad usage or missing data)."""
     from archbench.data.catalog import DATASETS
     from archbench.data.errors import DatasetNotFoundError
     from archbench.data.vae import VaeNotFoundError
