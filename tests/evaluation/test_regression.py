@@ -67,3 +67,11 @@ def test_settings_mismatch_is_not_a_pass():
     assert ci.verdict({**row, "fd": 1.05}, {**row, "tolerance": 0.1}) == "ok"
     assert ci.verdict({**row, "fd": 1.2}, {**row, "tolerance": 0.1}) == "REGRESSED"
     assert ci.verdict({**row, "fd": 0.8}, {**row, "tolerance": 0.1}) == "better"
+
+
+def test_the_ci_recipe_grid_uses_enough_sampling_steps_to_show_samples():
+    from archbench.training.config import compose_config, to_container
+
+    config = to_container(compose_config(["recipe=ci_fid"]))
+    assert config["sample"]["steps"] >= 25  # one respaced step returns the input noise unchanged
+    assert config["train"]["sample_every"] == 0  # one grid, at the end of the run
