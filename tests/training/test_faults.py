@@ -157,5 +157,6 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     assert "Traceback" not in err, err
     if proc.returncode == 0:  # the machine was fast enough to finish five steps first: nothing to test
         return
-    assert proc.returncode == 130 and lines[-1] in ("archbench.train: interrupted (Ctrl-C)",) or \
-        lines[-1].startswith("[archbench] stopped by signal")
+    # 130 = 128 + SIGINT as our exit code, -2 = the process reported as ended by SIGINT: both mean Ctrl-C.
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+    assert lines[-1] == "archbench.train: interrupted (Ctrl-C)" or "stopped by signal" in err
