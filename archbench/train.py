@@ -33,15 +33,9 @@ usage: python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=ddpm|f
 @interruptible("archbench.train")
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, compose, train; every expected failure is reported as one line with exit code 1."""
-    from archbench.data import DatasetNotFoundError
-    from archbench.training.checkpoint import CheckpointError
-    from archbench.training.config import ConfigError, compose_config, recipe_names, to_container, to_yaml
-    from archbench.training.distributed import cleanup, init_distributed
-    from archbench.training.loop import NonFiniteLossError, prepare_run_dir, train
-    from archbench.training.run_lock import RunDirLockedError
+    from archbench.training.config import compose_config, recipe_names, to_yaml
+    from archbench.training.launch import EXPECTED_ERRORS, train_from_overrides
     from archbench.training.setup import check_config
-    from archbench.training.signals import StopRequest
-    from archbench.training.trackers import TrackerError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
@@ -52,29 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = [a for a in overrides if a.startswith("-")]
     if flags:
         return fail("archbench.train", f"unknown option {flags[0]!r}; options are --cfg and -h, the rest is key=value")
-    rank = int(os.environ.get("RANK", "0"))
-    setup_logging(rank)
-    expected = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, ImportError, TrackerError,
-                RunDirLockedError)
+    setup_logging(int(os.environ.get("RANK", "0")))
     try:
-        cfg = compose_config(overrides)
-        check_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # --cfg and the run agree
         if show_cfg:
+            cfg = compose_config(overrides)
+            check_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # --cfg and the run agree
             print(to_yaml(cfg), end="")
             return 0
-        config = to_container(cfg)
-        run_dir = prepare_run_dir(config["run_dir"], rank)
-        setup_logging(rank, run_dir / "train.log" if rank == 0 else None)
-        try:
-            dist = init_distributed(str(config["device"]))
-        except RuntimeError as exc:
-            raise ConfigError(f"device={config['device']}: {one_line(exc)}") from None
-        try:
-            with StopRequest() as stop:
-                result = train(config, dist, stop)
-        finally:
-            cleanup()
-    except expected as exc:
+        result = train_from_overrides(overrides)
+    except EXPECTED_ERRORS as exc:
         return fail("archbench.train", one_line(exc))
     if result.signum is not None:
         return 128 + int(result.signum)

@@ -81,3 +81,23 @@ class MetricsLog:
     def close(self) -> None:
         self.handle.close()
         self.tracker.close()
+
+
+def peak_memory_mb(device: Any) -> float:
+    """This process's peak memory so far: the CUDA allocator's peak on a GPU, the resident-set high-water
+    mark (VmHWM) on the CPU.  A study runs every training run in a fresh process, so the CPU number is the
+    run's own."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # not Linux
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -34,7 +34,7 @@ from archbench.training.config import ConfigError, backbone_options
 from archbench.training.data_order import build_loader
 from archbench.training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects
 from archbench.training.ema import EMA
-from archbench.training.log import MetricsLog
+from archbench.training.log import MetricsLog, peak_memory_mb
 from archbench.training.noise import draw, training_losses
 from archbench.training.optim import build_optimizer, build_scheduler
 from archbench.training.resume_config import check_resume_config, record_config
@@ -137,6 +137,7 @@ class Trainer:
         self.loss_sum = 0.0  # rank-local losses since the last log row
         self.loss_count = 0
         self.step_seconds = 0.0
+        self.train_seconds = 0.0  # all finished steps, across resumes: the study's wall-clock axis
         self.last_checkpoint: Path | None = None
         if self.resume_state is not None:
             self._load(self.resume_state, self.resume_from)
@@ -231,6 +232,7 @@ class Trainer:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ckpt.CheckpointError(f"checkpoint {path} does not match this model: {first}") from None
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         data = state["data"]
         self.epoch, self.step_in_epoch = int(data["epoch"]), int(data["step_in_epoch"])
         if int(data["global_batch"]) != self.global_batch or int(data["seed"]) != self.seed:
@@ -349,7 +351,9 @@ class Trainer:
                     # Ctrl-C also reaches DataLoader workers, which exit: stop before this step, saving.
                     self._save()
                     return getattr(self.stop, "signum", None)
-                self.step_seconds += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                self.step_seconds += elapsed
+                self.train_seconds += elapsed
                 self.step += 1
                 self.step_in_epoch += 1
                 self.loss_sum += loss
@@ -409,6 +413,8 @@ class Trainer:
             "img_per_s": steps * self.global_batch / seconds,
             "it_per_s": steps / seconds,
             "epoch": self.epoch,
+            "train_s": self.train_seconds,
+            "peak_mem_mb": peak_memory_mb(self.device),
         }
         self.metrics.write(row)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -471,6 +477,7 @@ class Trainer:
                     "seed": self.seed,
                 },
                 "ranks": ranks,
+                "train_seconds": self.train_seconds,
                 "config": json.dumps(self.config),
             }
             try:

@@ -1,0 +1,198 @@
+"""What one worker does for one job: train (resuming whatever is on disk), then evaluate each checkpoint.
+
+A job is idempotent: training resumes from the run's newest checkpoint and does nothing when it reached its
+steps; an evaluation whose JSON exists with the same settings is skipped.  So the study can be killed at
+any moment and re-run, and a finished study re-run does no work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from archbench.study.plan import Job
+
+log = logging.getLogger("archbench.study")
+EVALS_DIR = "evals"
+TIMING_WARMUP = 2
+
+
+def eval_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / EVALS_DIR / f"step_{step:07d}.json"
+
+
+def run_overrides(job: Job) -> list[str]:
+    """The job's training run as ``archbench.train`` overrides (the study's keys last: they win)."""
+    return [
+        *job.overrides,
+        f"run_dir={job.run_dir}",
+        f"seed={job.seed}",
+        f"train.steps={job.steps}",
+        "train.resume=auto",
+        f"train.ckpt_every={job.ckpt_every}",
+        "train.keep_last=0",  # the evaluated checkpoints must survive until they are scored
+        f"train.log_every={job.log_every}",
+        f"device={job.device}",
+        "train.progress=false",
+    ]
+
+
+def trained_step(run_dir: str | Path) -> int:
+    """The newest checkpoint's step (0 without one)."""
+    from archbench.training.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    return int(found[-1].stem.split("_")[1]) if found else 0
+
+
+def eval_settings(job: Job) -> dict[str, Any]:
+    """What an evaluation depends on; an existing result with other settings is redone."""
+    return {**job.eval, "seed": job.seed if job.eval.get("seed") is None else job.eval["seed"]}
+
+
+def read_eval(run_dir: str | Path, step: int, settings: dict[str, Any]) -> dict[str, Any] | None:
+    path = eval_path(run_dir, step)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("study_eval") == settings else None
+
+
+def job_done(job: Job) -> bool:
+    settings = eval_settings(job)
+    return all(read_eval(job.run_dir, step, settings) is not None for step in job.eval_steps)
+
+
+def default_feature_weights(features: str, dataset: str) -> str | None:
+    """The committed Fashion-MNIST CNN (the CI baselines' features), so every study scores with one network."""
+    from archbench.training.config import recipes_dir
+
+    name = f"{dataset}_cnn" if features == "auto" else features
+    path = recipes_dir() / "baselines" / f"{name}.safetensors"
+    return str(path) if path.is_file() else None
+
+
+def evaluate_step(job: Job, step: int, cache: str | None) -> dict[str, Any]:
+    from archbench.evaluation.evaluate import RUN_ARGS, evaluate_run
+    from archbench.training.checkpoint import checkpoint_path
+
+    settings = eval_settings(job)
+    args = {key: default for key, (_, default) in RUN_ARGS.items()}
+    args.update(
+        checkpoint=str(checkpoint_path(job.run_dir, step)),
+        num_samples=settings["num_samples"],
+        features=settings["features"],
+        weights=settings["weights"] or default_feature_weights(settings["features"], job.dataset),
+        sampler=settings["sampler"],
+        steps=settings["steps"],
+        cfg_scale=settings["cfg_scale"],
+        seed=settings["seed"],
+        batch_size=settings["batch_size"],
+        feature_batch_size=settings["batch_size"],
+        ref_split=settings["ref_split"],
+        device=job.device,
+        progress=False,
+        cache=cache,
+        out=str(eval_path(job.run_dir, step)),
+    )
+    record = evaluate_run(args)
+    record["study_eval"] = settings
+    out = eval_path(job.run_dir, step)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, out)
+    return record
+
+
+def _train(job: Job) -> int | None:
+    """Train to the job's steps; returns the signal that stopped it, or None."""
+    overrides = run_overrides(job)
+    if job.gpus > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.gpus}",
+                   "-m", "archbench.train", *overrides]
+        code = subprocess.run(command).returncode
+        if code >= 128:
+            return code - 128
+        if code:
+            raise RuntimeError(f"torchrun training of {job.run_name} failed with exit code {code}")
+        return None
+    from archbench.training.launch import train_from_overrides
+
+    return train_from_overrides(overrides).signum
+
+
+def prune(job: Job) -> None:
+    """Drop checkpoints that are neither evaluation points nor the last: they were only there for resuming."""
+    from archbench.training.checkpoint import list_checkpoints
+
+    keep = {f"step_{s:07d}.pt" for s in job.eval_steps}
+    found = list_checkpoints(job.run_dir)
+    for path in found[:-1]:
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+def configure(threads: int | None) -> None:
+    from archbench.console import setup_logging
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    setup_logging()
+
+
+def run_job(job_data: dict[str, Any], cache: str | None = None) -> dict[str, Any]:
+    """Train and evaluate one job (its dict form); returns ``{"run", "status", "seconds"}``."""
+    job = Job.from_dict(job_data)
+    configure(job.threads)
+    start = time.perf_counter()
+    if trained_step(job.run_dir) < job.steps:
+        signum = _train(job)
+        if signum is not None:
+            return {"run": job.run_name, "status": "interrupted", "signal": signum}
+    for step in job.eval_steps:
+        if read_eval(job.run_dir, step, eval_settings(job)) is None:
+            record = evaluate_step(job, step, cache)
+            log.info("%s step %d: %s %.3f", job.run_name, step, record["score_name"], record["score"])
+    prune(job)
+    return {"run": job.run_name, "status": "done", "seconds": time.perf_counter() - start}
+
+
+def time_point(overrides: list[str], run_dir: str, steps: int, device: str, threads: int | None) -> float:
+    """Median seconds per training step of ``steps`` real steps after a warm-up, from the loop's own log."""
+    from archbench.training.checkpoint import list_checkpoints
+    from archbench.training.launch import train_from_overrides
+    from archbench.training.log import read_metrics
+
+    configure(threads)
+    rows = read_metrics(run_dir) if Path(run_dir, "metrics.jsonl").is_file() else []
+    if len(rows) < steps + TIMING_WARMUP:
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted timing run starts over: it is short
+        train_from_overrides([
+            *overrides, f"run_dir={run_dir}", f"train.steps={steps + TIMING_WARMUP}", "train.resume=null",
+            "train.log_every=1", "train.sample_every=0", f"train.ckpt_every={steps + TIMING_WARMUP}",
+            f"device={device}", "train.progress=false", "train.logger=none",
+        ])
+        rows = read_metrics(run_dir)
+        for path in list_checkpoints(run_dir):
+            path.unlink(missing_ok=True)
+    seconds = [1.0 / row["it_per_s"] for row in rows if row["step"] > TIMING_WARMUP]
+    return statistics.median(seconds)
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Entry point of every worker (local pool or submitit): ``{"kind": "train"|"time", ...}``."""
+    if task["kind"] == "time":
+        seconds = time_point(task["overrides"], task["run_dir"], task["steps"], task["device"], task["threads"])
+        return {"label": task["label"], "status": "done", "s_per_step": seconds}
+    return run_job(task["job"], task.get("cache"))

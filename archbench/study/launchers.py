@@ -1,0 +1,128 @@
+"""Where jobs run: this machine's processes (``local``) or SLURM through submitit (``submitit``).
+
+Both use an existing engine: ``concurrent.futures`` with one fresh spawned process per job (so a run's peak
+memory is its own, and a crash takes down one run, not the study), and submitit's executors (``slurm``, or
+``local``/``debug`` to run the same job functions here).  The caller polls ``pending`` to show progress.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from archbench.console import one_line
+from archbench.study.job import run_task
+from archbench.study.spec import StudyError
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """A worker gets SIGTERM when the study process dies (even by kill -9): training saves and stops, so a
+    re-run never finds a run still locked by an orphan."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux/glibc: orphans finish their job instead
+        pass
+
+
+def _failed(task: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    name = task["job"]["label"] + f"-s{task['job']['seed']}" if task["kind"] == "train" else task["label"]
+    return {"run": name, "status": "failed", "error": f"{type(exc).__name__}: {one_line(exc)}"}
+
+
+def run_local(tasks: list[dict[str, Any]], workers: int, poll: Callable[[], None], poll_every: float
+              ) -> list[dict[str, Any]]:
+    """Run ``tasks`` ``workers`` at a time, each in a fresh spawned process; results in task order."""
+    if not tasks:
+        return []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent,
+                             max_tasks_per_child=1) as pool:
+        futures: list[Future] = [pool.submit(run_task, task) for task in tasks]
+        try:
+            _wait([f.done for f in futures], poll, poll_every)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    results = []
+    for task, future in zip(tasks, futures, strict=True):
+        try:
+            results.append(future.result())
+        except Exception as exc:  # the worker's error (or its death): reported per run, the rest carry on
+            results.append(_failed(task, exc))
+    return results
+
+
+def _wait(done: list[Callable[[], bool]], poll: Callable[[], None], poll_every: float) -> None:
+    last = 0.0
+    while not all(d() for d in done):
+        if time.monotonic() - last >= poll_every:
+            poll()
+            last = time.monotonic()
+        time.sleep(min(1.0, poll_every))
+    poll()
+
+
+def submitit_executor(folder: Path, launcher: dict[str, Any], study_name: str) -> Any:
+    """A submitit executor for ``launcher`` (cluster slurm / local / debug) with the study's job resources."""
+    try:
+        import submitit
+    except ImportError:
+        raise StudyError("launcher=submitit needs the submitit package: pip install 'archbench[slurm]'") from None
+    cluster = None if launcher["cluster"] == "slurm" else launcher["cluster"]
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as exc:  # no sbatch on this machine
+        raise StudyError(f"submitit cannot reach SLURM here ({one_line(exc)}); launcher.cluster=local runs the "
+                         "same jobs on this machine") from None
+    gpus = int(launcher["gpus_per_job"])
+    params: dict[str, Any] = {
+        "name": f"archbench-{study_name}",
+        "timeout_min": int(launcher["timeout_min"]),
+        "nodes": 1,
+        "tasks_per_node": 1,  # one process per job: it starts torchrun itself when gpus_per_job > 1
+        "gpus_per_node": gpus or None,
+        "cpus_per_task": launcher["cpus_per_job"],
+        "mem_gb": launcher["mem_gb"],
+    }
+    if executor.cluster == "slurm":
+        params["slurm_partition"] = launcher["partition"]
+        if launcher["slurm_args"]:
+            params["slurm_additional_parameters"] = dict(launcher["slurm_args"])
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return executor
+
+
+def run_submitit(tasks: list[dict[str, Any]], folder: Path, launcher: dict[str, Any], study_name: str,
+                 poll: Callable[[], None], poll_every: float) -> list[dict[str, Any]]:
+    """Submit one job per task and wait for all of them; results in task order."""
+    if not tasks:
+        return []
+    executor = submitit_executor(folder, launcher, study_name)
+    jobs = [executor.submit(run_task, task) for task in tasks]
+    _wait([job.done for job in jobs], poll, poll_every)
+    results = []
+    for task, job in zip(tasks, jobs, strict=True):
+        try:
+            results.append(job.result())
+        except Exception as exc:  # submitit's FailedJobError carries the job's traceback: keep its last line
+            message = str(exc).strip().splitlines()
+            results.append(_failed(task, RuntimeError(message[-1] if message else repr(exc))))
+    return results
+
+
+def run_tasks(tasks: list[dict[str, Any]], spec: dict[str, Any], poll: Callable[[], None],
+              workers: int | None = None) -> list[dict[str, Any]]:
+    """Run tasks through the study's launcher."""
+    launcher = spec["launcher"]
+    every = float(spec["progress_every"])
+    if launcher["name"] == "submitit":
+        return run_submitit(tasks, Path(spec["study_dir"]) / "submitit", launcher, spec["name"], poll, every)
+    return run_local(tasks, workers or int(launcher["workers"]), poll, every)

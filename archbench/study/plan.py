@@ -1,0 +1,191 @@
+"""From a checked study spec to the list of runs: arms x sweep points x seeds, each with its step budget.
+
+Every arm is composed through the training config (so an unknown backbone, key or value fails here, before
+any training, with the training's own one-line message), measured once by the FLOP counter, and given the
+steps its budget rule asks for.  A job is plain data (JSON-safe), so it crosses into worker processes and
+SLURM jobs unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archbench.study import budget
+from archbench.study.spec import StudyError
+
+
+@dataclass(frozen=True)
+class ArmPoint:
+    """One compared model: an arm at one sweep point."""
+
+    label: str  # e.g. dit_t2 or dit_t2-depth4: names its runs and its rows
+    arm: str
+    backbone: str
+    sweep: dict[str, Any]
+    overrides: list[str]  # training overrides except the per-run ones (run_dir, seed, steps, ...)
+    params: int
+    gmacs: float
+    batch_size: int
+    dataset: str
+
+
+@dataclass
+class Job:
+    """One training run of the study and the evaluations at its checkpoints."""
+
+    label: str
+    arm: str
+    backbone: str
+    seed: int
+    sweep: dict[str, Any]
+    overrides: list[str]
+    steps: int
+    eval_steps: list[int]
+    ckpt_every: int
+    log_every: int
+    run_dir: str
+    eval: dict[str, Any]
+    params: int
+    gmacs: float
+    batch_size: int
+    dataset: str
+    device: str = "auto"
+    threads: int | None = None
+    gpus: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.label}-s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        return cls(**data)
+
+
+def _short(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def _format(value: Any) -> str:
+    return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def sweep_points(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the swept values (one empty point without a sweep)."""
+    keys = list(sweep)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(sweep[k] for k in keys))]
+
+
+def point_label(arm: str, point: dict[str, Any]) -> str:
+    return "-".join([arm, *(f"{_short(k)}{_format(v)}" for k, v in point.items())])
+
+
+def _override(key: str, value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{key}=[{','.join(map(str, value))}]"
+    return f"{key}={'null' if value is None else value}"
+
+
+def _compose(overrides: list[str], what: str) -> dict[str, Any]:
+    from archbench.data import DatasetNotFoundError
+    from archbench.training.config import ConfigError, compose_config, to_container
+
+    try:
+        return to_container(compose_config(overrides))
+    except (ConfigError, DatasetNotFoundError) as exc:
+        raise StudyError(f"{what}: {exc}") from None
+
+
+def describe_arms(spec: dict[str, Any]) -> list[ArmPoint]:
+    """Compose and measure every arm at every sweep point (params, GMACs at the recipe's resolution)."""
+    from archbench.measure.flops import backbone_flops
+    from archbench.training.config import backbone_options
+
+    points = []
+    for arm in spec["arms"]:
+        for point in sweep_points(spec["sweep"]):
+            label = point_label(arm["name"], point)
+            overrides = [f"recipe={spec['recipe']}", f"backbone={arm['backbone']}", *spec["overrides"],
+                         *arm["overrides"], *(_override(k, v) for k, v in point.items())]
+            config = _compose(overrides, f"arm {label}")
+            name, options = backbone_options(config)
+            if arm["match_params"] is not None:
+                key, value, _ = budget.match_params(name, options, float(arm["match_params"]), arm["match_by"])
+                overrides.append(f"backbone.{key}={value}")
+                config = _compose(overrides, f"arm {label}")
+                name, options = backbone_options(config)
+            try:
+                counted = backbone_flops(name, **options)
+            except (ValueError, RuntimeError, AssertionError) as exc:
+                raise StudyError(f"arm {label}: {name} does not build with {options}: {exc}") from None
+            points.append(ArmPoint(
+                label=label, arm=arm["name"], backbone=name, sweep=point, overrides=overrides,
+                params=int(counted["params"]), gmacs=float(counted["gmacs"]),
+                batch_size=int(config["train"]["batch_size"]), dataset=str(config["data"]["name"]),
+            ))
+    return points
+
+
+def reference_points(spec: dict[str, Any], points: list[ArmPoint]) -> dict[str, ArmPoint]:
+    """For each point, the reference arm at the same sweep point (its steps set the budget there)."""
+    reference = spec["budget"]["reference"] or spec["arms"][0]["name"]
+    by_sweep = {tuple(sorted(p.sweep.items(), key=str)): p for p in points if p.arm == reference}
+    return {p.label: by_sweep[tuple(sorted(p.sweep.items(), key=str))] for p in points}
+
+
+def arm_steps(spec: dict[str, Any], points: list[ArmPoint], seconds_per_step: dict[str, float] | None = None
+              ) -> dict[str, int]:
+    """Training steps per point under the budget rule (``wall_clock`` needs measured seconds per step)."""
+    match, ref_steps = spec["budget"]["match"], int(spec["budget"]["steps"])
+    refs = reference_points(spec, points)
+    steps = {}
+    for point in points:
+        ref = refs[point.label]
+        if match == "steps":
+            steps[point.label] = ref_steps
+        elif match == "train_flops":
+            steps[point.label] = budget.matched_steps(ref_steps, ref.gmacs * ref.batch_size,
+                                                      point.gmacs * point.batch_size)
+        else:
+            if seconds_per_step is None:
+                raise StudyError("budget.match=wall_clock needs each arm's seconds per step measured first")
+            steps[point.label] = budget.matched_steps(ref_steps, seconds_per_step[ref.label],
+                                                      seconds_per_step[point.label])
+    return steps
+
+
+def make_jobs(spec: dict[str, Any], points: list[ArmPoint], steps: dict[str, int], recipe_log_every: int = 10
+              ) -> list[Job]:
+    """Arms x seeds, each with its run folder, evaluation points and checkpoint interval."""
+    refs = reference_points(spec, points)
+    every = int(spec["eval"]["every"])
+    jobs = []
+    for point in points:
+        ref_steps = steps[refs[point.label].label]
+        n = steps[point.label]
+        evals, interval = budget.eval_points(n, ref_steps, every)
+        ckpt_every = math.gcd(int(spec["ckpt_every"]), interval) if spec["ckpt_every"] else interval
+        for seed in spec["seeds"]:
+            jobs.append(Job(
+                label=point.label, arm=point.arm, backbone=point.backbone, seed=int(seed), sweep=point.sweep,
+                overrides=point.overrides, steps=n, eval_steps=evals, ckpt_every=ckpt_every,
+                log_every=math.gcd(recipe_log_every, ckpt_every),
+                run_dir=str(Path(spec["study_dir"]) / "runs" / f"{point.label}-s{seed}"),
+                eval=dict(spec["eval"]), params=point.params, gmacs=point.gmacs, batch_size=point.batch_size,
+                dataset=point.dataset, device=str(spec["device"]), threads=spec["threads"],
+                gpus=int(spec["launcher"]["gpus_per_job"]),
+            ))
+    return jobs
+
+
+def recipe_log_every(spec: dict[str, Any]) -> int:
+    config = _compose([f"recipe={spec['recipe']}", *spec["overrides"]], "the study's recipe")
+    return int(config["train"]["log_every"])

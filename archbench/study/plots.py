@@ -1,0 +1,129 @@
+"""The study's pictures, drawn from ``results.csv`` and written beside it.
+
+FD against training compute (log x) and against wall-clock: one line per arm, the mean over seeds, the band
+spanning the seeds' min..max.  Final FD against params and against GMACs, with 95% intervals.  For a sweep,
+final FD against each swept value, one line per arm (the DiS paper's depth / width / token figures).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from archbench.study.summary import arm_summary, final_rows
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+Curve = tuple[list[float], list[float], list[float], list[float]]
+
+
+def _curves(rows: list[dict[str, Any]], x_key: str) -> dict[str, Curve]:
+    """label -> (x, mean FD, min FD, max FD) over the evaluation points (x averaged over seeds)."""
+    points: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        points[row["label"]][row["step"]].append(row)
+    out = {}
+    for label, by_step in sorted(points.items()):
+        xs, means, lows, highs = [], [], [], []
+        for step in sorted(by_step):
+            group = by_step[step]
+            x = [float(r[x_key]) for r in group if r[x_key] is not None and not math.isnan(float(r[x_key]))]
+            if not x:
+                continue
+            fds = [r["fd"] for r in group]
+            xs.append(sum(x) / len(x))
+            means.append(sum(fds) / len(fds))
+            lows.append(min(fds))
+            highs.append(max(fds))
+        out[label] = (xs, means, lows, highs)
+    return out
+
+
+def _curve_plot(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, (xs, means, lows, highs) in _curves(rows, x_key).items():
+        (line,) = ax.plot(xs, means, marker="o", label=label)
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(rows[0]["score_name"] if rows else "FD")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, title="mean over seeds; band: min..max", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _final_plot(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, group in sorted(final_rows(rows).items()):
+        s = arm_summary(group)
+        err = None if math.isnan(s["fd_half"]) else s["fd_half"]
+        ax.errorbar([float(group[0][x_key])], [s["fd_mean"]], yerr=err, marker="o", capsize=4, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(rows[0]["score_name"] if rows else "FD")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, title="final FD, 95% interval over seeds", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _sweep_plot(rows: list[dict[str, Any]], key: str, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    by_arm: dict[str, list[tuple[Any, dict[str, Any]]]] = defaultdict(list)
+    for group in final_rows(rows).values():
+        by_arm[group[0]["arm"]].append((group[0][f"sweep.{key}"], arm_summary(group)))
+    numeric = all(isinstance(v, (int, float)) for pairs in by_arm.values() for v, _ in pairs)
+    for arm, pairs in sorted(by_arm.items()):
+        pairs.sort(key=lambda p: p[0] if numeric else str(p[0]))
+        xs = [p[0] if numeric else str(p[0]) for p in pairs]
+        errs = [0 if math.isnan(p[1]["fd_half"]) else p[1]["fd_half"] for p in pairs]
+        ax.errorbar(xs, [p[1]["fd_mean"] for p in pairs], yerr=errs, marker="o", capsize=4, label=arm)
+    ax.set_xlabel(key)
+    ax.set_ylabel(rows[0]["score_name"] if rows else "FD")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, title="final FD, 95% interval over seeds", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_plots(rows: list[dict[str, Any]], folder: str | Path, study: str) -> list[Path]:
+    """Every plot of the study; returns the files written."""
+    folder = Path(folder)
+    if not rows:
+        return []
+    paths = [
+        _curve_plot(rows, "train_gflops", "training compute (GFLOPs)", folder / "fd_vs_compute.png",
+                    f"{study}: FD against training compute"),
+        _curve_plot(rows, "wall_s", "training wall-clock (s)", folder / "fd_vs_wallclock.png",
+                    f"{study}: FD against wall-clock"),
+        _final_plot(rows, "params", "parameters", folder / "fd_vs_params.png", f"{study}: final FD against size"),
+        _final_plot(rows, "gmacs", "forward GMACs per image", folder / "fd_vs_gmacs.png",
+                    f"{study}: final FD against forward cost"),
+    ]
+    for key in sorted({k[len("sweep."):] for row in rows for k in row if k.startswith("sweep.")}):
+        safe = key.replace(".", "_")
+        paths.append(_sweep_plot(rows, key, folder / f"fd_vs_{safe}.png", f"{study}: final FD against {key}"))
+    return paths

@@ -1,0 +1,115 @@
+"""``results.csv``: one row per arm x seed x evaluation point, gathered from the runs' own files.
+
+Nothing is kept in memory between study invocations: the rows are rebuilt from each run's ``metrics.jsonl``
+(training time, memory) and ``evals/step_*.json`` (scores), so a resumed or re-run study writes the same
+table as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from archbench.study.budget import train_gflops
+from archbench.study.job import eval_settings, read_eval
+from archbench.study.plan import Job
+
+COLUMNS = (
+    "study", "arm", "label", "backbone", "seed", "step", "steps", "train_gflops", "wall_s", "s_per_step",
+    "peak_mem_mb", "params", "gmacs", "batch_size", "dataset", "score_name", "fd", "fid", "precision", "recall",
+    "cond_accuracy", "inception_score", "kid", "num_samples",
+)
+NUMERIC = ("train_gflops", "wall_s", "s_per_step", "peak_mem_mb", "gmacs", "fd", "fid", "precision", "recall",
+           "cond_accuracy", "inception_score", "kid")
+
+
+def _metrics_upto(rows: list[dict[str, Any]], step: int) -> dict[str, float]:
+    upto = [r for r in rows if r["step"] <= step]
+    if not upto:
+        return {"wall_s": math.nan, "s_per_step": math.nan, "peak_mem_mb": math.nan}
+    rates = [r["it_per_s"] for r in upto if r.get("it_per_s")]
+    last = upto[-1]
+    wall = float(last.get("train_s", math.nan)) * step / last["step"] if last.get("train_s") is not None else math.nan
+    peaks = [r["peak_mem_mb"] for r in upto if r.get("peak_mem_mb") is not None]
+    return {
+        "wall_s": wall,
+        "s_per_step": 1.0 / statistics.median(rates) if rates else math.nan,
+        "peak_mem_mb": max(peaks) if peaks else math.nan,
+    }
+
+
+def job_rows(study: str, job: Job) -> list[dict[str, Any]]:
+    """The rows of one job's finished evaluations (missing ones are simply not there yet)."""
+    from archbench.training.log import read_metrics
+
+    metrics = read_metrics(job.run_dir) if Path(job.run_dir, "metrics.jsonl").is_file() else []
+    settings = eval_settings(job)
+    rows = []
+    for step in job.eval_steps:
+        record = read_eval(job.run_dir, step, settings)
+        if record is None:
+            continue
+        fid = record["score"] if record.get("feature_network") == "inception" else None
+        row = {
+            "study": study, "arm": job.arm, "label": job.label, "backbone": job.backbone, "seed": job.seed,
+            "step": step, "steps": job.steps, "train_gflops": train_gflops(job.gmacs, job.batch_size, step),
+            **_metrics_upto(metrics, step), "params": job.params, "gmacs": job.gmacs, "batch_size": job.batch_size,
+            "dataset": job.dataset, "score_name": record["score_name"], "fd": float(record["score"]), "fid": fid,
+            "precision": record.get("precision"), "recall": record.get("recall"),
+            "cond_accuracy": record.get("cond_accuracy"), "inception_score": record.get("inception_score"),
+            "kid": record.get("kid"), "num_samples": record.get("num_samples", settings["num_samples"]),
+        }
+        row.update({f"sweep.{k}": v for k, v in job.sweep.items()})
+        rows.append(row)
+    return rows
+
+
+def collect(study: str, jobs: list[Job]) -> list[dict[str, Any]]:
+    return [row for job in jobs for row in job_rows(study, job)]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write atomically: a reader never sees half a table."""
+    path = Path(path)
+    extra = sorted({k for row in rows for k in row if k not in COLUMNS})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*COLUMNS, *extra])
+    for row in rows:
+        writer.writerow([_cell(row.get(k)) for k in (*COLUMNS, *extra)])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows with numbers as numbers (empty cells as None)."""
+    out = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = {}
+            for key, value in row.items():
+                if value == "":
+                    parsed[key] = None
+                elif key in NUMERIC:
+                    parsed[key] = float(value)
+                elif key in ("seed", "step", "steps", "params", "batch_size", "num_samples"):
+                    parsed[key] = int(value)
+                else:
+                    parsed[key] = value
+            out.append(parsed)
+    return out

@@ -1,0 +1,137 @@
+"""``run_study``: plan, (measure,) run what is missing, then write the table, the summary, the plots, the grid.
+
+Every step reads what is already on disk first, so the same call resumes an interrupted study and does no
+work for a finished one.  The study folder is locked while a study process works in it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archbench.study import plan as planning
+from archbench.study.job import job_done
+from archbench.study.launchers import run_tasks
+from archbench.study.plots import write_plots
+from archbench.study.progress import Progress
+from archbench.study.results import collect, write_csv
+from archbench.study.samples import write_grid
+from archbench.study.spec import StudyError
+from archbench.study.summary import write_summary
+
+log = logging.getLogger("archbench.study")
+TIMING_FILE = "timing.json"
+PLAN_FILE = "plan.json"
+
+
+@dataclass
+class StudyResult:
+    """What a study call did and where its outputs are."""
+
+    study_dir: Path
+    jobs: list[planning.Job]
+    rows: list[dict[str, Any]]
+    ran: list[str] = field(default_factory=list)  # runs this call trained or evaluated
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+
+def machine_description() -> str:
+    import torch
+
+    cpus = os.cpu_count() or 1
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", CPU only"
+    return f"{platform.node()} ({cpus} cores{gpu}), {datetime.date.today().isoformat()}"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def measure_seconds_per_step(spec: dict[str, Any], points: list[planning.ArmPoint]) -> dict[str, float]:
+    """``budget.match=wall_clock``: each point's seconds per step, measured once (kept in timing.json)."""
+    path = Path(spec["study_dir"]) / TIMING_FILE
+    known: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+    tasks = [{
+        "kind": "time", "label": p.label, "overrides": p.overrides, "steps": int(spec["budget"]["timing_steps"]),
+        "run_dir": str(Path(spec["study_dir"]) / "timing" / p.label), "device": spec["device"],
+        "threads": spec["threads"],
+    } for p in points if p.label not in known]
+    if tasks:
+        log.info("timing %d arm(s) for budget.match=wall_clock, one at a time", len(tasks))
+        for result in run_tasks(tasks, spec, poll=lambda: None, workers=1):
+            if result["status"] != "done":
+                raise StudyError(f"timing {result['run']} failed: {result.get('error')}")
+            known[result["label"]] = float(result["s_per_step"])
+        _write_json(path, known)
+    return known
+
+
+def plan_study(spec: dict[str, Any], measure: bool = True) -> tuple[list[planning.ArmPoint], list[planning.Job]]:
+    """The arms (composed and counted) and the jobs; wall-clock budgets are measured when ``measure``."""
+    points = planning.describe_arms(spec)
+    seconds = None
+    if spec["budget"]["match"] == "wall_clock":
+        if not measure:
+            raise StudyError("budget.match=wall_clock: the plan needs each arm's measured seconds per step")
+        seconds = measure_seconds_per_step(spec, points)
+    steps = planning.arm_steps(spec, points, seconds)
+    return points, planning.make_jobs(spec, points, steps, planning.recipe_log_every(spec))
+
+
+def write_outputs(spec: dict[str, Any], jobs: list[planning.Job]) -> tuple[list[dict[str, Any]], list[Path]]:
+    """results.csv, summary.md, the plots and the grid, from what the runs hold now."""
+    folder = Path(spec["study_dir"])
+    rows = collect(spec["name"], jobs)
+    outputs = [write_csv(rows, folder / "results.csv")]
+    if rows:
+        outputs.append(write_summary(spec, rows, folder / "summary.md", machine_description()))
+        outputs += write_plots(rows, folder, spec["name"])
+    grid = write_grid(jobs, spec, folder)
+    if grid is not None:
+        outputs.append(grid)
+    return rows, outputs
+
+
+def run_study(spec: dict[str, Any]) -> StudyResult:
+    """Run (or resume) the study ``spec`` (from ``load_study``) and write its outputs."""
+    from archbench.training.run_lock import RunDirLockedError, run_dir_lock
+
+    folder = Path(spec["study_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_dir_lock(folder):
+            return _run_locked(spec, folder)
+    except RunDirLockedError as exc:
+        raise StudyError(f"study folder {folder} is in use: {exc}") from None
+
+
+def _run_locked(spec: dict[str, Any], folder: Path) -> StudyResult:
+    (folder / "study.tmp.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    os.replace(folder / "study.tmp.yaml", folder / "study.yaml")
+    points, jobs = plan_study(spec)
+    _write_json(folder / PLAN_FILE, [job.to_dict() for job in jobs])
+    pending = [job for job in jobs if not job_done(job)]
+    log.info("study %s: %d arm(s) x %d seed(s) = %d run(s), %d to do (%s)", spec["name"], len(points),
+             len(spec["seeds"]), len(jobs), len(pending), folder)
+    cache = str(folder / "cache")
+    tasks = [{"kind": "train", "job": job.to_dict(), "cache": cache} for job in pending]
+    progress = Progress(jobs)
+    # submitit jobs run side by side (as the cluster schedules them); local ones ``workers`` at a time
+    parallel = len(pending) if spec["launcher"]["name"] == "submitit" else int(spec["launcher"]["workers"])
+    results = run_tasks(tasks, spec, poll=lambda: progress(parallel))
+    failed = [r for r in results if r["status"] != "done"]
+    rows, outputs = write_outputs(spec, jobs)
+    for item in failed:
+        log.error("run %s %s: %s", item["run"], item["status"], item.get("error", f"signal {item.get('signal')}"))
+    return StudyResult(folder, jobs, rows, [r["run"] for r in results], failed, outputs)
