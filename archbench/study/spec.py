@@ -177,7 +177,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if not isinstance(schema, dict) or part not in schema or not isinstance(schema[part], dict):
                 prefix = ".".join(parts[:depth])
                 valid = list(schema) if isinstance(schema, dict) else []
-                raise StudyError(f"unknown key {key!r}{_suggest(part, valid)}" + (f" (under {prefix})" if prefix else ""))
+                under = f" (under {prefix})" if prefix else ""
+                raise StudyError(f"unknown key {key!r}{_suggest(part, valid)}{under}")
             schema = schema[part]
             if isinstance(node.get(part), str) and part == "launcher":
                 node[part] = {"name": node[part]}
