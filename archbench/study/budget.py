@@ -40,7 +40,8 @@ def eval_points(steps: int, ref_steps: int, every_ref: int) -> tuple[list[int], 
     if not every_ref:
         return [steps], steps
     interval = max(1, round(every_ref * steps / ref_steps))
-    points = list(range(interval, steps, interval))
+    between = math.ceil(ref_steps / every_ref) - 1  # the reference's evaluations before its last step
+    points = [k * interval for k in range(1, between + 1) if k * interval < steps]
     return points + [steps], interval
 
 
@@ -60,7 +61,8 @@ def size_step(options: dict[str, Any], key: str) -> int:
         return 1
     if key == "base_channels":
         return int(options.get("norm_groups", 32))
-    heads = int(options.get("num_heads", 1) or 1)
+    uses_heads = "num_heads" in options and options.get("mixer", "attention") == "attention"
+    heads = int(options["num_heads"]) if uses_heads else 1
     return heads * 8 // math.gcd(heads, 8)
 
 
