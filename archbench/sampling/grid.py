@@ -2,12 +2,16 @@
 
 Shared by the training loop (periodic grids from the EMA weights) and ``python -m archbench.sample``.
 Noise comes from a dedicated CPU generator, so sampling never disturbs the training RNG streams and a
-given seed gives the same images on any device.
+given seed gives the same images on any device. ``per_chunk_seeds`` gives every batch its own generator,
+seeded from (seed, batch position), so a batch's images do not depend on which batches were drawn before
+it: what lets :mod:`archbench.sampling.shards` split a sample set over processes and resume it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 from archbench.diffusion import FlowObjective, GaussianObjective
+from archbench.sampling.npz import write_npz
 
 
 def default_sampler(objective: GaussianObjective | FlowObjective) -> str:
@@ -36,6 +41,13 @@ def grid_columns(num_samples: int, num_classes: int) -> int:
     return max(1, math.ceil(math.sqrt(num_samples)))
 
 
+def chunk_generator(seed: int, chunk: int) -> torch.Generator:
+    """A CPU generator for chunk ``chunk`` of a set drawn with ``seed``: a hash of both, so neighbouring
+    seeds and chunks get unrelated streams (any integer seed, negative ones included)."""
+    digest = hashlib.blake2b(f"archbench-chunk:{seed}:{chunk}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -52,8 +64,17 @@ def generate(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    per_chunk_seeds: bool = False,
+    first_index: int = 0,
 ) -> torch.Tensor:
-    """``num_samples`` images [N, C, H, W] in (about) [-1, 1], drawn in batches with the model in eval mode."""
+    """``num_samples`` images [N, C, H, W] in (about) [-1, 1], drawn in batches with the model in eval mode.
+
+    By default one generator seeded with ``seed`` feeds every batch in turn. With ``per_chunk_seeds`` the
+    batch holding set indices ``[j * batch_size, (j + 1) * batch_size)`` draws from ``chunk_generator(seed,
+    j)``, where this call's first sample is set index ``first_index`` (a multiple of ``batch_size``).
+    """
+    if per_chunk_seeds and first_index % batch_size:
+        raise ValueError(f"first_index={first_index} must be a multiple of batch_size={batch_size}")
     if labels is not None and labels.shape[0] != num_samples:
         raise ValueError(f"got {labels.shape[0]} labels for {num_samples} samples")
     null_class = getattr(model, "null_class", None)
@@ -70,6 +91,8 @@ def generate(
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             kwargs = {} if labels is None else {"y": labels[start : start + n].to(device)}
+            if per_chunk_seeds:
+                generator = chunk_generator(seed, (first_index + start) // batch_size)
             out = objective.sample(
                 model,
                 (n, *shape),
@@ -117,18 +140,21 @@ def to_uint8(samples: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def save_npz(samples: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:
-    """``arr_0``: uint8 images [N, H, W, C]; ``arr_1``: int64 labels [N] (-1 when unconditional).
+def save_npz(
+    samples: torch.Tensor,
+    labels: torch.Tensor | None,
+    path: str | Path,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> Path:
+    """``arr_0``: uint8 images [N, H, W, C]; ``arr_1``: int64 labels [N] (-1 when unconditional); plus ``extra``.
 
-    Same keys as guided-diffusion's / DiT's sample files, so their FID tooling reads it unchanged.
-    Latent samples (not 1 or 3 channels) are stored as float32 ``latents`` [N, C, H, W] instead: turning
-    them into images needs the VAE decoder.
+    Same keys as guided-diffusion's / DiT's sample files, so their FID tooling reads it unchanged; written
+    atomically by :func:`archbench.sampling.npz.write_npz`. Latent samples (not 1 or 3 channels) are stored as
+    float32 ``latents`` [N, C, H, W] instead: turning them into images needs the VAE decoder.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     label_arr = np.full(samples.shape[0], -1, dtype=np.int64) if labels is None else labels.numpy().astype(np.int64)
     if samples.shape[1] in (1, 3):
-        np.savez(path, arr_0=to_uint8(samples), arr_1=label_arr)
+        arrays = {"arr_0": to_uint8(samples), "arr_1": label_arr}
     else:
-        np.savez(path, latents=samples.float().numpy(), arr_1=label_arr)
-    return path
+        arrays = {"latents": samples.float().numpy(), "arr_1": label_arr}
+    return write_npz(path, {**arrays, **(extra or {})})
