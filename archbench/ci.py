@@ -1,8 +1,8 @@
-"""``python -m archbench.ci fid``: the command line of :mod:`archbench.evaluation.regression`."""
+"""``python -m archbench.ci fid``: the command line of :mod:`archbench.study.regression`."""
 
 import sys
 
-from archbench.evaluation.regression import main
+from archbench.study.regression import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,7 @@
 """``python -m archbench.ci fid``: catch a sample-quality regression on small training runs.
 
-Every family's tiny member trains with the same recipe (``recipes/ci_fid.yaml``), seed and
+A thin wrapper over the ``ci`` study (``recipes/studies/ci.yaml``, run by :func:`archbench.study.run_study`):
+every family's tiny member trains with the same recipe (``recipes/ci_fid.yaml``), seed and
 step budget on real Fashion-MNIST, samples a fixed number of images with a fixed sampler,
 and is scored by the Fréchet distance on the project's own Fashion-MNIST CNN features
 (``FD-fashion_mnist_cnn``: no Inception weights can be downloaded in CI) against the real
@@ -22,16 +23,16 @@ import os
 import shutil
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from archbench.console import ArgumentParser, fail, one_line, setup_logging
+from archbench.study.job import eval_settings, read_eval
 
 PROGRAM = "archbench.ci"
 TINY_BACKBONES = ("dis_t2", "dit_t2", "uvit_t2", "unet_t")
-RECIPE = "ci_fid"
+STUDY = "ci"  # recipes/studies/ci.yaml: the recipe, the arms, the evaluation
 FEATURES = "fashion_mnist_cnn"
 log = logging.getLogger("archbench.ci")
 
@@ -65,78 +66,53 @@ class RunSettings:
         return dict(self.__dict__)
 
 
-def train_run(name: str, settings: RunSettings, work_dir: Path) -> tuple[Path, dict[str, Any], float]:
-    """Train ``name`` with the CI recipe; returns the run folder, its config and the training seconds."""
-    from archbench.training.config import compose_config, to_container
-    from archbench.training.distributed import init_distributed
-    from archbench.training.loop import prepare_run_dir, train
+def ci_spec(names: list[str], settings: RunSettings, seeds: list[int], work_dir: Path,
+            threads: int | None) -> dict[str, Any]:
+    """The ``ci`` study preset with this invocation's backbones, budget, sampling and seeds."""
+    from archbench.study.spec import normalise, read_study_file
 
-    run_dir = work_dir / f"{name}-seed{settings.seed}"
-    overrides = [
-        f"recipe={RECIPE}",
-        f"backbone={name}",
-        f"run_dir={run_dir}",
-        "train.resume=null",
-        "device=cpu",
-        f"seed={settings.seed}",
-        f"train.steps={settings.steps}",
-        f"train.ckpt_every={settings.steps}",
-    ]
-    config = to_container(compose_config(overrides))
-    if run_dir.exists():  # a scratch folder of an earlier check: every CI run trains from scratch
-        shutil.rmtree(run_dir)
-    prepare_run_dir(run_dir)
-    log.info("training %s for %d steps on %s (seed %d)", name, settings.steps, config["data"]["name"], settings.seed)
-    start = time.perf_counter()
-    train(config, init_distributed("cpu"))
-    return run_dir, config, time.perf_counter() - start
+    raw, path = read_study_file(STUDY)
+    raw.update(arms=[{"backbone": name} for name in names], seeds=seeds, study_dir=str(work_dir), threads=threads)
+    raw["budget"] = {**raw.get("budget", {}), "match": "steps", "steps": settings.steps}
+    raw["eval"] = {**raw.get("eval", {}), "num_samples": settings.num_samples, "sampler": settings.sampler,
+                   "steps": settings.sample_steps, "features": FEATURES, "weights": str(feature_weights())}
+    return normalise(raw, source=str(path))
 
 
-def score_run(run_dir: Path, config: dict[str, Any], settings: RunSettings, work_dir: Path) -> dict[str, Any]:
-    """Sample the run's newest EMA weights and score them against the real test set; one table row."""
-    from archbench.evaluation.evaluate import RUN_ARGS, evaluate_run
-    from archbench.measure.flops import backbone_flops
-    from archbench.training.log import read_metrics
+def run_ci_study(spec: dict[str, Any], fresh: bool = True) -> dict[tuple[str, int], dict[str, Any]]:
+    """Run the study (from scratch unless ``fresh`` is false); (backbone, seed) -> its CI table row."""
+    from archbench.study.runner import run_study
 
-    eval_args = {key: default for key, (_, default) in RUN_ARGS.items()}
-    eval_args.update(
-        run_dir=str(run_dir),
-        num_samples=settings.num_samples,
-        features=FEATURES,
-        weights=str(feature_weights()),
-        sampler=settings.sampler,
-        steps=settings.sample_steps,
-        cfg_scale=1.0,
-        seed=settings.seed,
-        batch_size=250,
-        ref_split="test",
-        device="cpu",
-        progress=False,
-        cache=str(work_dir / "cache"),
-    )
-    record = evaluate_run(eval_args)
-    name = config["backbone"]["name"]
-    flops = backbone_flops(name, **{k: v for k, v in config["backbone"].items() if k != "name"})
-    rates = [row["it_per_s"] for row in read_metrics(run_dir) if row.get("it_per_s")]
-    return {
-        "backbone": name,
-        "dataset": config["data"]["name"],
-        "params": flops["params"],
-        "gmacs": flops["gmacs"],
-        "steps": settings.steps,
-        "s_per_step": 1.0 / statistics.median(rates) if rates else float("nan"),
-        "score_name": record["score_name"],
-        "fd": float(record["score"]),
-        "precision": record.get("precision"),
-        "recall": record.get("recall"),
-        "feature_checksum": record["feature_checksum"],
-        "settings": settings.as_dict(),
-    }
-
-
-def train_and_score(name: str, settings: RunSettings, work_dir: Path) -> dict[str, Any]:
-    run_dir, config, seconds = train_run(name, settings, work_dir)
-    return {**score_run(run_dir, config, settings, work_dir), "train_s": seconds}
+    runs = Path(spec["study_dir"]) / "runs"
+    if fresh and runs.exists():  # a scratch folder of an earlier check: every CI run trains from scratch
+        shutil.rmtree(runs)
+    result = run_study(spec)
+    if result.failed:
+        raise RuntimeError("; ".join(f"{f['run']} {f['status']}: {f.get('error', '')}" for f in result.failed))
+    rows = {}
+    for job in result.jobs:
+        record = read_eval(job.run_dir, job.steps, eval_settings(job))
+        final = [r for r in result.rows if r["label"] == job.label and r["seed"] == job.seed and r["step"] == job.steps]
+        if record is None or not final:
+            raise RuntimeError(f"{job.run_name} has no final evaluation")
+        row = final[0]
+        rows[(job.backbone, job.seed)] = {
+            "backbone": job.backbone,
+            "dataset": job.dataset,
+            "params": job.params,
+            "gmacs": job.gmacs,
+            "steps": job.steps,
+            "s_per_step": row["s_per_step"],
+            "score_name": record["score_name"],
+            "fd": float(record["score"]),
+            "precision": record.get("precision"),
+            "recall": record.get("recall"),
+            "feature_checksum": record["feature_checksum"],
+            "settings": RunSettings(job.steps, spec["eval"]["num_samples"], spec["eval"]["sampler"],
+                                    spec["eval"]["steps"], job.seed).as_dict(),
+            "train_s": row["wall_s"],
+        }
+    return rows
 
 
 def load_baseline(name: str, directory: Path) -> dict[str, Any] | None:
@@ -203,12 +179,11 @@ def run_fid(args: argparse.Namespace) -> int:
         return fail(PROGRAM, "--seeds is for --update-baselines (CI compares one seed)")
     directory = Path(args.baselines) if args.baselines else baselines_dir()
     work_dir = Path(args.work_dir)
+    settings = RunSettings(args.steps, args.num_samples, args.sampler, args.sample_steps, seeds[0])
+    scored = run_ci_study(ci_spec(names, settings, seeds, work_dir, args.threads))
     rows = []
     for name in names:
-        per_seed = []
-        for seed in seeds:
-            settings = RunSettings(args.steps, args.num_samples, args.sampler, args.sample_steps, seed)
-            per_seed.append(train_and_score(name, settings, work_dir))
+        per_seed = [scored[(name, seed)] for seed in seeds]
         row = per_seed[0]
         if args.update_baselines:
             path = write_baseline(row, [r["fd"] for r in per_seed], args.min_tolerance, directory)
@@ -240,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--sampler", default="ddim", help="sampler for the scored images")
     fid.add_argument("--sample-steps", type=int, default=25, help="sampling steps")
     fid.add_argument("--seed", type=int, default=0, help="training and sampling seed")
-    fid.add_argument("--work-dir", default="runs/ci-fid", help="where the runs and the result table go")
+    fid.add_argument("--work-dir", default="runs/ci-fid", help="the study folder: runs, results.csv, plots, table")
     fid.add_argument("--baselines", default=None, help="baseline folder (default: recipes/baselines)")
     fid.add_argument("--update-baselines", action="store_true", help="rewrite the baselines from this run")
     fid.add_argument("--seeds", default=None, help="with --update-baselines: seeds whose spread sets the tolerance")
@@ -255,12 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()  # archbench's own handler: the root logger stays untouched
-    import torch
-
-    torch.set_num_threads(args.threads)
     try:
         return run_fid(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"{PROGRAM}: {one_line(exc)}", file=sys.stderr)
         return 1
 

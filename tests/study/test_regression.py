@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from archbench.evaluation import regression as ci
+from archbench.study import regression as ci
+from archbench.study.job import eval_path
 from archbench.training import checkpoint as ckpt
 
 SETTINGS = ci.RunSettings(steps=250, num_samples=200, sampler="ddim", sample_steps=10, seed=0)
@@ -14,17 +15,18 @@ SETTINGS = ci.RunSettings(steps=250, num_samples=200, sampler="ddim", sample_ste
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("ci-fid")
-    run_dir, config, _ = ci.train_run("dit_t2", SETTINGS, work)
-    return work, run_dir, config
+    spec = ci.ci_spec(["dit_t2"], SETTINGS, [SETTINGS.seed], work, threads=1)
+    return spec, ci.run_ci_study(spec)[("dit_t2", 0)]
 
 
 def test_noise_in_the_weights_is_flagged(trained, tmp_path):
-    work, run_dir, config = trained
-    good = ci.score_run(run_dir, config, SETTINGS, work)
+    spec, good = trained
     baseline_path = ci.write_baseline(good, [good["fd"]], min_tolerance=0.10, directory=tmp_path)
     baseline = ci.load_baseline("dit_t2", tmp_path)
     assert baseline_path.exists() and ci.verdict(good, baseline) == "ok"
+    assert good["settings"] == SETTINGS.as_dict() and good["feature_checksum"] == baseline["feature_checksum"]
 
+    run_dir = ci.Path(spec["study_dir"]) / "runs" / "dit_t2-s0"
     newest = ckpt.latest_checkpoint(run_dir)
     state = ckpt.load_checkpoint(newest)
     generator = torch.Generator().manual_seed(0)
@@ -32,7 +34,8 @@ def test_noise_in_the_weights_is_flagged(trained, tmp_path):
         if value.is_floating_point():
             value.add_(value.std().nan_to_num(0.0) * torch.randn(value.shape, generator=generator))
     ckpt.save_checkpoint(state, newest)
-    degraded = ci.score_run(run_dir, config, SETTINGS, work)
+    eval_path(run_dir, SETTINGS.steps).unlink()  # the study re-scores the damaged weights, without retraining
+    degraded = ci.run_ci_study(spec, fresh=False)[("dit_t2", 0)]
     assert degraded["fd"] > good["fd"] * 1.1
     assert ci.verdict(degraded, baseline) == "REGRESSED"
 

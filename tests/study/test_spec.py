@@ -1,0 +1,107 @@
+"""A bad study fails before any training with one line naming the key and the valid choices."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from archbench.study.plan import describe_arms
+from archbench.study.spec import DEFAULTS, StudyError, apply_overrides, load_study, normalise, study_names
+from tests.study.study_support import run_study_cli, tiny_study
+
+
+def _spec(**changes):
+    raw = {"name": "x", "arms": [{"backbone": "dit_t2"}], "recipe": "ci_fid", **changes}
+    return normalise(raw)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seed": [0]}, "unknown key 'seed' (did you mean 'seeds'?)"),
+        ({"eval": {"num_sample": 5}}, "unknown key eval.'num_sample'"),
+        ({"budget": {"match": "flops"}}, "budget.match='flops'; valid: steps, train_flops, wall_clock"),
+        ({"arms": []}, "'arms' is empty"),
+        ({"arms": [{"backbone": "dit_t2", "overide": []}]}, "unknown key arms[0].overide"),
+        ({"arms": [{"backbone": "dit_t2"}, {"backbone": "dit_t2"}]}, "two arms are both called 'dit_t2'"),
+        ({"budget": {"reference": "dis_t2"}}, "budget.reference='dis_t2' is not an arm; arms: dit_t2"),
+        ({"seeds": []}, "'seeds' must be a non-empty list"),
+        ({"launcher": "slurm"}, "launcher='slurm'; valid: local, submitit"),
+        ({"overrides": ["train.steps=5"]}, "the study sets train.steps itself"),
+        ({"name": "a b"}, "'name' must be a non-empty word"),
+    ],
+)
+def test_schema_errors_name_the_key(changes, message):
+    with pytest.raises(StudyError) as info:
+        _spec(**changes)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arms": [{"backbone": "dit_t9"}]}, "unknown backbone 'dit_t9'"),
+        ({"arms": [{"backbone": "unet_t"}], "sweep": {"backbone.depth": [2, 4]}}, "backbone.depth"),
+        ({"arms": [{"backbone": "dit_t2", "overrides": ["train.lr=fast"]}]}, "train.lr"),
+    ],
+)
+def test_registry_and_config_errors_before_training(changes, message):
+    spec = _spec(**changes)
+    with pytest.raises(StudyError) as info:
+        describe_arms(spec)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert "arm " in str(info.value)  # says which arm
+
+
+def test_overrides_use_the_training_grammar():
+    raw = {"name": "x", "arms": [{"backbone": "dit_t2"}], "launcher": "local"}
+    spec = normalise(apply_overrides(raw, ["seeds=[0,3]", "launcher=submitit", "launcher.cluster=local",
+                                           "budget.steps=600", "eval.every=100", "sweep.backbone.depth=[2,4]"]))
+    assert spec["seeds"] == [0, 3] and spec["budget"]["steps"] == 600 and spec["eval"]["every"] == 100
+    assert spec["launcher"]["name"] == "submitit" and spec["launcher"]["cluster"] == "local"
+    assert spec["sweep"] == {"backbone.depth": [2, 4]}
+    assert spec["study_dir"] == "studies/x"
+    with pytest.raises(StudyError, match="unknown key 'budget.step'"):
+        apply_overrides(raw, ["budget.step=5"])
+    with pytest.raises(StudyError, match="key=value"):
+        apply_overrides(raw, ["seeds"])
+
+
+def test_yaml_numbers_people_write_are_numbers():
+    spec = normalise({"name": "x", "arms": [{"backbone": "dit_t2", "match_params": "30e6"}]})
+    assert spec["arms"][0]["match_params"] == 30e6
+
+
+def test_every_preset_loads_and_every_documented_key_exists():
+    assert {"ci", "families_cpu", "scaling_depth", "scaling_width", "scaling_tokens", "mixer_ablation",
+            "paper_table"} <= set(study_names())
+    for name in study_names():
+        load_study(name)
+    from archbench.study import __main__ as cli
+
+    for key in DEFAULTS:
+        assert key in cli.__doc__, key
+    for section in ("budget", "eval", "grid", "launcher"):
+        for key in DEFAULTS[section]:
+            assert f"{section}.{key}" in cli.__doc__ or key in cli.__doc__, f"{section}.{key}"
+
+
+def test_cli_bad_study_is_one_line_and_trains_nothing(tmp_path):
+    path = tiny_study(tmp_path, arms=[{"backbone": "dit_t2"}, {"backbone": "nope_t2"}])
+    proc = run_study_cli(str(path))
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("[archbench]")]
+    assert len(lines) == 1 and "unknown backbone 'nope_t2'" in lines[0], proc.stderr
+    assert not (tmp_path / "tiny" / "runs").exists()
+    missing = run_study_cli("no_such_study")
+    assert missing.returncode == 1 and "families_cpu" in missing.stderr
+
+
+def test_cli_plan_lists_runs_without_training(tmp_path):
+    path = tiny_study(tmp_path)
+    proc = run_study_cli(str(path), "--plan", "seeds=[0]")
+    assert proc.returncode == 0, proc.stderr
+    assert "| dis_t2-s0 | dis_t2 |" in proc.stdout and "dit_t2-s1" not in proc.stdout
+    assert not (tmp_path / "tiny").exists()
+    assert yaml.safe_load(path.read_text())["seeds"] == [0, 1]  # overrides never edit the file
