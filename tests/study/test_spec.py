@@ -7,7 +7,7 @@ import yaml
 
 from archbench.study.plan import describe_arms
 from archbench.study.spec import DEFAULTS, StudyError, apply_overrides, load_study, normalise, study_names
-from tests.study.study_support import run_study_cli, tiny_study
+from study_support import run_study_cli, tiny_study
 
 
 def _spec(**changes):

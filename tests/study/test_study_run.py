@@ -20,7 +20,7 @@ from PIL import Image
 
 from archbench.study import load_study, run_study
 from archbench.study.results import COLUMNS, read_csv
-from tests.study.study_support import scores, study_env, tiny_study
+from study_support import scores, study_env, tiny_study
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ("results.csv", "summary.md", "fd_vs_compute.png", "fd_vs_wallclock.png", "fd_vs_params.png",

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = ("wall_s", "s_per_step", "peak_mem_mb")
 
 
