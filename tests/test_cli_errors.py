@@ -140,3 +140,26 @@ def test_data_keys(capsys, key, value):
 
     line = _one_line_failure(capsys, data_main(["encode", f"{key}={value}"]))
     assert line.startswith("archbench.data: error: ")
+
+
+@FUZZ
+@given(key=st.sampled_from(["seeds", "budget.steps", "budget.match", "budget.reference", "eval.num_samples",
+                            "eval.every", "eval.steps", "launcher", "launcher.workers", "launcher.cluster",
+                            "ckpt_every", "arms"]),
+       value=st.one_of(WORDS, NON_POSITIVE.map(lambda v: v - 1)))
+def test_study_values(capsys, key, value):
+    from archbench.study.__main__ import main as study_main
+
+    line = _one_line_failure(capsys, study_main(["ci", f"{key}={value}", "--plan"]))
+    assert line.startswith("archbench.study: error: ")
+
+
+@FUZZ
+@given(key=WORDS.filter(lambda k: k.split(".")[0] not in ("name", "study_dir", "recipe", "device", "threads")),
+       value=WORDS)
+def test_study_unknown_keys(capsys, key, value):
+    from archbench.study.__main__ import main as study_main
+
+    line = _one_line_failure(capsys, study_main(["ci", f"{key}={value}", "--plan"]))
+    assert line.startswith("archbench.study: error: ") and ("unknown" in line or "cannot" in line or "must" in line
+                                                            or "maps" in line), line

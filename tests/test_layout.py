@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("diffusion", "data", "training", "sampling", "evaluation", "measure")
+STAGES = ("diffusion", "data", "training", "sampling", "evaluation", "measure", "study")
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess:
@@ -59,6 +59,7 @@ def test_the_contracts_hold():
         ("archbench/diffusion/schedules.py", "import archbench.training.config", "archbench stages are layered"),
         ("archbench/training/loop.py", "from archbench.evaluation import frechet", "archbench stages are layered"),
         ("archbench/measure/flops.py", "import archbench.data", "archbench stages are layered"),
+        ("archbench/evaluation/evaluate.py", "import archbench.study.runner", "archbench stages are layered"),
     ],
 )
 def test_a_forbidden_import_breaks_the_contract(tmp_path, module, forbidden, contract):
