@@ -7,10 +7,12 @@ any moment and re-run, and a finished study re-run does no work.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -21,8 +23,18 @@ from typing import Any
 from archbench.study.plan import Job
 
 log = logging.getLogger("archbench.study")
+PR_SET_PDEATHSIG = 1
 EVALS_DIR = "evals"
 TIMING_WARMUP = 2
+
+
+def die_with_parent() -> None:
+    """This process gets SIGTERM when its parent dies (even by kill -9): training saves and stops, so a
+    re-run never finds a run still locked by an orphan.  Linux only; elsewhere orphans finish their job."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def eval_path(run_dir: str | Path, step: int) -> Path:
@@ -119,7 +131,7 @@ def _train(job: Job) -> int | None:
     if job.gpus > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.gpus}",
                    "-m", "archbench.train", *overrides]
-        code = subprocess.run(command).returncode
+        code = subprocess.run(command, preexec_fn=die_with_parent).returncode  # torchrun passes SIGTERM on
         if code >= 128:
             return code - 128
         if code:

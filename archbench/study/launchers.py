@@ -7,9 +7,7 @@ memory is its own, and a crash takes down one run, not the study), and submitit'
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -17,19 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from archbench.console import one_line
-from archbench.study.job import run_task
+from archbench.study.job import die_with_parent, run_task
 from archbench.study.spec import StudyError
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """A worker gets SIGTERM when the study process dies (even by kill -9): training saves and stops, so a
-    re-run never finds a run still locked by an orphan."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux/glibc: orphans finish their job instead
-        pass
 
 
 def _failed(task: dict[str, Any], exc: BaseException) -> dict[str, Any]:
@@ -43,7 +30,7 @@ def run_local(tasks: list[dict[str, Any]], workers: int, poll: Callable[[], None
     if not tasks:
         return []
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent,
                              max_tasks_per_child=1) as pool:
         futures: list[Future] = [pool.submit(run_task, task) for task in tasks]
         try:
