@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import shutil
 import signal
 import statistics
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from archbench.console import write_text_atomic
 from archbench.study.plan import Job
 
 log = logging.getLogger("archbench.study")
@@ -118,10 +118,7 @@ def evaluate_step(job: Job, step: int, cache: str | None) -> dict[str, Any]:
     )
     record = evaluate_run(args)
     record["study_eval"] = settings
-    out = eval_path(job.run_dir, step)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(eval_path(job.run_dir, step), json.dumps(record, indent=2, default=str) + "\n")
     return record
 
 

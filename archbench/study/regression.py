@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archbench.console import ArgumentParser, fail, one_line, setup_logging
+from archbench.console import ArgumentParser, fail, one_line, setup_logging, write_text_atomic
 from archbench.study.job import eval_settings, read_eval
 
 PROGRAM = "archbench.ci"
@@ -148,10 +148,7 @@ def write_baseline(row: dict[str, Any], seed_fds: list[float], min_tolerance: fl
     }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{row['backbone']}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(baseline, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(baseline, indent=2) + "\n")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
+from archbench.console import write_text_atomic
 from archbench.study.budget import train_gflops
 from archbench.study.job import eval_settings, read_eval
 from archbench.study.plan import Job
@@ -90,10 +90,7 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     writer.writerow([*COLUMNS, *extra])
     for row in rows:
         writer.writerow([_cell(row.get(k)) for k in (*COLUMNS, *extra)])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from archbench.console import write_text_atomic
 from archbench.study import plan as planning
 from archbench.study.job import job_done
 from archbench.study.launchers import run_tasks
@@ -53,9 +54,7 @@ def machine_description() -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def measure_seconds_per_step(spec: dict[str, Any], points: list[planning.ArmPoint]) -> dict[str, float]:
@@ -117,8 +116,7 @@ def run_study(spec: dict[str, Any]) -> StudyResult:
 
 
 def _run_locked(spec: dict[str, Any], folder: Path) -> StudyResult:
-    (folder / "study.tmp.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    os.replace(folder / "study.tmp.yaml", folder / "study.yaml")
+    write_text_atomic(folder / "study.yaml", yaml.safe_dump(spec, sort_keys=False))
     points, jobs = plan_study(spec)
     _write_json(folder / PLAN_FILE, [job.to_dict() for job in jobs])
     pending = [job for job in jobs if not job_done(job)]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from archbench.console import write_text_atomic
 from archbench.study.job import trained_step
 from archbench.study.plan import Job
 
@@ -79,11 +80,9 @@ def write_grid(jobs: list[Job], spec: dict[str, Any], folder: str | Path) -> Pat
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(f"{spec['name']}: same noise and labels per column (cfg {spec['grid']['cfg_scale']})", fontsize=9)
     fig.tight_layout()
-    tmp = folder / "samples.tmp.png"
+    tmp = folder / f".samples.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
-    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp_meta, meta_path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     return path

@@ -7,11 +7,11 @@ Welch's 95% interval for the difference of their mean FDs excludes zero.
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from archbench.console import write_text_atomic
 from archbench.study.stats import mean_interval, welch_interval
 
 TINY_NOTE = (
@@ -118,8 +118,4 @@ def render(spec: dict[str, Any], rows: list[dict[str, Any]], machine: str) -> st
 
 
 def write_summary(spec: dict[str, Any], rows: list[dict[str, Any]], path: str | Path, machine: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(spec, rows, machine))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, render(spec, rows, machine))

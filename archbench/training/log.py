@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from archbench.console import write_text_atomic
 from archbench.training.trackers import Tracker
 
 log = logging.getLogger("archbench.train")
@@ -48,9 +48,7 @@ def _truncate(path: Path, last_step: int) -> None:
     if cut:
         log.warning("%s: dropped an incomplete last line (the previous run was killed while writing it)", path)
     kept = [line for line, row in zip(lines, rows, strict=True) if row["step"] <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _json_number(value: Any) -> Any:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from archbench.console import write_text_atomic
 from archbench.training.config import ConfigError, to_yaml
 
 # Keys a resumed run may change (fnmatch patterns over dotted keys).
@@ -80,16 +80,10 @@ def check_resume_config(saved: dict[str, Any], new: dict[str, Any], checkpoint: 
     return {k: list(v) for k, v in changes.items()}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def record_config(run_dir: Path, config: dict[str, Any], resumed_step: int | None, changes: dict[str, Any]) -> None:
     """A fresh run writes ``config.yaml``; a resumed one leaves it alone and appends to the history."""
     if resumed_step is None or not (run_dir / CONFIG_FILE).is_file():
-        _atomic_write(run_dir / CONFIG_FILE, to_yaml(config))
+        write_text_atomic(run_dir / CONFIG_FILE, to_yaml(config))
     if resumed_step is not None:
         entry = {"resumed_at_step": resumed_step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": changes}
         with open(run_dir / HISTORY_FILE, "a", encoding="utf-8") as handle:
