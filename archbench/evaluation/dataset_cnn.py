@@ -77,9 +77,13 @@ class DatasetCNN(nn.Module):
             nn.Linear(config.embed_dim, config.num_classes),
         )
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.trunk(x)
+    @staticmethod
+    def pool(maps: torch.Tensor) -> torch.Tensor:
+        """The feature vector of the last conv block's maps: global average and max pooling side by side."""
         return torch.cat([maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))], dim=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.trunk(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
@@ -152,10 +156,19 @@ class DatasetCNNFeatures:
         model, meta = load_cnn(path)
         return cls(model, meta, device)
 
+    @property
+    def dataset(self) -> str:
+        """The dataset whose classes the classifier head predicts (conditional accuracy needs the same labels)."""
+        return str(self.meta["dataset"])
+
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pooled ``features`` and the classifier's ``class_logits`` from one pass through the trunk."""
         check_images(images)
         cfg = self.model.config
         x = to_channels(images.to(self.device, torch.float32), cfg.in_channels)
-        x = resize(x, cfg.input_size).clamp(-1, 1)
-        return self.model.features(x).float()
+        maps = self.model.trunk(resize(x, cfg.input_size).clamp(-1, 1))
+        return {"features": self.model.pool(maps).float(), "class_logits": self.model.head(maps).float()}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.outputs(images)["features"]

@@ -27,6 +27,13 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
+def extractor_outputs(extractor: FeatureExtractor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``features`` plus whatever else the network gives in the same pass: ``isc_logits`` (Inception's, for the
+    Inception Score) or ``class_logits`` (a dataset classifier's, for conditional accuracy)."""
+    outputs = getattr(extractor, "outputs", None)
+    return outputs(images) if callable(outputs) else {"features": extractor(images)}
+
+
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     """Convert (B, C, H, W) between grayscale and RGB (luma for RGB -> gray, repetition for gray -> RGB)."""
     c = images.shape[1]

@@ -14,7 +14,8 @@ from archbench.evaluation.stats import FeatureStats, StatsAccumulator
 ImageSource = torch.Tensor | Dataset
 
 
-def _image_batches(source: ImageSource, batch_size: int, max_items: int | None) -> Iterator[torch.Tensor]:
+def image_batches(source: ImageSource, batch_size: int, max_items: int | None = None) -> Iterator[torch.Tensor]:
+    """The first ``max_items`` images of ``source`` in order, ``batch_size`` at a time (labels dropped)."""
     if isinstance(source, torch.Tensor):
         n = len(source) if max_items is None else min(max_items, len(source))
         for i in range(0, n, batch_size):
@@ -30,7 +31,7 @@ def iter_features(
     extractor: FeatureExtractor, source: ImageSource, batch_size: int = 250, max_items: int | None = None
 ) -> Iterator[torch.Tensor]:
     """Yield (B, dim) features of the first ``max_items`` images of ``source`` (images in [-1, 1]), in order."""
-    for images in _image_batches(source, batch_size, max_items):
+    for images in image_batches(source, batch_size, max_items):
         yield extractor(images)
 
 

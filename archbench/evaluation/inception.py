@@ -81,12 +81,17 @@ def _fidelity_class() -> type[nn.Module]:
     return _Net
 
 
+FEATURE_LAYERS = ("2048", "logits_unbiased")  # pool3 for FID and KID; the bias-free logits torch-fidelity's IS uses
+
+
 def build_inception_network(state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
-    """torch-fidelity's FID Inception-v3 returning pool3 features; ``None`` gives random weights (tests only)."""
+    """torch-fidelity's FID Inception-v3 returning pool3 features and IS logits; ``None`` gives random weights
+    (tests only). The weights reach torch-fidelity as its ``feature_extractor_weights_path``, so it never
+    downloads them."""
     buf = io.BytesIO()
     torch.save(state_dict or {}, buf)  # the library wants a file; ours holds only tensors we loaded safely
     buf.seek(0)
-    return _fidelity_class()("inception-v3-compat", ["2048"], feature_extractor_weights_path=buf)
+    return _fidelity_class()("inception-v3-compat", list(FEATURE_LAYERS), feature_extractor_weights_path=buf)
 
 
 class InceptionFeatures:
@@ -117,9 +122,13 @@ class InceptionFeatures:
         return cls(build_inception_network(None), RANDOM_CHECKSUM, device)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pool3 ``features`` and the 1008-way ``isc_logits`` (Inception Score) from one forward pass."""
         check_images(images)
         x = to_channels(images.to(self.device, torch.float32), 3)
         x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        (features,) = self.network(x)
-        return features.float()
+        features, logits = self.network(x)
+        return {"features": features.float(), "isc_logits": logits.float()}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.outputs(images)["features"]

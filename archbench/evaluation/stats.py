@@ -64,12 +64,16 @@ class StatsAccumulator:
             self._kept.append(take)
             self._n_kept += take.shape[0]
 
+    @property
+    def kept(self) -> np.ndarray | None:
+        """The first ``keep`` rows seen (float32), or None when none were kept."""
+        return np.concatenate(self._kept) if self._kept else None
+
     def result(self, meta: dict[str, Any] | None = None) -> FeatureStats:
         """The statistics so far (covariance with the unbiased 1/(n-1) normalisation, as ``np.cov``)."""
         if self.mean is None or self.m2 is None or self.n < 2:
             raise ValueError(f"need at least 2 feature rows for a covariance, got {self.n}")
-        features = np.concatenate(self._kept) if self._kept else None
-        return FeatureStats(self.mean.copy(), self.m2 / (self.n - 1), self.n, features, dict(meta or {}))
+        return FeatureStats(self.mean.copy(), self.m2 / (self.n - 1), self.n, self.kept, dict(meta or {}))
 
 
 @dataclass

@@ -140,6 +140,12 @@ def to_uint8(samples: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def from_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, C] (a sample file's ``arr_0``) -> float32 [N, C, H, W] in [-1, 1]; inverts :func:`to_uint8`."""
+    pixels = np.require(pixels, requirements=["C", "W"])  # a read-only buffer (a file's bytes) is copied once
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def save_npz(
     samples: torch.Tensor,
     labels: torch.Tensor | None,

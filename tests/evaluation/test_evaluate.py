@@ -101,6 +101,12 @@ def test_eval_writes_score_to_run_dir(digits_run, capsys):
     assert record["reference"]["key"] == f"digits-train-16px-digits_cnn-{side['sha256'][:16]}-all"
     assert 0 <= record["precision"] <= 1 and 0 <= record["recall"] <= 1 and record["pr_k"] == 3
     assert (cache / "reference" / f"{record['reference']['key']}.npz").is_file()
+    # a class-conditional run scored with its dataset's classifier: the fraction of samples it assigns their label
+    correct = record["cond_accuracy"] * 12
+    assert 0 <= record["cond_accuracy"] <= 1 and correct == pytest.approx(round(correct))
+    assert f"cond. accuracy {record['cond_accuracy']:.3f}" in captured.out
+    assert record["inception_score"] is None and record["kid"] is None  # not Inception features
+    assert record["reference_source"] == "dataset" and record["samples"] is None
 
 
 def test_eval_scores_an_exported_pretrained_folder_like_its_run(digits_run, tmp_path, capsys):
