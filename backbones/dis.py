@@ -1,9 +1,10 @@
 """DiS: diffusion with a state-space backbone (Fei et al., 2024).
 
 U-ViT's token layout and long skips, with Mamba's "add -> norm -> mixer" blocks
-around a bidirectional Mamba mixer.  The residual stream is carried beside the
-hidden states in fp32, and the head modulates its norm with the time and label
-tokens when the model is class-conditional.
+around a bidirectional Mamba mixer.  The mixer, its scan order and a hybrid rule (attention in every
+k-th block) are build options (:mod:`backbones.layers.mixers`); the defaults are DiS's own.  The
+residual stream is carried beside the hidden states in fp32, and the head modulates its norm with the
+time and label tokens when the model is class-conditional.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from timm.layers import DropPath
 
 from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
 from backbones.layers.long_skip import build_long_skip, run_long_skip
-from backbones.layers.mamba import BiMamba
+from backbones.layers.mixers import SSM_MIXERS, build_mixer, check_mixer_options, default_heads
 from backbones.registry import register_backbone
 
 Carry = tuple[torch.Tensor, torch.Tensor | None]
@@ -29,19 +30,11 @@ def _drop_path(rate: float) -> nn.Module:
 class DiSBlock(nn.Module):
     """residual += drop_path(hidden); hidden = mixer(RMSNorm(residual)).  Returns both."""
 
-    def __init__(
-        self,
-        width: int,
-        drop_path: float,
-        has_skip: bool,
-        scan: str,
-        norm_eps: float = 1e-5,
-        backward_dt_init: str = "official",
-    ):
+    def __init__(self, width: int, drop_path: float, has_skip: bool, make_mixer, norm_eps: float = 1e-5):
         super().__init__()
         self.skip_linear = nn.Linear(2 * width, width) if has_skip else None
         self.norm = nn.RMSNorm(width, eps=norm_eps)
-        self.mixer = BiMamba(width, scan=scan, backward_dt_init=backward_dt_init)
+        self.mixer = make_mixer()  # built here, after the norm, so the default init matches the official order
         self.drop_path = _drop_path(drop_path)
 
     def forward(self, carry: Carry, skip: torch.Tensor | None = None) -> Carry:
@@ -76,7 +69,15 @@ class DiS(TokenBackbone):
         drop_path: float = 0.1,
         scan: str = "auto",
         backward_dt_init: str = "official",
+        mixer: str = "bimamba",
+        scan_order: str = "bidirectional",
+        attention_every: int = 0,
+        num_heads: int | None = None,
     ):
+        check_mixer_options(mixer, scan_order, attention_every)
+        if mixer not in SSM_MIXERS:
+            raise ValueError(f"DiS's blocks take an SSM mixer ({', '.join(SSM_MIXERS)}); for attention blocks in "
+                             f"this skeleton use the uvit family, or attention_every=k for a hybrid")
         super().__init__(
             image_size=image_size,
             in_channels=in_channels,
@@ -93,10 +94,20 @@ class DiS(TokenBackbone):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
         # Stochastic depth rises linearly over `depth` steps; block 0 has none (it starts the residual).
         rates = [0.0] + [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(
-            depth,
-            lambda index, has_skip: DiSBlock(width, rates[index], has_skip, scan, backward_dt_init=backward_dt_init),
-        )
+        self.mixer_kind, self.scan_order, self.attention_every = mixer, scan_order, attention_every
+        heads = num_heads or default_heads(width)
+
+        def make_block(index: int, has_skip: bool) -> DiSBlock:
+            def make_mixer() -> nn.Module:
+                return build_mixer(
+                    mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=self.extras,
+                    num_heads=heads, scan_order=scan_order, attention_every=attention_every, scan=scan,
+                    backward_dt_init=backward_dt_init,
+                )
+
+            return DiSBlock(width, rates[index], has_skip, make_mixer)
+
+        self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(depth, make_block)
         self.drop_path = _drop_path(drop_path)
         self.norm_f = nn.RMSNorm(width, eps=1e-5)
         self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=num_classes > 0)
@@ -110,7 +121,7 @@ class DiS(TokenBackbone):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, BiMamba):
+            if hasattr(module, "reset_ssm_parameters"):  # BiMamba, BiMamba2
                 nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
                 with torch.no_grad():
                     module.out_proj.weight /= math.sqrt(self.depth)

@@ -3,6 +3,8 @@
 Tokens are image patches only; time and class are summed into one conditioning
 vector ``c`` that every block reads through adaptive LayerNorm.  All modulation
 outputs and the final projection start at zero, so the untrained network outputs 0.
+``mixer="bimamba"`` / ``"mamba2"`` puts a state-space mixer (in any ``scan_order``) where the attention
+was, keeping the isotropic adaLN-Zero skeleton (:mod:`backbones.layers.mixers`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import torch.nn as nn
 from timm.layers import Mlp
 
 from backbones.layers import (
-    Attention,
     FinalLayer,
     LabelEmbedder,
     TimestepEmbedder,
@@ -20,6 +21,7 @@ from backbones.layers import (
     modulate,
     sincos_pos_embed_2d,
 )
+from backbones.layers.mixers import build_mixer, check_mixer_options, reset_ssm_mixers
 from backbones.registry import register_backbone
 
 
@@ -28,12 +30,13 @@ def tanh_gelu() -> nn.Module:
 
 
 class DiTBlock(nn.Module):
-    """Attention + MLP, each behind a non-affine LayerNorm modulated (shift, scale) and gated by c."""
+    """Mixer (attention by default) + MLP, each behind a non-affine LayerNorm modulated (shift, scale) and
+    gated by c.  The mixer keeps the official name ``attn`` whatever it is, so DiT's weights load."""
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, width: int, mlp_ratio: float, make_mixer):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(width, num_heads, qkv_bias=True)
+        self.attn = make_mixer()
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=tanh_gelu, drop=0)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
@@ -61,7 +64,12 @@ class DiT(TokenBackbone):
         depth: int = 28,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
+        mixer: str = "attention",
+        scan_order: str = "bidirectional",
+        attention_every: int = 0,
+        scan: str = "auto",
     ):
+        check_mixer_options(mixer, scan_order, attention_every)
         super().__init__(
             image_size=image_size,
             in_channels=in_channels,
@@ -76,7 +84,15 @@ class DiT(TokenBackbone):
         # Fixed table, kept as a frozen parameter as the official code does (it counts in the params).
         table = torch.from_numpy(sincos_pos_embed_2d(width, self.grid_size)).float().unsqueeze(0)
         self.pos_embed = nn.Parameter(table, requires_grad=False)
-        self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio) for _ in range(depth))
+        self.mixer_kind, self.scan_order, self.attention_every = mixer, scan_order, attention_every
+
+        def make_mixer(index: int):
+            return lambda: build_mixer(
+                mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=0, num_heads=num_heads,
+                scan_order=scan_order, attention_every=attention_every, qkv_bias=True, scan=scan,
+            )
+
+        self.blocks = nn.ModuleList(DiTBlock(width, mlp_ratio, make_mixer(i)) for i in range(depth))
         self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=True)
         self.reset_parameters()
 
@@ -99,6 +115,7 @@ class DiT(TokenBackbone):
         for linear in zero_init:
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
+        reset_ssm_mixers(self)  # an SSM mixer keeps Mamba's dt/A/D initialisation under the xavier sweep
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         t, y = self.check_inputs(x, t, y)

@@ -2,9 +2,10 @@
 
 Tokens are ``[label, time, patches]`` (the label only when conditional), a learned
 position table is added, and a U-shaped stack of pre-norm transformer blocks runs
-over them.  The block's sequence mixer is swappable: ``mixer="bimamba"`` gives the
-same skeleton with DiS's bidirectional Mamba in place of attention, which isolates
-the mixer's effect on a comparison.
+over them.  The block's sequence mixer is swappable: ``mixer="bimamba"`` (or ``"mamba2"``)
+gives the same skeleton with a bidirectional state-space mixer in place of attention, in any
+``scan_order``, and ``attention_every=k`` keeps attention in every k-th block: each isolates one
+axis of a comparison (:mod:`backbones.layers.mixers`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp, trunc_normal_
 
-from backbones.layers import Attention, FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
+from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
 from backbones.layers.long_skip import build_long_skip, run_long_skip
-from backbones.layers.mamba import BiMamba
+from backbones.layers.mixers import MIXERS, build_mixer, check_mixer_options, reset_ssm_mixers
 from backbones.registry import register_backbone
 
-MIXERS = ("attention", "bimamba")
+__all__ = ["MIXERS", "UViT", "UViTBlock"]
 
 
 class UViTBlock(nn.Module):
@@ -61,7 +62,10 @@ class UViT(TokenBackbone):
         final_conv: bool = True,
         mixer: str = "attention",
         scan: str = "auto",
+        scan_order: str = "bidirectional",
+        attention_every: int = 0,
     ):
+        check_mixer_options(mixer, scan_order, attention_every)
         super().__init__(
             image_size=image_size,
             in_channels=in_channels,
@@ -71,21 +75,21 @@ class UViT(TokenBackbone):
             patch_size=patch_size,
             width=width,
         )
-        if mixer not in MIXERS:
-            raise ValueError(f"unknown mixer {mixer!r}; valid mixers are {', '.join(MIXERS)}")
-        self.mixer_kind = mixer
+        self.mixer_kind, self.scan_order, self.attention_every = mixer, scan_order, attention_every
         self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width if mlp_time_embed else None)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
         self.extras = 2 if num_classes > 0 else 1
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
 
-        def make_mixer() -> nn.Module:
-            if mixer == "attention":
-                return Attention(width, num_heads, qkv_bias=qkv_bias, upcast=True)
-            return BiMamba(width, scan=scan)
+        def make_mixer(index: int) -> nn.Module:
+            return build_mixer(
+                mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=self.extras,
+                num_heads=num_heads, scan_order=scan_order, attention_every=attention_every, qkv_bias=qkv_bias,
+                upcast=True, scan=scan,
+            )
 
         self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(
-            depth, lambda index, has_skip: UViTBlock(width, make_mixer(), mlp_ratio, has_skip)
+            depth, lambda index, has_skip: UViTBlock(width, make_mixer(index), mlp_ratio, has_skip)
         )
         self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=False, affine=True, eps=1e-5)
         self.final_conv = nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1) if final_conv else None
@@ -102,9 +106,7 @@ class UViT(TokenBackbone):
             elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for module in self.modules():
-            if isinstance(module, BiMamba):
-                module.reset_ssm_parameters()  # dt/A/D must keep Mamba's init to be stable
+        reset_ssm_mixers(self)  # dt/A/D must keep Mamba's init to be stable
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         t, y = self.check_inputs(x, t, y)

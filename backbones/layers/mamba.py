@@ -1,10 +1,13 @@
-"""Bidirectional Mamba mixer (the "v2" bidirectional design DiS uses).
+"""Bidirectional Mamba mixer (the "v2" bidirectional design DiS uses), for any scan order.
 
 One shared input projection gives x and the gate z; each direction has its own
 depthwise causal conv, input-dependent (dt, B, C) projection, A and D, and runs a
 selective scan.  The backward direction scans the flipped sequence and is flipped
 back; both are gated by silu(z), summed and projected out.  Parameter names follow
 the official code (``A_b_log``, ``conv1d_b``, ...) so released weights load as they are.
+
+Other scan orders (:mod:`backbones.layers.scan_order`) give one to four directions, each a
+permutation of the tokens applied before its scan and undone after it; their outputs are summed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,20 @@ from backbones.ssm import selective_scan
 
 # How the backward direction's dt projection starts: as the official DiS code leaves it, or like the forward one.
 BACKWARD_DT_INITS = ("official", "mamba")
+# Parameter-name suffix of each direction: the official names for DiS's two, then further letters.
+DIRECTION_SUFFIXES = ("", "_b", "_c", "_d")
+IDENTITY, FLIP = "identity", "flip"
+
+
+def direction_specs(perms: list[torch.Tensor] | None) -> list[str | torch.Tensor]:
+    """Each direction as ``"identity"``, ``"flip"`` (cheap, and bit-identical to DiS) or an index tensor."""
+    if perms is None:
+        return [IDENTITY, FLIP]
+    specs: list[str | torch.Tensor] = []
+    for perm in perms:
+        order = torch.arange(perm.numel())
+        specs.append(IDENTITY if torch.equal(perm, order) else FLIP if torch.equal(perm, order.flip(0)) else perm)
+    return specs
 
 
 class BiMamba(nn.Module):
@@ -36,7 +53,10 @@ class BiMamba(nn.Module):
         dt_init_floor: float = 1e-4,
         scan: str = "auto",
         backward_dt_init: str = "official",
+        directions: list[torch.Tensor] | None = None,
     ):
+        """``directions``: one token permutation per scan direction (see ``scan_order.sequence_permutation``);
+        None is DiS's pair, the sequence as it is and flipped."""
         super().__init__()
         if backward_dt_init not in BACKWARD_DT_INITS:
             raise ValueError(
@@ -50,7 +70,16 @@ class BiMamba(nn.Module):
         self.dt_range = (dt_min, dt_max, dt_init_floor)
         self.scan = scan
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
-        for suffix in ("", "_b"):
+        specs = direction_specs(directions)
+        if not 1 <= len(specs) <= len(DIRECTION_SUFFIXES):
+            raise ValueError(f"BiMamba takes 1 to {len(DIRECTION_SUFFIXES)} directions, got {len(specs)}")
+        self.suffixes = DIRECTION_SUFFIXES[: len(specs)]
+        self.kinds = [spec if isinstance(spec, str) else "perm" for spec in specs]
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, str):  # not in the state dict: a function of the build options
+                self.register_buffer(f"order{index}", spec, persistent=False)
+                self.register_buffer(f"restore{index}", torch.argsort(spec), persistent=False)
+        for suffix in self.suffixes:
             self.add_module(f"conv1d{suffix}", self._depthwise_conv(d_conv))
             self.add_module(f"x_proj{suffix}", nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False))
             self.add_module(f"dt_proj{suffix}", nn.Linear(self.dt_rank, self.d_inner))
@@ -73,7 +102,7 @@ class BiMamba(nn.Module):
         both directions Mamba's dt initialisation (bias mean about -4.6).
         """
         dt_min, dt_max, floor = self.dt_range
-        for suffix in ("", "_b"):
+        for suffix in self.suffixes:
             dt_proj = getattr(self, f"dt_proj{suffix}")
             if suffix == "_b" and self.backward_dt_init == "official":
                 dt_proj.reset_parameters()  # PyTorch's default: weight U(+-1/sqrt(dt_rank)), as officially
@@ -90,14 +119,14 @@ class BiMamba(nn.Module):
             getattr(self, f"A{suffix}_log").copy_(a.log())
             getattr(self, f"D{suffix}").fill_(1.0)
 
-    def direction_params(self, backward: bool) -> tuple:
-        suffix = "_b" if backward else ""
+    def direction_params(self, backward: bool | str) -> tuple:
+        suffix = backward if isinstance(backward, str) else "_b" if backward else ""
         return tuple(getattr(self, f"{n}{suffix}") for n in ("conv1d", "x_proj", "dt_proj")) + (
             getattr(self, f"A{suffix}_log"),
             getattr(self, f"D{suffix}"),
         )
 
-    def scan_direction(self, x: torch.Tensor, z: torch.Tensor, backward: bool = False) -> torch.Tensor:
+    def scan_direction(self, x: torch.Tensor, z: torch.Tensor, backward: bool | str = False) -> torch.Tensor:
         """One direction on (B, d_inner, L) inputs, in the given order; returns the gated scan output."""
         conv, x_proj, dt_proj, a_log, d_skip = self.direction_params(backward)
         length = x.shape[-1]
@@ -117,8 +146,19 @@ class BiMamba(nn.Module):
             impl=self.scan,
         )
 
+    def _reorder(self, tensor: torch.Tensor, index: int, undo: bool = False) -> torch.Tensor:
+        kind = self.kinds[index]
+        if kind == IDENTITY:
+            return tensor
+        if kind == FLIP:
+            return tensor.flip(-1)
+        return tensor.index_select(-1, getattr(self, f"{'restore' if undo else 'order'}{index}"))
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        forward_out = self.scan_direction(x, z)
-        backward_out = self.scan_direction(x.flip(-1), z.flip(-1), backward=True).flip(-1)
-        return self.out_proj((forward_out + backward_out).transpose(1, 2))
+        total = None
+        for index, suffix in enumerate(self.suffixes):
+            out = self.scan_direction(self._reorder(x, index), self._reorder(z, index), suffix)
+            out = self._reorder(out, index, undo=True)
+            total = out if total is None else total + out
+        return self.out_proj(total.transpose(1, 2))

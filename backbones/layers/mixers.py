@@ -1,0 +1,81 @@
+"""The sequence mixer as an axis of its own: any mixer, in any scan order, inside any skeleton.
+
+A skeleton (DiT's isotropic adaLN blocks, U-ViT's and DiS's long-skip stacks) asks ``build_mixer`` for
+the mixer of block ``layer``; the mixer kind, the scan order and the hybrid rule (attention in every k-th
+block) are build options, so two models can differ in exactly one of them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from backbones.layers.attention import Attention
+from backbones.layers.scan_order import SCAN_ORDERS, patch_paths, sequence_permutation
+
+MIXERS = ("attention", "bimamba")
+SSM_MIXERS = ("bimamba",)
+
+
+def check_mixer_options(mixer: str, scan_order: str, attention_every: int) -> None:
+    """One clear error for a bad mixer option, before any block is built."""
+    if mixer not in MIXERS:
+        raise ValueError(f"unknown mixer {mixer!r}; valid mixers are {', '.join(MIXERS)}")
+    if scan_order not in SCAN_ORDERS:
+        raise ValueError(f"unknown scan_order {scan_order!r}; valid scan orders: {', '.join(SCAN_ORDERS)}")
+    if not isinstance(attention_every, int) or attention_every < 0:
+        raise ValueError(f"attention_every must be 0 (never) or a positive block interval, got {attention_every!r}")
+    if mixer == "attention" and attention_every:
+        raise ValueError("attention_every puts attention between SSM blocks: use it with mixer=bimamba or mamba2")
+
+
+def is_attention_block(mixer: str, layer: int, attention_every: int) -> bool:
+    """Attention in every ``attention_every``-th block (blocks k-1, 2k-1, ...), the SSM mixer elsewhere."""
+    return mixer == "attention" or (attention_every > 0 and (layer + 1) % attention_every == 0)
+
+
+def default_heads(width: int, head_dim: int = 64) -> int:
+    """Heads for attention blocks in a skeleton that has none of its own: the divisor of ``width`` nearest
+    ``width / head_dim``."""
+    target = max(1.0, width / head_dim)
+    divisors = [d for d in range(1, width + 1) if width % d == 0]
+    return min(divisors, key=lambda d: (abs(d - target), -d))
+
+
+def scan_directions(scan_order: str, grid: tuple[int, int], extras: int, layer: int) -> list[torch.Tensor] | None:
+    """Token permutations of block ``layer``'s scan directions; None is DiS's own pair (as is, flipped)."""
+    if scan_order == "bidirectional":
+        return None
+    return [sequence_permutation(path, extras, reverse) for path, reverse in patch_paths(scan_order, *grid, layer)]
+
+
+def build_mixer(
+    mixer: str,
+    width: int,
+    *,
+    layer: int,
+    grid: tuple[int, int],
+    extras: int,
+    num_heads: int,
+    scan_order: str = "bidirectional",
+    attention_every: int = 0,
+    qkv_bias: bool = True,
+    upcast: bool = False,
+    scan: str = "auto",
+    backward_dt_init: str = "official",
+) -> nn.Module:
+    """The mixer of block ``layer`` on a ``grid`` of patches behind ``extras`` time/label tokens."""
+    if is_attention_block(mixer, layer, attention_every):
+        return Attention(width, num_heads, qkv_bias=qkv_bias, upcast=upcast)
+    directions = scan_directions(scan_order, grid, extras, layer)
+    from backbones.layers.mamba import BiMamba
+
+    return BiMamba(width, scan=scan, backward_dt_init=backward_dt_init, directions=directions)
+
+
+def reset_ssm_mixers(model: nn.Module) -> None:
+    """Give every SSM mixer back its own dt/A/D initialisation after a skeleton's blanket init."""
+    for module in model.modules():
+        reset = getattr(module, "reset_ssm_parameters", None)
+        if reset is not None:
+            reset()
