@@ -16,7 +16,8 @@ and objective from the config stored in it (``run_dir`` may also be a pretrained
   generator seeded by (seed, chunk index), so the file is identical for any K. Finished chunks are kept in
   ``<out>.parts/``; a re-run after an interruption draws only the missing or damaged ones, then rank 0
   merges them into ``out`` and removes the folder (``keep_parts=true`` keeps it). ``chunk_size`` is also
-  the forward batch, so ``batch_size`` (the PNG grid's batch) does not apply.
+  the forward batch, so ``batch_size`` (the PNG grid's batch) does not apply; chunks are drawn whole (the
+  last is cut), so a smaller set is a prefix of a larger one.
 
 Labels cycle through ``labels=``, ``class=`` or, by default, every class: sample i gets class i mod C.
 """
@@ -28,12 +29,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from archbench.console import command_args, fail, interruptible, one_line
 from archbench.training.runs import load_ema_model
+
+if TYPE_CHECKING:
+    from archbench.sampling.shards import SampleSetResult
 
 log = logging.getLogger("archbench.sample")
 
@@ -195,11 +199,8 @@ def run(args: dict[str, Any]) -> tuple[Path, Path]:
     return png, npz
 
 
-def run_set(args: dict[str, Any]) -> Any:
-    """Draw (this rank's share of) an .npz sample set, one process or many under torchrun; rank 0 merges it.
-
-    Returns :class:`archbench.sampling.shards.SampleSetResult`.
-    """
+def run_set(args: dict[str, Any]) -> SampleSetResult:
+    """Draw (this rank's share of) an .npz sample set, one process or many under torchrun; rank 0 merges it."""
     from archbench.console import setup_logging
     from archbench.sampling.shards import SampleSetSpec, write_sample_set
     from archbench.training.distributed import barrier, broadcast_object, cleanup, init_distributed

@@ -45,6 +45,7 @@ log = logging.getLogger("archbench.sampling")
 
 FORMAT = "archbench-samples/1"
 PARTS_SUFFIX = ".parts"
+REPORTED_PARTS = 5  # damaged parts named one by one; beyond that, counts per reason
 
 
 class ShardError(ValueError):
@@ -171,11 +172,15 @@ def missing_chunks(spec: SampleSetSpec, parts: Path) -> list[int]:
     missing, reasons = [], Counter()
     for chunk in range(spec.num_chunks):
         reason = check_part(part_path(parts, chunk), spec, chunk)
-        if reason is not None:
-            missing.append(chunk)
-            if reason != "missing":
-                reasons[reason] += 1
+        if reason is None:
+            continue
+        missing.append(chunk)
+        if reason != "missing":
+            reasons[reason] += 1
+            if sum(reasons.values()) <= REPORTED_PARTS:
                 log.warning("redrawing %s: %s", part_path(parts, chunk), reason)
+    if sum(reasons.values()) > REPORTED_PARTS:
+        log.warning("redrawing %s", ", ".join(f"{n} parts {why}" for why, n in reasons.items()))
     kept = spec.num_chunks - len(missing)
     if kept or reasons:
         log.info("%s: %d of %d chunks already drawn, %d to draw", parts, kept, spec.num_chunks, len(missing))

@@ -224,3 +224,11 @@ def test_npz_writer_streams_reproducibly_and_checks_the_row_count(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         write_npz(tmp_path / "d.npz", {"arr_0": Streamed(images.shape, np.uint8, [images.astype(np.int16)])})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz", "c.npz"]  # no temporary left
+
+
+def test_format_npz_without_out_writes_into_the_run(trained, capsys):
+    assert main([f"run_dir={trained}", "format=npz", "num_samples=3", "chunk_size=2", "steps=1", "seed=-4",
+                 "progress=false"]) == 0
+    written = trained / "samples" / "samples_step0000002_n3_seed-4.npz"
+    assert f"wrote {written}" in capsys.readouterr().out
+    assert np.load(written)["arr_0"].shape == (3, 8, 8, 1) and read_set_meta(written)["seed"] == -4
