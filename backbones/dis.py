@@ -160,3 +160,22 @@ register_backbone(
     "dis_t2", DiS, family="dis", description="tiny DiS for tests and CI",
     width=64, depth=4, patch_size=2, image_size=32, in_channels=3, num_classes=10,
 )
+
+# DiS's skeleton with one axis changed, named by what they contain (S/2 for studies, T/2 for tests and CI).
+VARIANTS = {
+    "zigzag": (dict(scan_order="zigzag"), "a zigzag (snake) scan, one of the 8 per layer"),
+    "cross": (dict(scan_order="cross"), "a four-direction cross scan"),
+    "alternate": (dict(scan_order="alternate"), "row and column scans alternating by layer"),
+    "hybrid": (dict(attention_every=4), "attention in every 4th block"),
+    "mamba2": (dict(mixer="mamba2"), "a bidirectional Mamba-2 (SSD) mixer"),
+}
+for _variant, (_options, _what) in VARIANTS.items():
+    register_backbone(
+        f"dis_{_variant}_s2", DiS, family="dis", description=f"DiS-S/2 with {_what}",
+        width=368, depth=24, patch_size=2, **_options,
+    )
+    _tiny = {**_options, "attention_every": 2} if "attention_every" in _options else _options
+    register_backbone(
+        f"dis_{_variant}_t2", DiS, family="dis", description=f"tiny DiS with {_what.replace('4th', '2nd')}",
+        width=64, depth=4, patch_size=2, image_size=32, in_channels=3, num_classes=10, **_tiny,
+    )

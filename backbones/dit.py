@@ -147,3 +147,12 @@ register_backbone(
     "dit_t2", DiT, family="dit", description="tiny DiT for tests and CI",
     depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10,
 )
+# DiT's isotropic adaLN-Zero skeleton with DiS's bidirectional Mamba in place of attention.
+register_backbone(
+    "dit_bimamba_s2", DiT, family="dit", description="DiT-S/2 skeleton with a bidirectional Mamba mixer",
+    depth=12, width=384, num_heads=6, patch_size=2, mixer="bimamba",
+)
+register_backbone(
+    "dit_bimamba_t2", DiT, family="dit", description="tiny DiT skeleton with a bidirectional Mamba mixer",
+    depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10, mixer="bimamba",
+)

@@ -18,26 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from backbones.layers.directions import ScanDirections
 from backbones.ssm import selective_scan
 
 # How the backward direction's dt projection starts: as the official DiS code leaves it, or like the forward one.
 BACKWARD_DT_INITS = ("official", "mamba")
-# Parameter-name suffix of each direction: the official names for DiS's two, then further letters.
-DIRECTION_SUFFIXES = ("", "_b", "_c", "_d")
-IDENTITY, FLIP = "identity", "flip"
-
-
-def direction_specs(perms: list[torch.Tensor] | None) -> list[str | torch.Tensor]:
-    """Each direction as ``"identity"``, ``"flip"`` (cheap, and bit-identical to DiS) or an index tensor."""
-    if perms is None:
-        return [IDENTITY, FLIP]
-    specs: list[str | torch.Tensor] = []
-    for perm in perms:
-        order = torch.arange(perm.numel())
-        specs.append(IDENTITY if torch.equal(perm, order) else FLIP if torch.equal(perm, order.flip(0)) else perm)
-    return specs
-
-
 class BiMamba(nn.Module):
     """(B, L, D) -> (B, L, D) sequence mixer, linear in L."""
 
@@ -70,15 +55,8 @@ class BiMamba(nn.Module):
         self.dt_range = (dt_min, dt_max, dt_init_floor)
         self.scan = scan
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
-        specs = direction_specs(directions)
-        if not 1 <= len(specs) <= len(DIRECTION_SUFFIXES):
-            raise ValueError(f"BiMamba takes 1 to {len(DIRECTION_SUFFIXES)} directions, got {len(specs)}")
-        self.suffixes = DIRECTION_SUFFIXES[: len(specs)]
-        self.kinds = [spec if isinstance(spec, str) else "perm" for spec in specs]
-        for index, spec in enumerate(specs):
-            if not isinstance(spec, str):  # not in the state dict: a function of the build options
-                self.register_buffer(f"order{index}", spec, persistent=False)
-                self.register_buffer(f"restore{index}", torch.argsort(spec), persistent=False)
+        self.directions = ScanDirections(directions)
+        self.suffixes = self.directions.suffixes
         for suffix in self.suffixes:
             self.add_module(f"conv1d{suffix}", self._depthwise_conv(d_conv))
             self.add_module(f"x_proj{suffix}", nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False))
@@ -146,19 +124,12 @@ class BiMamba(nn.Module):
             impl=self.scan,
         )
 
-    def _reorder(self, tensor: torch.Tensor, index: int, undo: bool = False) -> torch.Tensor:
-        kind = self.kinds[index]
-        if kind == IDENTITY:
-            return tensor
-        if kind == FLIP:
-            return tensor.flip(-1)
-        return tensor.index_select(-1, getattr(self, f"{'restore' if undo else 'order'}{index}"))
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
         total = None
         for index, suffix in enumerate(self.suffixes):
-            out = self.scan_direction(self._reorder(x, index), self._reorder(z, index), suffix)
-            out = self._reorder(out, index, undo=True)
+            ordered = self.directions.reorder
+            out = self.scan_direction(ordered(x, index), ordered(z, index), suffix)
+            out = ordered(out, index, undo=True)
             total = out if total is None else total + out
         return self.out_proj(total.transpose(1, 2))

@@ -13,8 +13,8 @@ import torch.nn as nn
 from backbones.layers.attention import Attention
 from backbones.layers.scan_order import SCAN_ORDERS, patch_paths, sequence_permutation
 
-MIXERS = ("attention", "bimamba")
-SSM_MIXERS = ("bimamba",)
+MIXERS = ("attention", "bimamba", "mamba2")
+SSM_MIXERS = ("bimamba", "mamba2")
 
 
 def check_mixer_options(mixer: str, scan_order: str, attention_every: int) -> None:
@@ -68,6 +68,10 @@ def build_mixer(
     if is_attention_block(mixer, layer, attention_every):
         return Attention(width, num_heads, qkv_bias=qkv_bias, upcast=upcast)
     directions = scan_directions(scan_order, grid, extras, layer)
+    if mixer == "mamba2":
+        from backbones.layers.mamba2 import BiMamba2
+
+        return BiMamba2(width, scan=scan, directions=directions)
     from backbones.layers.mamba import BiMamba
 
     return BiMamba(width, scan=scan, backward_dt_init=backward_dt_init, directions=directions)

@@ -24,18 +24,18 @@ ZIGZAG_VARIANTS = 8
 
 
 def raster_path(height: int, width: int) -> torch.Tensor:
-    return torch.arange(height * width)
+    return torch.arange(height * width, device="cpu")
 
 
 def column_path(height: int, width: int) -> torch.Tensor:
     """Column-major: down each column, left to right."""
-    return torch.arange(height * width).reshape(height, width).t().reshape(-1)
+    return torch.arange(height * width, device="cpu").reshape(height, width).t().reshape(-1)
 
 
 def snake_path(height: int, width: int, variant: int) -> torch.Tensor:
     """Variant 0-7 of the boustrophedon: bit 0 flips left-right, bit 1 flips top-bottom, bit 2 goes along
     columns instead of rows.  Consecutive entries are always grid neighbours."""
-    grid = torch.arange(height * width).reshape(height, width)
+    grid = torch.arange(height * width, device="cpu").reshape(height, width)
     if variant & 1:
         grid = grid.flip(1)
     if variant & 2:
@@ -70,11 +70,11 @@ def num_directions(order: str) -> int:
 
 def sequence_permutation(path: torch.Tensor, extras: int, reverse: bool) -> torch.Tensor:
     """The permutation of the full token sequence: ``extras`` leading tokens, then the patches along ``path``."""
-    perm = torch.cat([torch.arange(extras), path + extras])
+    perm = torch.cat([torch.arange(extras, device="cpu"), path + extras])
     return perm.flip(0) if reverse else perm
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(perm.numel())
+    inverse[perm] = torch.arange(perm.numel(), device="cpu")
     return inverse

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_BACKBONES
+from conftest import TINY_BACKBONES, TINY_VARIANTS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,6 +30,17 @@ def contract_cases(draw):
 
 @given(contract_cases())
 def test_forward_contract(case):
+    check_contract(case)
+
+
+@pytest.mark.parametrize("name", TINY_VARIANTS)
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_forward_contract_of_every_variant(name, num_classes):
+    """Each one-axis variant (scan order, mixer, hybrid, skeleton) keeps the contract, at a non-default size."""
+    check_contract(dict(name=name, batch=2, image_size=12, in_channels=2, num_classes=num_classes, learn_sigma=True))
+
+
+def check_contract(case):
     torch.manual_seed(0)
     b, size, channels = case["batch"], case["image_size"], case["in_channels"]
     model = archbench.build(

@@ -1,0 +1,55 @@
+"""The scan directions of a multi-direction state-space mixer: reorder the tokens, scan, restore the order.
+
+Shared by the Mamba-1 (``BiMamba``) and Mamba-2 (``BiMamba2``) mixers, so a scan order means the same in
+both.  The permutations are non-persistent buffers: a function of the build options, not weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+# Parameter-name suffix of each direction: the official names for DiS's two, then further letters.
+DIRECTION_SUFFIXES = ("", "_b", "_c", "_d")
+IDENTITY, FLIP, PERMUTE = "identity", "flip", "perm"
+
+
+class ScanDirections(nn.Module):
+    """One token permutation per direction; ``None`` is DiS's pair (the sequence as it is, and flipped)."""
+
+    def __init__(self, perms: list[torch.Tensor] | None = None):
+        super().__init__()
+        perms_or_kinds: list[str | torch.Tensor] = [IDENTITY, FLIP] if perms is None else list(perms)
+        if not 1 <= len(perms_or_kinds) <= len(DIRECTION_SUFFIXES):
+            raise ValueError(f"a mixer takes 1 to {len(DIRECTION_SUFFIXES)} scan directions, got {len(perms_or_kinds)}")
+        self.kinds: list[str] = []
+        for index, perm in enumerate(perms_or_kinds):
+            kind = perm if isinstance(perm, str) else self._kind(perm)
+            self.kinds.append(kind)
+            if kind == PERMUTE:
+                perm = perm.cpu()
+                self.register_buffer(f"order{index}", perm, persistent=False)
+                self.register_buffer(f"restore{index}", torch.argsort(perm), persistent=False)
+
+    @staticmethod
+    def _kind(perm: torch.Tensor) -> str:
+        """Plain orders take the cheap paths (no copy, or ``flip``), which keeps DiS bit-identical."""
+        perm = perm.cpu()
+        order = torch.arange(perm.numel(), device="cpu")
+        return IDENTITY if torch.equal(perm, order) else FLIP if torch.equal(perm, order.flip(0)) else PERMUTE
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return DIRECTION_SUFFIXES[: len(self.kinds)]
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def reorder(self, tensor: torch.Tensor, index: int, dim: int = -1, undo: bool = False) -> torch.Tensor:
+        """``tensor`` along ``dim`` in direction ``index``'s scan order (``undo``: back to token order)."""
+        kind = self.kinds[index]
+        if kind == IDENTITY:
+            return tensor
+        if kind == FLIP:
+            return tensor.flip(dim)
+        return tensor.index_select(dim, getattr(self, f"{'restore' if undo else 'order'}{index}"))
