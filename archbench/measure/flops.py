@@ -38,6 +38,8 @@ from backbones.registry import backbone_config, build
 
 # Custom autograd Functions that implement the selective scan, as fvcore names them.
 SCAN_OPS = ("prim::PythonOp.ChunkedScan", "prim::PythonOp.SelectiveScanFn")
+# Mamba-2's chunked SSD scan (backbones.ssm.ssd), counted at its chunked algorithm's cost.
+SSD_OPS = ("prim::PythonOp.ChunkedSSD",)
 ATTENTION_OPS = ("aten::scaled_dot_product_attention",)
 
 # Zero-MAC ops under fvcore's convention (elementwise math, lookups, data movement).
@@ -54,7 +56,7 @@ IGNORED_OPS = tuple(
 )
 
 # Ops whose absence from a count would make it wrong by far more than rounding.
-MATMUL_LIKE = ("matmul", "mm", "bmm", "baddbmm", "addmm", "linear", "einsum", "conv", "attention", "scan")
+MATMUL_LIKE = ("matmul", "mm", "bmm", "baddbmm", "addmm", "linear", "einsum", "conv", "attention", "scan", "ssd")
 
 
 def _shape(value: Any) -> list[int]:
@@ -88,6 +90,21 @@ def _scan_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
     return Counter({"selective_scan": selective_scan_macs(batch, d_inner, length, a[1], has_z=False, has_D=False)})
 
 
+def _ssd_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """``ChunkedSSD(x*dt, dt*A, B, C)``: the chunk size is a Python constant the trace does not carry, so
+    the count uses Mamba-2's default (every archbench mixer runs with it)."""
+    from backbones.ssm import ssd_scan_macs
+    from backbones.ssm.ssd import DEFAULT_SSD_CHUNK
+
+    xdt, b = _shape(inputs[0]), _shape(inputs[2])  # (batch, L, groups, heads/group, P); (batch, L, groups, N)
+    if len(xdt) != 5 or len(b) != 4 or xdt[2] != b[2]:
+        raise ValueError(f"flop count: unexpected SSD-scan operands x{xdt}, B{b}")
+    batch, length, groups, per_group, head_dim = xdt
+    macs = ssd_scan_macs(batch, length, groups * per_group, head_dim, b[3], groups, DEFAULT_SSD_CHUNK,
+                         has_z=False, has_D=False)
+    return Counter({"ssd_scan": macs})
+
+
 def _baddbmm_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
     b, n, k = _shape(inputs[1])
     m = _shape(inputs[2])[-1]
@@ -110,13 +127,15 @@ def _scan_functions() -> list[type]:
         found += [
             obj
             for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, torch.autograd.Function) and "scan" in obj.__name__.lower()
+            if isinstance(obj, type) and issubclass(obj, torch.autograd.Function)
+            and ("scan" in obj.__name__.lower() or "ssd" in obj.__name__.lower())
         ]
     return list(dict.fromkeys(found))
 
 
 def _scan_op_names() -> tuple[str, ...]:
-    return tuple(sorted({*SCAN_OPS, *(f"prim::PythonOp.{fn.__name__}" for fn in _scan_functions())}))
+    names = {*SCAN_OPS, *(f"prim::PythonOp.{fn.__name__}" for fn in _scan_functions())}
+    return tuple(sorted(names - set(SSD_OPS)))
 
 
 @contextlib.contextmanager
@@ -194,6 +213,7 @@ def count_flops(model: nn.Module, inputs: tuple) -> FlopReport:
     handles: dict[str, Any] = {op: None for op in IGNORED_OPS}
     handles.update({op: _sdpa_handle for op in ATTENTION_OPS})
     handles.update({op: _scan_handle for op in _scan_op_names()})
+    handles.update({op: _ssd_handle for op in SSD_OPS})
     handles["aten::baddbmm"] = _baddbmm_handle
     handles["aten::rms_norm"] = _norm_handle()
     analysis.set_op_handle(**handles)

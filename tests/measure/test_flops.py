@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from conftest import TINY_BACKBONES, TINY_VARIANTS
 
 import archbench
 from archbench.measure import flops
@@ -12,9 +13,9 @@ from archbench.measure.flops import backbone_flops, count_flops, sdpa_macs, susp
 from backbones.layers import Attention
 from backbones.ssm import selective_scan
 
-TINY = [name for name in ("dis_t2", "dit_t2", "uvit_t2", "uvit_bimamba_t2", "unet_t") if archbench.list_backbones(name)]
+TINY = TINY_BACKBONES + TINY_VARIANTS
 # Words that must never appear among the ops a count silently skipped.
-MATMUL_WORDS = ("attention", "scan", "matmul", "mm", "bmm", "linear", "addmm", "einsum", "conv")
+MATMUL_WORDS = ("attention", "scan", "ssd", "matmul", "mm", "bmm", "linear", "addmm", "einsum", "conv")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_nothing_significant_is_skipped(tiny_rows, name):
     assert skipped == []
     assert suspicious_unsupported(flops.FlopReport(0, {}, row["unsupported"])) == []
     if row["family"] == "dis":
-        assert row["by_operator"]["selective_scan"] > 0
+        assert row["by_operator"].get("selective_scan", 0) + row["by_operator"].get("ssd_scan", 0) > 0
     if row["family"] in ("dit", "uvit") and "bimamba" not in name:
         assert row["by_operator"]["scaled_dot_product_attention"] > 0
 
@@ -145,3 +146,20 @@ def test_dit_paper_numbers(name):
 @pytest.mark.parametrize("name", DIT_SLOW)
 def test_dit_paper_numbers_other_sizes(name):
     assert backbone_flops(name, **PAPER_SETTING)["gmacs"] == pytest.approx(DIT_SLOW[name], rel=0.005)
+
+
+def test_ssd_scan_is_counted_at_its_chunked_cost():
+    from backbones.ssm import ssd_scan_macs
+
+    row = backbone_flops("dis_mamba2_t2")
+    # 5 blocks x 2 directions; 2 + 256 tokens; 128 inner channels = 2 heads of 64; state 64, one group
+    assert row["by_operator"]["ssd_scan"] == 10 * ssd_scan_macs(1, 258, 2, 64, 64, 1, 64, has_z=False, has_D=False)
+    assert "selective_scan" not in row["by_operator"]
+
+
+def test_scan_order_permutations_cost_nothing():
+    base = backbone_flops("dis_t2")
+    alternate = backbone_flops("dis_t2", scan_order="alternate")  # same directions, permuted: same MACs
+    assert alternate["macs"] == base["macs"]
+    cross = backbone_flops("dis_cross_t2")  # twice the directions: twice the scans
+    assert cross["by_operator"]["selective_scan"] == 2 * base["by_operator"]["selective_scan"]
