@@ -1,4 +1,9 @@
-"""Micro-benchmarks, one subcommand each: ``python -m archbench.bench scan [options]``.
+"""Micro-benchmarks, one subcommand each: ``python -m archbench.bench scan|mixers [options]``.
+
+``mixers`` times each sequence mixer (attention, DiS's bidirectional Mamba, bidirectional Mamba-2) as a
+layer on (batch, L, width) tokens: forward, forward+backward and peak memory per length, every
+(mixer, L) in a fresh process, ``--rounds`` interleaved passes over all of them (median), with the
+ratios to attention from the same run.
 
 ``scan`` times the selective-scan implementations on Mamba-sized inputs (defaults: batch 2,
 d_inner 736, N 16) and reports forward time (no grad), forward+backward time (median of
@@ -171,6 +176,71 @@ def _measure_scan(impl: str, L: int, cfg: ScanConfig) -> dict[str, float]:
     return {"fwd": fwd, "train": train, "fwd_peak": fwd_peak, "train_peak": train_peak}
 
 
+@dataclass(frozen=True)
+class MixerConfig:
+    """What one ``mixers`` measurement needs (the timing fields match ``ScanConfig``)."""
+
+    batch: int
+    width: int
+    heads: int
+    repeats: int
+    device: str
+    threads: int
+    timer: str
+
+
+MIXER_BENCH = ("attention", "bimamba", "mamba2")
+
+
+def _measure_mixer(mixer: str, L: int, cfg: MixerConfig) -> dict[str, float]:
+    """Runs in its own process: one mixer layer at sequence length L (one time token + patches)."""
+    from backbones.layers.mixers import build_mixer
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(0)
+    side = max(1, round((L - 1) ** 0.5))
+    layer = build_mixer(mixer, cfg.width, layer=0, grid=(side, side), extras=1, num_heads=cfg.heads).to(cfg.device)
+    inputs = [torch.randn(cfg.batch, L, cfg.width, device=cfg.device, requires_grad=True)]
+    tiny = [torch.randn(cfg.batch, min(L, 8), cfg.width, device=cfg.device, requires_grad=True)]
+
+    def forward(xs: list) -> None:
+        with torch.no_grad():
+            layer(xs[0])
+
+    def forward_backward(xs: list) -> None:
+        out = layer(xs[0])
+        torch.autograd.grad(out, [xs[0], *layer.parameters()], torch.ones_like(out))
+
+    fwd, fwd_peak = _time_and_peak(forward, inputs, tiny, cfg)
+    train, train_peak = _time_and_peak(forward_backward, inputs, tiny, cfg)
+    return {"fwd": fwd, "train": train, "fwd_peak": fwd_peak, "train_peak": train_peak}
+
+
+def cmd_mixers(args: argparse.Namespace) -> int:
+    """Time every mixer at each length, interleaved, with ratios to attention."""
+    cfg = MixerConfig(args.batch, args.width, args.heads, args.repeats, args.device, args.threads, args.timer)
+    mixers = args.mixers or list(MIXER_BENCH)
+    print(f"mixers: batch={cfg.batch} width={cfg.width} heads={cfg.heads} device={cfg.device} threads={cfg.threads} "
+          f"timer={cfg.timer} (median of {cfg.repeats} after 1 warm-up, then of {args.rounds} interleaved rounds)")
+    spawn = multiprocessing.get_context("spawn")
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(args.rounds):
+        for L in args.lengths:
+            for mixer in mixers:
+                with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                    runs.setdefault((mixer, L), []).append(pool.submit(_measure_mixer, mixer, L, cfg).result())
+    print(f"{'L':>6} {'mixer':>10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd MiB':>9} {'fwd+bwd MiB':>12} "
+          f"{'fwd/attn':>9} {'fwd+bwd/attn':>13}")
+    for L in args.lengths:
+        medians = {m: {k: statistics.median(r[k] for r in runs[(m, L)]) for k in runs[(m, L)][0]} for m in mixers}
+        base = medians.get("attention")
+        for mixer, r in medians.items():
+            print(f"{L:>6} {mixer:>10} {r['fwd'] * 1e3:>10.1f} {r['train'] * 1e3:>11.1f} "
+                  f"{r['fwd_peak'] / 2**20:>9.1f} {r['train_peak'] / 2**20:>12.1f} "
+                  f"{_ratio(r, base, 'fwd'):>9} {_ratio(r, base, 'train'):>13}")
+    return 0
+
+
 def _available_impls(device: str) -> list[str]:
     from backbones.ssm import mamba_ssm_available
 
@@ -241,6 +311,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("--impls", nargs="+", choices=SCAN_BENCH_IMPLS, help="subset to run (default: all)")
     scan.set_defaults(func=cmd_scan)
+    mixers = sub.add_parser("mixers", help="sequence mixers as layers: time, peak memory, ratios to attention")
+    mixers.add_argument("--lengths", type=int, nargs="+", default=[257, 1025, 4097])
+    mixers.add_argument("--width", type=int, default=384)
+    mixers.add_argument("--heads", type=int, default=6, help="attention heads (DiT-S's 6 at width 384)")
+    mixers.add_argument("--batch", type=int, default=2)
+    mixers.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median)")
+    mixers.add_argument("--rounds", type=int, default=2, help="interleaved passes over every (mixer, L)")
+    mixers.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    mixers.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    mixers.add_argument("--timer", choices=("wall", "cpu"), default="wall")
+    mixers.add_argument("--mixers", nargs="+", choices=MIXER_BENCH, help="subset to run (default: all)")
+    mixers.set_defaults(func=cmd_mixers)
     return parser
 
 
