@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from study_support import run_study_cli, tiny_study
 
 from archbench.study.plan import describe_arms
 from archbench.study.spec import DEFAULTS, StudyError, apply_overrides, load_study, normalise, study_names
-from study_support import run_study_cli, tiny_study
 
 
 def _spec(**changes):

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from study_support import scores, study_env, tiny_study
 
 from archbench.study import load_study, run_study
 from archbench.study.results import COLUMNS, read_csv
-from study_support import scores, study_env, tiny_study
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ("results.csv", "summary.md", "fd_vs_compute.png", "fd_vs_wallclock.png", "fd_vs_params.png",
