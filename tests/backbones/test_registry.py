@@ -12,14 +12,16 @@ from backbones import registry
 def test_list_backbones_patterns_are_sorted_and_complete():
     dis = archbench.list_backbones("dis_*")
     assert dis == sorted(dis)
-    expected = {f"dis_{s}{p}" for s in "sbmlh" for p in (2, 4)} | {"dis_t2"}
+    kinds = ("zigzag", "cross", "alternate", "hybrid", "mamba2")
+    variants = {f"dis_{v}_{size}" for v in kinds for size in ("s2", "t2")}
+    expected = {f"dis_{s}{p}" for s in "sbmlh" for p in (2, 4)} | {"dis_t2"} | variants
     assert set(dis) == expected
     dit = set(archbench.list_backbones("dit_*"))
     assert {f"dit_{s}{p}" for s in ("s", "b", "l", "xl") for p in (2, 4, 8)} <= dit
     uvit = set(archbench.list_backbones("uvit_*"))
     assert {f"uvit_{s}{p}" for s in ("s", "s_deep", "m", "l", "h") for p in (2, 4)} <= uvit
     assert {"unet_ddpm", "unet_adm", "unet_t"} <= set(archbench.list_backbones("unet_*"))
-    assert archbench.list_backbones(["dit_xl*", "dis_h*"]) == ["dis_h2", "dis_h4", "dit_xl2", "dit_xl4", "dit_xl8"]
+    assert archbench.list_backbones(["dit_xl*", "dis_h?"]) == ["dis_h2", "dis_h4", "dit_xl2", "dit_xl4", "dit_xl8"]
 
 
 def test_unknown_name_suggests_closest():
