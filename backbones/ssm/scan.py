@@ -119,6 +119,9 @@ def selective_scan(
     compute = torch.promote_types(u.dtype, torch.float32)
     with torch.autocast(device_type=u.device.type, enabled=False):
         u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
+        # One layout for delta's elementwise prologue: under torch.compile, stride propagation through
+        # softplus' backward differs from eager for a transposed delta (as the mixers make it) otherwise.
+        delta = delta.contiguous()
         if delta_bias is not None:
             delta = delta + delta_bias.to(compute)[:, None]
         if delta_softplus:
