@@ -36,8 +36,8 @@ import torch.nn as nn
 
 from backbones.registry import backbone_config, build
 
-# Custom autograd Functions that implement the selective scan, as fvcore names them.
-SCAN_OPS = ("prim::PythonOp.ChunkedScan", "prim::PythonOp.SelectiveScanFn")
+# The selective scan as the trace names it: the custom op of the fast scan, mamba-ssm's autograd Function.
+SCAN_OPS = ("backbones::chunked_scan", "prim::PythonOp.SelectiveScanFn")
 # Mamba-2's chunked SSD scan (backbones.ssm.ssd), counted at its chunked algorithm's cost.
 SSD_OPS = ("prim::PythonOp.ChunkedSSD",)
 ATTENTION_OPS = ("aten::scaled_dot_product_attention",)

@@ -122,7 +122,9 @@ class DiffusionBackbone(nn.Module):
         if y.dtype.is_floating_point or y.dtype == torch.bool:
             raise ValueError(f"{name}: y must hold integer class indices, got dtype {y.dtype}")
         top = self.num_classes if self.null_class is not None else self.num_classes - 1
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) > top):
+        # The range needs the label values (a host sync and a graph break): checked in eager mode only, so
+        # torch.compile(model, fullgraph=True) traces every family.
+        if y.numel() and not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) > top):
             raise ValueError(
                 f"{name}: class labels must lie in [0, {top}] ({self.num_classes} classes"
                 + (f", {self.null_class} = null class" if self.null_class is not None else "")

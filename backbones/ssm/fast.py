@@ -75,46 +75,84 @@ class _Workspace:
         return T
 
 
-class ChunkedScan(torch.autograd.Function):
-    """Exact chunked selective scan ``y = scan(u, delta, A, B, C)`` with a hand-written adjoint.
+def chunked_scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int
+                         ) -> tuple[Tensor, Tensor]:
+    """Exact chunked selective scan ``y = scan(u, delta, A, B, C)``; returns y and the chunk-start states.
 
-    Forward keeps only the state at each chunk start; backward walks the chunks in reverse,
-    recomputes each chunk's decays and states from its checkpoint, and runs the adjoint recurrence
-    ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}`` where ``g_t = dLoss/dh_t``.
+    Only the state at each chunk start is kept; the backward pass (:func:`_chunked_scan_backward`) walks
+    the chunks in reverse, recomputes each chunk's decays and states from its checkpoint, and runs the
+    adjoint recurrence ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}`` where ``g_t = dLoss/dh_t``.
     """
+    L, N = u.shape[-1], A.shape[1]
+    spans = _chunks(L, chunk)
+    delta_t, du_t = _time_major(delta), _time_major(delta * u)
+    B_t, C_t = _time_major(B), _time_major(C)
+    ws = _Workspace(u, chunk, N)
+    starts = u.new_zeros(len(spans), *ws.states.shape[1:])
+    y = u.new_empty(L, *u.shape[:2])
+    for i, (t0, t1) in enumerate(spans):
+        T = ws.scan(starts[i], delta_t[t0:t1], du_t[t0:t1], A, B_t[t0:t1])
+        if i + 1 < len(spans):
+            starts[i + 1].copy_(ws.states[T])
+        # y_t = C_t . h_t
+        hs = _mats(ws.states[1 : T + 1])
+        torch.bmm(_rows(C_t[t0:t1]), hs.transpose(1, 2), out=_rows(y[t0:t1]))
+    return _batch_major(y), starts
 
-    @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
-        L, N = u.shape[-1], A.shape[1]
-        spans = _chunks(L, chunk)
-        delta_t, du_t = _time_major(delta), _time_major(delta * u)
-        B_t, C_t = _time_major(B), _time_major(C)
-        ws = _Workspace(u, chunk, N)
-        starts = u.new_zeros(len(spans), *ws.states.shape[1:])
-        y = u.new_empty(L, *u.shape[:2])
-        for i, (t0, t1) in enumerate(spans):
-            T = ws.scan(starts[i], delta_t[t0:t1], du_t[t0:t1], A, B_t[t0:t1])
-            if i + 1 < len(spans):
-                starts[i + 1].copy_(ws.states[T])
-            # y_t = C_t . h_t
-            hs = _mats(ws.states[1 : T + 1])
-            torch.bmm(_rows(C_t[t0:t1]), hs.transpose(1, 2), out=_rows(y[t0:t1]))
-        ctx.save_for_backward(u, delta, A, B, C, starts)
-        ctx.chunk = chunk
-        return _batch_major(y)
 
-    @staticmethod
-    def backward(ctx, gy: Tensor):
-        u, delta, A, B, C, starts = ctx.saved_tensors
-        with torch.autocast(device_type=gy.device.type, enabled=False):
-            grads = _chunked_scan_backward(gy.to(u.dtype), u, delta, A, B, C, starts, ctx.chunk)
-        return (*grads, None)
+# The scan and its adjoint as PyTorch custom ops: opaque to torch.compile / torch.export (one node each,
+# with shape-only fake implementations) and to autograd (the hand-written adjoint is the derivative).
+@torch.library.custom_op("backbones::chunked_scan", mutates_args=())
+def chunked_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """``(y, chunk-start states)`` of :func:`chunked_scan_forward`, as a registered op."""
+    return chunked_scan_forward(u, delta, A, B, C, chunk)
+
+
+@chunked_scan.register_fake
+def _chunked_scan_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int):
+    chunks = -(-u.shape[-1] // chunk)
+    return u.new_empty(u.shape), u.new_empty(chunks, u.shape[0], u.shape[1], A.shape[1])
+
+
+@torch.library.custom_op("backbones::chunked_scan_backward", mutates_args=())
+def chunked_scan_backward(
+    gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, starts: Tensor, chunk: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of u, delta, A, B, C (the adjoint of :func:`chunked_scan`), as a registered op."""
+    with torch.autocast(device_type=gy.device.type, enabled=False):
+        return _chunked_scan_backward(gy.to(u.dtype).contiguous(), u, delta, A, B, C, starts, chunk)
+
+
+@chunked_scan_backward.register_fake
+def _chunked_scan_backward_fake(gy, u, delta, A, B, C, starts, chunk):
+    return tuple(t.new_empty(t.shape) for t in (u, delta, A, B, C))  # contiguous, as the real gradients
+
+
+def _setup_chunked_scan(ctx, inputs, output) -> None:
+    u, delta, A, B, C, chunk = inputs
+    ctx.save_for_backward(u, delta, A, B, C, output[1])
+    ctx.chunk = chunk
+
+
+def _chunked_scan_grad(ctx, gy: Tensor, _g_starts: Tensor):
+    return (*chunked_scan_backward(gy, *ctx.saved_tensors, ctx.chunk), None)
+
+
+def _no_double_backward(ctx, *grads: Tensor):
+    raise RuntimeError(
+        "selective_scan(impl='fast') has first derivatives only (its backward is a hand-written adjoint); "
+        "for a double backward (e.g. a gradient penalty) use impl='reference'"
+    )
+
+
+chunked_scan.register_autograd(_chunked_scan_grad, setup_context=_setup_chunked_scan)
+chunked_scan_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 def _chunked_scan_backward(
     gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, starts: Tensor, chunk: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Adjoint of :class:`ChunkedScan`, chunk by chunk from the end of the sequence."""
+    """Adjoint of :func:`chunked_scan_forward`, chunk by chunk from the end of the sequence."""
     L, N = u.shape[-1], A.shape[1]
     u_t, delta_t, du_t = _time_major(u), _time_major(delta), _time_major(delta * u)
     B_t, C_t, gy_t = _time_major(B), _time_major(C), _time_major(gy)

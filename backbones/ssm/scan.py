@@ -14,7 +14,8 @@ the CUDA kernel and the pure-PyTorch paths without reshaping anything::
 Implementations (``impl``):
 
 * ``reference``: a per-timestep loop differentiated by autograd. Slow, but obviously correct.
-* ``fast``: exact chunked scan with a hand-written adjoint (:class:`backbones.ssm.fast.ChunkedScan`). It never
+* ``fast``: exact chunked scan with a hand-written adjoint (:func:`backbones.ssm.fast.chunked_scan`, a
+  registered custom op). It never
   materialises a full ``(batch, L, d_inner, N)`` tensor: it walks the sequence in chunks that stay
   in cache, keeps only the state at each chunk start, and recomputes the chunk in the backward pass.
   Decays are only ever multiplied (never divided), so ``delta * A`` of -100 or less just underflows
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from backbones.ssm.fast import DEFAULT_CHUNK, ChunkedScan
+from backbones.ssm.fast import DEFAULT_CHUNK, chunked_scan
 from backbones.ssm.kernels import mamba_ssm_available, mamba_ssm_scan
 from backbones.ssm.reference import reference_scan
 
@@ -118,6 +119,9 @@ def selective_scan(
     compute = torch.promote_types(u.dtype, torch.float32)
     with torch.autocast(device_type=u.device.type, enabled=False):
         u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
+        # One layout for delta's elementwise prologue: under torch.compile, stride propagation through
+        # softplus' backward differs from eager for a transposed delta (as the mixers make it) otherwise.
+        delta = delta.contiguous()
         if delta_bias is not None:
             delta = delta + delta_bias.to(compute)[:, None]
         if delta_softplus:
@@ -125,7 +129,7 @@ def selective_scan(
         if impl == "reference":
             y = reference_scan(u, delta, A, B, C)
         else:
-            y = ChunkedScan.apply(u, delta, A, B, C, DEFAULT_CHUNK)
+            y = chunked_scan(u, delta, A, B, C, DEFAULT_CHUNK)[0]
         # The cheap (batch, d_inner, L) epilogue is left to autograd; only the O(N) scan is hand-derived.
         if D is not None:
             y = y + D.to(compute)[:, None] * u

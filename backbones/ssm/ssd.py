@@ -245,7 +245,7 @@ class ChunkedSSD(torch.autograd.Function):
 
     Two reasons not to leave it to plain autograd: a backward called inside a bf16 autocast region
     would run the matmuls' backward in bf16, and autograd would keep several ``(T x T)`` decay and score
-    tensors per chunk alive until the backward. Like :class:`backbones.ssm.fast.ChunkedScan`, only the
+    tensors per chunk alive until the backward. Like the Mamba-1 ``chunked_scan`` op, only the
     inputs are saved and the forward work is redone in the backward pass.
     """
 
@@ -346,7 +346,11 @@ def ssd_scan(
         else:
             split = (batch, L, groups, heads // groups)
             xdt = (x * dt[..., None]).view(*split, head_dim)
-            out = ChunkedSSD.apply(xdt, (dt * A).view(split), B, C, chunk_size, return_final_states)
+            if torch.compiler.is_compiling():  # traced as plain ops: the compiler derives the backward itself
+                out = _fast_ssd(xdt, (dt * A).view(split), B, C, chunk_size, return_final_states)
+                out = out if return_final_states else out[0]
+            else:
+                out = ChunkedSSD.apply(xdt, (dt * A).view(split), B, C, chunk_size, return_final_states)
             y, last = out if return_final_states else (out, None)
             y = y.reshape(x.shape)
             if last is not None:
