@@ -73,6 +73,7 @@ class DiS(TokenBackbone):
         scan_order: str = "bidirectional",
         attention_every: int = 0,
         num_heads: int | None = None,
+        bimamba_merge: str = "sum",
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         if mixer not in SSM_MIXERS:
@@ -102,7 +103,7 @@ class DiS(TokenBackbone):
                 return build_mixer(
                     mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=self.extras,
                     num_heads=heads, scan_order=scan_order, attention_every=attention_every, scan=scan,
-                    backward_dt_init=backward_dt_init,
+                    backward_dt_init=backward_dt_init, merge=bimamba_merge,
                 )
 
             return DiSBlock(width, rates[index], has_skip, make_mixer)
@@ -139,7 +140,8 @@ class DiS(TokenBackbone):
             c = time_token + label_token
         tokens = torch.cat([*extra, patches], dim=1) + self.pos_embed
         hidden, residual = run_long_skip(
-            self.in_blocks, self.mid_block, self.out_blocks, (tokens, None), skip_of=lambda carry: carry[0]
+            self.in_blocks, self.mid_block, self.out_blocks, (tokens, None), skip_of=lambda carry: carry[0],
+            call=self.run_block,
         )
         residual = residual + self.drop_path(hidden)
         hidden = self.norm_f(residual.to(self.norm_f.weight.dtype))

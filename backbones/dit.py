@@ -68,6 +68,7 @@ class DiT(TokenBackbone):
         scan_order: str = "bidirectional",
         attention_every: int = 0,
         scan: str = "auto",
+        bimamba_merge: str = "sum",
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         super().__init__(
@@ -90,6 +91,7 @@ class DiT(TokenBackbone):
             return lambda: build_mixer(
                 mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=0, num_heads=num_heads,
                 scan_order=scan_order, attention_every=attention_every, qkv_bias=True, scan=scan,
+                merge=bimamba_merge,
             )
 
         self.blocks = nn.ModuleList(DiTBlock(width, mlp_ratio, make_mixer(i)) for i in range(depth))
@@ -124,7 +126,7 @@ class DiT(TokenBackbone):
         if self.label_embed is not None:
             c = c + self.label_embed(y)
         for block in self.blocks:
-            tokens = block(tokens, c)
+            tokens = self.run_block(block, tokens, c)
         return self.tokens_to_image(self.final_layer(tokens, c))
 
 

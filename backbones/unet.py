@@ -290,11 +290,11 @@ class UNet(DiffusionBackbone):
         skips = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = self.run_block(block, h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = self.run_block(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = self.run_block(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
 
 

@@ -64,6 +64,7 @@ class UViT(TokenBackbone):
         scan: str = "auto",
         scan_order: str = "bidirectional",
         attention_every: int = 0,
+        bimamba_merge: str = "sum",
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         super().__init__(
@@ -85,7 +86,7 @@ class UViT(TokenBackbone):
             return build_mixer(
                 mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=self.extras,
                 num_heads=num_heads, scan_order=scan_order, attention_every=attention_every, qkv_bias=qkv_bias,
-                upcast=True, scan=scan,
+                upcast=True, scan=scan, merge=bimamba_merge,
             )
 
         self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(
@@ -115,7 +116,7 @@ class UViT(TokenBackbone):
         if self.label_embed is not None:
             extra.insert(0, self.label_embed(y).unsqueeze(1))
         tokens = torch.cat([*extra, patches], dim=1) + self.pos_embed
-        tokens = run_long_skip(self.in_blocks, self.mid_block, self.out_blocks, tokens)
+        tokens = run_long_skip(self.in_blocks, self.mid_block, self.out_blocks, tokens, call=self.run_block)
         image = self.tokens_to_image(self.final_layer(tokens)[:, self.extras :])
         return self.final_conv(image) if self.final_conv is not None else image
 

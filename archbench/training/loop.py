@@ -112,6 +112,8 @@ class Trainer:
         self.dataset = self._build_dataset()
         seed_everything(self.seed)  # identical initial weights on every rank
         self.model = build_model(config).to(self.device)
+        if bool(c.train.grad_checkpoint):
+            self.model.set_grad_checkpointing(True)
         self.objective = build_objective(config)
         self.conditional = int(getattr(self.model, "num_classes", 0) or 0) > 0
         self.ema = EMA(self.model, decay=float(c.train.ema_decay), warmup=bool(c.train.ema_warmup))

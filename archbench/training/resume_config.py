@@ -30,6 +30,7 @@ RESUMABLE = (
     "train.sample_every",
     "train.keep_last",
     "train.progress",
+    "train.grad_checkpoint",  # recomputation changes memory, not results
     "train.logger",
     "train.project",
     "data.num_workers",

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -44,6 +46,20 @@ class DiffusionBackbone(nn.Module):
         self.learn_sigma = learn_sigma
         self.class_dropout_prob = class_dropout_prob
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block in the backward pass instead of keeping its activations (less memory, one
+        more forward); the results are the same, drop-path and dropout draws included."""
+        self.grad_checkpointing = bool(enabled)
+
+    def run_block(self, block: nn.Module, *args: Any) -> Any:
+        """``block(*args)``, through activation checkpointing when it is on and a backward will follow."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def save_pretrained(self, directory: str, extra: dict | None = None) -> str:
         """Write ``model.safetensors`` + ``config.json`` (see :mod:`backbones.hub`); reload with

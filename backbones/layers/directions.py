@@ -12,6 +12,14 @@ import torch.nn as nn
 # Parameter-name suffix of each direction: the official names for DiS's two, then further letters.
 DIRECTION_SUFFIXES = ("", "_b", "_c", "_d")
 IDENTITY, FLIP, PERMUTE = "identity", "flip", "perm"
+# How a mixer combines its directions' outputs: DiS sums them (the default); Vision Mamba averages them,
+# which users adopted after bf16 runs of the sum produced NaNs.
+MERGES = ("sum", "mean")
+
+
+def check_merge(merge: str) -> None:
+    if merge not in MERGES:
+        raise ValueError(f"unknown bimamba_merge {merge!r}; valid choices: {', '.join(MERGES)}")
 
 
 class ScanDirections(nn.Module):

@@ -25,14 +25,16 @@ def run_long_skip(
     out_blocks: nn.ModuleList,
     carry: Any,
     skip_of: Callable[[Any], Any] = lambda carry: carry,
+    call: Callable[..., Any] = lambda block, *args: block(*args),
 ) -> Any:
     """Run the stack; ``carry`` is what flows between blocks (a tensor, or DiS's
-    (hidden, residual) pair) and ``skip_of(carry)`` is what an in-block hands to its out-block."""
+    (hidden, residual) pair) and ``skip_of(carry)`` is what an in-block hands to its out-block.
+    ``call(block, *args)`` runs one block (the backbone's ``run_block``: checkpointed or not)."""
     skips = []
     for block in in_blocks:
-        carry = block(carry)
+        carry = call(block, carry)
         skips.append(skip_of(carry))
-    carry = mid_block(carry)
+    carry = call(mid_block, carry)
     for block in out_blocks:
-        carry = block(carry, skips.pop())
+        carry = call(block, carry, skips.pop())
     return carry

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.layers.directions import ScanDirections
+from backbones.layers.directions import ScanDirections, check_merge
 from backbones.ssm import selective_scan
 
 # How the backward direction's dt projection starts: as the official DiS code leaves it, or like the forward one.
@@ -39,10 +39,13 @@ class BiMamba(nn.Module):
         scan: str = "auto",
         backward_dt_init: str = "official",
         directions: list[torch.Tensor] | None = None,
+        merge: str = "sum",
     ):
         """``directions``: one token permutation per scan direction (see ``scan_order.sequence_permutation``);
-        None is DiS's pair, the sequence as it is and flipped."""
+        None is DiS's pair, the sequence as it is and flipped.  ``merge``: sum (DiS) or mean of the directions."""
         super().__init__()
+        check_merge(merge)
+        self.merge = merge
         if backward_dt_init not in BACKWARD_DT_INITS:
             raise ValueError(
                 f"unknown backward_dt_init {backward_dt_init!r}; valid choices: {', '.join(BACKWARD_DT_INITS)}"
@@ -132,4 +135,6 @@ class BiMamba(nn.Module):
             out = self.scan_direction(ordered(x, index), ordered(z, index), suffix)
             out = ordered(out, index, undo=True)
             total = out if total is None else total + out
+        if self.merge == "mean":
+            total = total / len(self.suffixes)
         return self.out_proj(total.transpose(1, 2))

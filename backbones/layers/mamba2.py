@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.layers.directions import ScanDirections
+from backbones.layers.directions import ScanDirections, check_merge
 from backbones.ssm import ssd_scan
 
 
@@ -46,8 +46,11 @@ class BiMamba2(nn.Module):
         a_init_range: tuple[float, float] = (1.0, 16.0),
         scan: str = "auto",
         directions: list[torch.Tensor] | None = None,
+        merge: str = "sum",
     ):
         super().__init__()
+        check_merge(merge)
+        self.merge = merge
         self.dim, self.d_state, self.groups, self.chunk_size = dim, d_state, groups, chunk_size
         self.d_inner = expand * dim
         self.head_dim = head_dim or default_head_dim(self.d_inner)
@@ -114,5 +117,7 @@ class BiMamba2(nn.Module):
             out = self.scan_direction(ordered(xbc, index, dim=1), ordered(dt, index, dim=1), suffix)
             out = ordered(out, index, dim=1, undo=True)
             total = out if total is None else total + out
+        if self.merge == "mean":
+            total = total / len(self.suffixes)
         gated = total * F.silu(z)
         return self.out_proj(self.norm(gated.to(self.norm.weight.dtype)))

@@ -63,6 +63,7 @@ def build_mixer(
     upcast: bool = False,
     scan: str = "auto",
     backward_dt_init: str = "official",
+    merge: str = "sum",
 ) -> nn.Module:
     """The mixer of block ``layer`` on a ``grid`` of patches behind ``extras`` time/label tokens."""
     if is_attention_block(mixer, layer, attention_every):
@@ -71,10 +72,10 @@ def build_mixer(
     if mixer == "mamba2":
         from backbones.layers.mamba2 import BiMamba2
 
-        return BiMamba2(width, scan=scan, directions=directions)
+        return BiMamba2(width, scan=scan, directions=directions, merge=merge)
     from backbones.layers.mamba import BiMamba
 
-    return BiMamba(width, scan=scan, backward_dt_init=backward_dt_init, directions=directions)
+    return BiMamba(width, scan=scan, backward_dt_init=backward_dt_init, directions=directions, merge=merge)
 
 
 def reset_ssm_mixers(model: nn.Module) -> None:

@@ -77,6 +77,14 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-5, abs=1e-6)
 
 
+def test_grad_checkpoint_trains_to_the_same_losses(tmp_path):
+    """train.grad_checkpoint recomputes every block in the backward pass: the run itself is unchanged."""
+    common = ("train.steps=4", "train.batch_size=16", "train.log_every=1")
+    assert run_train(tmp_path / "plain", *common) == 0
+    assert run_train(tmp_path / "ckpt", *common, "train.grad_checkpoint=true") == 0
+    assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), rel=1e-6, abs=1e-7)
+
+
 def test_flow_objective_trains(tmp_path):
     assert run_train(tmp_path / "flow", "diffusion=flow", "train.steps=3", "train.sample_every=3") == 0
     assert all(math.isfinite(v) for v in losses(tmp_path / "flow"))
