@@ -105,7 +105,7 @@ def save_cnn(model: DatasetCNN, path: str | os.PathLike[str], info: dict[str, An
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # private to this process: parallel runs may race
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
     config = asdict(model.config)

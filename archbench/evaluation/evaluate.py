@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from archbench.console import fail, interruptible, one_line, setup_logging
+from archbench.console import fail, interruptible, one_line, setup_logging, write_text_atomic
 from archbench.training.runs import load_ema_model
 
 PROGRAM = "archbench.eval"
@@ -318,9 +317,7 @@ def evaluate_run(args: dict[str, Any]) -> dict[str, Any]:
     else:
         out = source["files"].path.with_suffix(".eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(record, indent=2) + "\n")
     record["path"] = str(out)
     return record
 

@@ -126,7 +126,9 @@ class FeatureStats:
         }
         if self.features is not None:
             arrays["features"] = self.features
-        tmp = path.with_name(path.name + ".tmp.npz")  # atomic: a crash never leaves a half-written cache entry
+        # Atomic, and private to this process: a crash never leaves a half-written cache entry, and two runs
+        # filling the same cache entry at once (a study's parallel jobs) never rename each other's file.
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
         return path

@@ -8,6 +8,7 @@ memory is its own, and a crash takes down one run, not the study), and submitit'
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -87,6 +88,13 @@ def submitit_executor(folder: Path, launcher: dict[str, Any], study_name: str) -
     return executor
 
 
+def _error_line(text: str) -> str:
+    """The last ``SomeError: message`` line of a traceback (submitit appends log paths after it)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", line)]
+    return errors[-1] if errors else (lines[-1] if lines else "")
+
+
 def run_submitit(tasks: list[dict[str, Any]], folder: Path, launcher: dict[str, Any], study_name: str,
                  poll: Callable[[], None], poll_every: float) -> list[dict[str, Any]]:
     """Submit one job per task and wait for all of them; results in task order."""
@@ -99,9 +107,8 @@ def run_submitit(tasks: list[dict[str, Any]], folder: Path, launcher: dict[str, 
     for task, job in zip(tasks, jobs, strict=True):
         try:
             results.append(job.result())
-        except Exception as exc:  # submitit's FailedJobError carries the job's traceback: keep its last line
-            message = str(exc).strip().splitlines()
-            results.append(_failed(task, RuntimeError(message[-1] if message else repr(exc))))
+        except Exception as exc:  # submitit's FailedJobError carries the job's traceback: keep its error line
+            results.append(_failed(task, RuntimeError(_error_line(str(exc)) or repr(exc))))
     return results
 
 

@@ -75,3 +75,31 @@ def test_feature_stats_from_tensor_and_dataset_agree():
     np.testing.assert_allclose(from_dataset.mu, one_shot.mu, rtol=1e-6)
     assert from_dataset.features.shape == (37, 2)
     assert feature_stats(_MeanPool(), images, max_items=10).n == 10
+
+
+def _save_many(path: str) -> None:
+    import numpy as np
+
+    from archbench.evaluation.stats import FeatureStats
+
+    stats = FeatureStats(mu=np.zeros(512), sigma=np.eye(512), n=10, meta={"why": "race"})  # 2 MB: writes overlap
+    for _ in range(40):
+        stats.save(path)
+
+
+def test_parallel_processes_can_fill_the_same_cache_entry(tmp_path):
+    """A study's jobs compute the same reference statistics at once: neither may lose the other's file."""
+    import multiprocessing
+
+    from archbench.evaluation.stats import FeatureStats
+
+    path = str(tmp_path / "ref.npz")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_save_many, args=(path,)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert FeatureStats.load(path).n == 10
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
