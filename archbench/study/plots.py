@@ -49,22 +49,29 @@ def _curves(rows: list[dict[str, Any]], x_key: str) -> dict[str, Curve]:
     return out
 
 
+def _finish(plt: Any, fig: Any, ax: Any, rows: list[dict[str, Any]], xlabel: str, title: str, legend: str,
+            path: Path, log_x: bool = True) -> Path:
+    """The axes, labels, grid and legend every study plot shares; saves and closes the figure."""
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(rows[0]["score_name"] if rows else "FD")
+    ax.set_title(title)
+    ax.grid(True, which="both" if log_x else "major", alpha=0.3)
+    ax.legend(fontsize=8, title=legend, title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _curve_plot(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path, title: str) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for label, (xs, means, lows, highs) in _curves(rows, x_key).items():
         (line,) = ax.plot(xs, means, marker="o", label=label)
         ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(rows[0]["score_name"] if rows else "FD")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, title="mean over seeds; band: min..max", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, rows, xlabel, title, "mean over seeds; band: min..max", path)
 
 
 def _final_plot(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path, title: str) -> Path:
@@ -74,16 +81,7 @@ def _final_plot(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path,
         s = arm_summary(group)
         err = None if math.isnan(s["fd_half"]) else s["fd_half"]
         ax.errorbar([float(group[0][x_key])], [s["fd_mean"]], yerr=err, marker="o", capsize=4, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(rows[0]["score_name"] if rows else "FD")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, title="final FD, 95% interval over seeds", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, rows, xlabel, title, "final FD, 95% interval over seeds", path)
 
 
 def _sweep_plot(rows: list[dict[str, Any]], key: str, path: Path, title: str) -> Path:
@@ -98,15 +96,7 @@ def _sweep_plot(rows: list[dict[str, Any]], key: str, path: Path, title: str) ->
         xs = [p[0] if numeric else str(p[0]) for p in pairs]
         errs = [0 if math.isnan(p[1]["fd_half"]) else p[1]["fd_half"] for p in pairs]
         ax.errorbar(xs, [p[1]["fd_mean"] for p in pairs], yerr=errs, marker="o", capsize=4, label=arm)
-    ax.set_xlabel(key)
-    ax.set_ylabel(rows[0]["score_name"] if rows else "FD")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, title="final FD, 95% interval over seeds", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, rows, key, title, "final FD, 95% interval over seeds", path, log_x=False)
 
 
 def write_plots(rows: list[dict[str, Any]], folder: str | Path, study: str) -> list[Path]:
