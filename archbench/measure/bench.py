@@ -1,4 +1,5 @@
-"""Micro-benchmarks, one subcommand each: ``python -m archbench.bench scan|mixers [options]``.
+"""Micro-benchmarks, one subcommand each: ``python -m archbench.bench scan|mixers [options]``
+(``step``, a whole training step, is :mod:`archbench.training.step_bench`).
 
 ``mixers`` times each sequence mixer (attention, DiS's bidirectional Mamba, bidirectional Mamba-2) as a
 layer on (batch, L, width) tokens: forward, forward+backward and peak memory per length, every
@@ -88,7 +89,7 @@ def _proc_status_bytes(field: str) -> int:
     raise KeyError(field)
 
 
-class _PeakMemory:
+class PeakMemory:
     """Peak memory growth in bytes from the moment of construction.
 
     CUDA: allocator statistics. CPU (Linux): the kernel's resident-set high-water mark (VmHWM),
@@ -144,7 +145,7 @@ def _time_and_peak(
     clock = time.process_time if cfg.timer == "cpu" else time.perf_counter
     fn(tiny)
     sync()
-    memory = _PeakMemory(cfg.device)
+    memory = PeakMemory(cfg.device)
     fn(inputs)
     sync()
     times = []

@@ -41,6 +41,8 @@ SCAN_OPS = ("backbones::chunked_scan", "prim::PythonOp.SelectiveScanFn")
 # Mamba-2's chunked SSD scan (backbones.ssm.ssd), counted at its chunked algorithm's cost.
 SSD_OPS = ("prim::PythonOp.ChunkedSSD",)
 ATTENTION_OPS = ("aten::scaled_dot_product_attention",)
+# The Mamba mixers' depthwise causal conv (backbones.ssm.causal_conv), counted like a convolution.
+CAUSAL_CONV_OPS = ("backbones::causal_conv1d",)
 
 # Zero-MAC ops under fvcore's convention (elementwise math, lookups, data movement).
 IGNORED_OPS = tuple(
@@ -81,13 +83,23 @@ def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
 
 
 def _scan_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """The chunked op takes token-layout u (batch, L, d_inner); mamba_ssm's and the Triton op (batch, d_inner, L)."""
     from backbones.ssm import selective_scan_macs
 
-    u, a = _shape(inputs[0]), _shape(inputs[2])  # u: (batch, d_inner, L); A: (d_inner, N)
-    if len(u) != 3 or len(a) != 2 or a[0] != u[1]:
+    u, a = _shape(inputs[0]), _shape(inputs[2])  # A: (d_inner, N)
+    if len(u) != 3 or len(a) != 2 or a[0] not in (u[1], u[2]):
         raise ValueError(f"flop count: unexpected selective-scan operands u{u}, A{a}")
-    batch, d_inner, length = u
-    return Counter({"selective_scan": selective_scan_macs(batch, d_inner, length, a[1], has_z=False, has_D=False)})
+    batch, length = u[0], (u[1] if a[0] == u[2] else u[2])
+    return Counter({"selective_scan": selective_scan_macs(batch, a[0], length, a[1], has_z=False, has_D=False)})
+
+
+def _causal_conv_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+    from backbones.ssm.causal_conv import causal_conv1d_macs
+
+    x, w = _shape(inputs[0]), _shape(inputs[1])  # x: (batch, L, channels); weight: (channels, K)
+    if len(x) != 3 or len(w) != 2 or w[0] != x[2]:
+        raise ValueError(f"flop count: unexpected causal-conv operands x{x}, weight{w}")
+    return Counter({"conv": causal_conv1d_macs(x[0], x[1], x[2], w[1])})
 
 
 def _ssd_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
@@ -214,6 +226,7 @@ def count_flops(model: nn.Module, inputs: tuple) -> FlopReport:
     handles.update({op: _sdpa_handle for op in ATTENTION_OPS})
     handles.update({op: _scan_handle for op in _scan_op_names()})
     handles.update({op: _ssd_handle for op in SSD_OPS})
+    handles.update({op: _causal_conv_handle for op in CAUSAL_CONV_OPS})
     handles["aten::baddbmm"] = _baddbmm_handle
     handles["aten::rms_norm"] = _norm_handle()
     analysis.set_op_handle(**handles)

@@ -4,6 +4,7 @@
     python -m archbench.report flops preset=paper [format=md|csv|json]
     python -m archbench.report summary backbone=dis_s2 [depth=3] [build overrides]
     python -m archbench.report scaling backbones=dis_s2,dit_s2 resolutions=16,32,64 out=DIR [...]
+    python -m archbench.report kernels      # which scan implementation `auto` runs here, per device
 
 Arguments are ``key=value`` (Hydra-like).  Values parse as int, float, bool (true/false),
 None (none/null) or string; a comma-separated value is a tuple (``channel_mult=1,2,2``).
@@ -47,6 +48,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "threads": "torch CPU threads (default: torch's choice)",
         "memory": "measure peak memory (default true)",
     },
+    "kernels": {},
 }
 
 FORMATS = ("md", "csv", "json")
@@ -219,6 +221,30 @@ def cmd_flops(args: dict[str, str]) -> str:
     _, overrides = split_overrides("flops", args, names)
     rows = [_checked(backbone_flops, name, **overrides) for name in names]
     return format_rows(rows, FLOP_COLUMNS, fmt)
+
+
+def cmd_kernels(args: dict[str, str]) -> str:
+    """What ``scan="auto"`` / ``impl="auto"`` picks on each device of this machine, and what is installed."""
+    if args:
+        raise UsageError(f"kernels takes no keys, got {', '.join(sorted(args))}")
+    import torch
+
+    from backbones.ssm import mamba_ssm_available, resolve_impl, resolve_ssd_impl, triton_available
+    from backbones.ssm.ssd import ssd_kernel_available
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    lines = [
+        "| scan | " + " | ".join(f"auto on {d}" for d in devices) + " |",
+        "|---|" + "---|" * len(devices),
+        "| selective scan (Mamba-1) | " + " | ".join(resolve_impl("auto", d) for d in devices) + " |",
+        "| SSD scan (Mamba-2) | " + " | ".join(resolve_ssd_impl("auto", d) for d in devices) + " |",
+        "",
+        f"mamba_ssm selective-scan kernel importable: {mamba_ssm_available()}; SSD kernel: {ssd_kernel_available()}; "
+        f"triton importable: {triton_available()}; CUDA device: {torch.cuda.is_available()}",
+    ]
+    if not torch.cuda.is_available():
+        lines.append("(on a CUDA machine auto picks mamba_ssm when it imports, else triton, else fast)")
+    return "\n".join(lines)
 
 
 def _positive_int(own: dict[str, str], key: str, default: int) -> int:
@@ -412,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 1
     try:
         command, args = parse_args(argv)
-        handler = {"flops": cmd_flops, "summary": cmd_summary, "scaling": cmd_scaling}[command]
+        handler = {"flops": cmd_flops, "summary": cmd_summary, "scaling": cmd_scaling, "kernels": cmd_kernels}[command]
         print(handler(args))
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`

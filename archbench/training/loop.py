@@ -45,6 +45,7 @@ from archbench.training.setup import (  # noqa: F401  (build_model/build_objecti
     build_model,
     build_objective,
     check_config,
+    compile_backend,
     prepare_run_dir,
     seed_everything,
 )
@@ -158,6 +159,9 @@ class Trainer:
         if dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        backend = compile_backend(c.train.compile)
+        if backend is not None:  # EMA, sampling and checkpoints keep using the eager module (same weights)
+            self.train_model = torch.compile(self.train_model, backend=backend)
 
     # ----- setup helpers -----------------------------------------------------------------------------------
     def _build_optimisation(self) -> tuple[torch.optim.Optimizer, Any]:

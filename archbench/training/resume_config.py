@@ -31,6 +31,7 @@ RESUMABLE = (
     "train.keep_last",
     "train.progress",
     "train.grad_checkpoint",  # recomputation changes memory, not results
+    "train.compile",  # compiled or eager: the same computation
     "train.logger",
     "train.project",
     "data.num_workers",

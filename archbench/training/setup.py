@@ -91,6 +91,23 @@ def check_train_settings(train: Any, world_size: int) -> None:
         raise ConfigError(f"train.ema_decay must lie in [0, 1], got {train.ema_decay}")
     if train.grad_clip is not None and not float(train.grad_clip) > 0:
         raise ConfigError(f"train.grad_clip must be > 0 (or null: no clipping), got {train.grad_clip}")
+    compile_backend(train.compile)
+
+
+def compile_backend(setting: Any) -> str | None:
+    """``train.compile`` -> the torch.compile backend to use (None: eager); unknown backends are a ConfigError."""
+    if setting is None or setting is False or str(setting).lower() in ("false", "0", "none", "off"):
+        return None
+    if setting is True or str(setting).lower() in ("true", "1", "on"):
+        return "inductor"
+    import torch._dynamo
+
+    backends = sorted({"inductor", *torch._dynamo.list_backends(exclude_tags=())})
+    if str(setting) not in backends:
+        raise ConfigError(
+            f"train.compile={setting!r}: expected true, false or a torch.compile backend ({', '.join(backends)})"
+        )
+    return str(setting)
 
 
 def check_config(config: Any, world_size: int) -> None:

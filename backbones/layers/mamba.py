@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from backbones.layers.directions import ScanDirections, check_merge
 from backbones.ssm import selective_scan
+from backbones.ssm.causal_conv import causal_conv1d
 
 # How the backward direction's dt projection starts: as the official DiS code leaves it, or like the forward one.
 BACKWARD_DT_INITS = ("official", "mamba")
@@ -108,15 +109,19 @@ class BiMamba(nn.Module):
         )
 
     def scan_direction(self, x: torch.Tensor, z: torch.Tensor, backward: bool | str = False) -> torch.Tensor:
-        """One direction on (B, d_inner, L) inputs, in the given order; returns the gated scan output."""
+        """One direction on (B, d_inner, L) inputs, in the given order; returns the gated scan output.
+
+        Works best on ``transpose(1, 2)`` views of token-layout tensors (what :meth:`forward` passes): the
+        scan then runs without a transpose, and its output is such a view too.
+        """
         conv, x_proj, dt_proj, a_log, d_skip = self.direction_params(backward)
-        length = x.shape[-1]
-        x = F.silu(conv(x)[..., :length])
-        dt, b, c = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
+        # The conv in token layout (B, L, d_inner): no transposes, and much faster than nn.Conv1d on CPU.
+        x = F.silu(causal_conv1d(x.transpose(1, 2), conv.weight[:, 0], conv.bias))
+        dt, b, c = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, dt_proj.weight)
         return selective_scan(
-            x,
-            delta,
+            x.transpose(1, 2),
+            delta.transpose(1, 2),
             -torch.exp(a_log.float()),
             b.transpose(1, 2),
             c.transpose(1, 2),
@@ -128,13 +133,14 @@ class BiMamba(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # token layout (B, L, d_inner) each
         total = None
         for index, suffix in enumerate(self.suffixes):
             ordered = self.directions.reorder
-            out = self.scan_direction(ordered(x, index), ordered(z, index), suffix)
-            out = ordered(out, index, undo=True)
+            x_dir, z_dir = ordered(x, index, dim=1), ordered(z, index, dim=1)
+            out = self.scan_direction(x_dir.transpose(1, 2), z_dir.transpose(1, 2), suffix).transpose(1, 2)
+            out = ordered(out, index, dim=1, undo=True)
             total = out if total is None else total + out
         if self.merge == "mean":
             total = total / len(self.suffixes)
-        return self.out_proj(total.transpose(1, 2))
+        return self.out_proj(total)

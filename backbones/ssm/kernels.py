@@ -17,7 +17,6 @@ def mamba_ssm_available() -> bool:
     return True
 
 
-
 def mamba_ssm_scan(
     u: Tensor,
     delta: Tensor,
@@ -28,7 +27,8 @@ def mamba_ssm_scan(
     z: Tensor | None,
     delta_bias: Tensor | None,
     delta_softplus: bool,
-) -> Tensor:
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Dispatch to the fused CUDA kernel, refusing with an actionable message when it cannot run."""
     if not mamba_ssm_available():
         raise RuntimeError(
@@ -42,4 +42,4 @@ def mamba_ssm_scan(
         )
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

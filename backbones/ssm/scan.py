@@ -3,8 +3,9 @@
 Layout and signature follow ``mamba_ssm``'s ``selective_scan_fn`` so a backbone can switch between
 the CUDA kernel and the pure-PyTorch paths without reshaping anything::
 
-    u, delta: (batch, d_inner, L)    A: (d_inner, N)    B, C: (batch, N, L)
+    u, delta: (batch, d_inner, L)    A: (d_inner, N)    B, C: (batch, N, L) or (batch, groups, N, L)
     D, delta_bias: (d_inner,)        z: (batch, d_inner, L)
+    (grouped B/C: channel d reads group d // (d_inner // groups), as in mamba_ssm)
 
     delta <- softplus(delta + delta_bias)            (bias/softplus optional)
     h_t    = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
@@ -19,24 +20,39 @@ Implementations (``impl``):
   materialises a full ``(batch, L, d_inner, N)`` tensor: it walks the sequence in chunks that stay
   in cache, keeps only the state at each chunk start, and recomputes the chunk in the backward pass.
   Decays are only ever multiplied (never divided), so ``delta * A`` of -100 or less just underflows
-  to zero instead of producing inf/nan.
+  to zero instead of producing inf/nan.  It computes in the token layout ``(batch, L, d_inner)``: pass
+  ``x.transpose(1, 2)`` views of token-layout tensors (as the mixers do) and nothing is transposed.
+* ``triton``: the Triton kernel pair of :mod:`backbones.ssm.triton_scan` (CUDA; on CPU only under
+  ``TRITON_INTERPRET=1``, for tests).
 * ``mamba_ssm``: the fused CUDA kernel, when installed and the tensors live on CUDA.
-* ``auto``: ``mamba_ssm`` when usable, else ``fast``.
+* ``auto``: on CUDA ``mamba_ssm`` when it imports, else ``triton`` when it imports, else ``fast``; off
+  CUDA ``fast``.  :func:`resolve_impl` says which one a call would run (``archbench.report`` shows it),
+  and the first ``auto`` call logs its choice once.
 
 All paths accumulate in (at least) fp32 and return ``u``'s dtype, also under autocast.
+``return_last_state=True`` also returns the state after the last step, ``(batch, d_inner, N)`` in fp32
+(not differentiable on the ``fast`` path).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from backbones.ssm.fast import DEFAULT_CHUNK, chunked_scan
+from backbones.ssm.fast import auto_chunk, chunked_scan
 from backbones.ssm.kernels import mamba_ssm_available, mamba_ssm_scan
 from backbones.ssm.reference import reference_scan
+from backbones.ssm.triton_scan import triton_available, triton_selective_scan
 
-SCAN_IMPLS = ("auto", "reference", "fast", "mamba_ssm")
+SCAN_IMPLS = ("auto", "reference", "fast", "triton", "mamba_ssm")
+# Timesteps per chunk of the fast path; None sizes the chunk to the cache (backbones.ssm.fast.auto_chunk).
+DEFAULT_CHUNK: int | None = None
+
+log = logging.getLogger(__name__)
+_announced: set[str] = set()
 
 
 def selective_scan_macs(batch: int, d_inner: int, L: int, N: int, has_z: bool, has_D: bool) -> int:
@@ -81,13 +97,45 @@ def _check_inputs(
         raise ValueError("selective_scan: complex A is not supported, pass a real (d_inner, N) tensor")
     N = A.shape[1]
     for name, t in (("B", B), ("C", C)):
-        if t.shape != (batch, N, L):
-            raise _shape_error(name, f"(batch, N, L) = {(batch, N, L)} (input-dependent form)", t)
+        grouped = t.dim() == 4 and t.shape[0] == batch and t.shape[2:] == (N, L) and d_inner % t.shape[1] == 0
+        if t.shape != (batch, N, L) and not grouped:
+            raise _shape_error(
+                name, f"(batch, N, L) = {(batch, N, L)} or (batch, groups, N, L) with groups dividing "
+                f"d_inner = {d_inner} (input-dependent form)", t,
+            )
+    if B.dim() == 4 and C.dim() == 4 and B.shape != C.shape:
+        raise ValueError(
+            f"selective_scan: B and C must have the same groups, got {tuple(B.shape)} and {tuple(C.shape)}"
+        )
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.shape != (d_inner,):
             raise _shape_error(name, f"(d_inner,) = ({d_inner},)", t)
     if z is not None and z.shape != u.shape:
         raise _shape_error("z", f"(batch, d_inner, L) = {tuple(u.shape)} like u", z)
+
+
+def _grouped(t: Tensor) -> Tensor:
+    """(batch, N, L) -> (batch, 1, N, L); grouped tensors pass as they are."""
+    return t[:, None] if t.dim() == 3 else t
+
+
+def resolve_impl(impl: str, device: torch.device | str) -> str:
+    """The implementation ``impl`` runs on ``device`` (``auto`` resolved; others as given)."""
+    if impl not in SCAN_IMPLS:
+        raise ValueError(f"selective_scan: unknown impl {impl!r}; valid choices are {SCAN_IMPLS}")
+    if impl != "auto":
+        return impl
+    if torch.device(device).type != "cuda":
+        return "fast"
+    return "mamba_ssm" if mamba_ssm_available() else "triton" if triton_available() else "fast"
+
+
+def _announce(impl: str, device: torch.device) -> None:
+    """Log the implementation ``auto`` picked, once per (impl, device type) and process."""
+    key = f"{impl}@{device.type}"
+    if key not in _announced and not torch.compiler.is_compiling():
+        _announced.add(key)
+        log.info("selective_scan(impl='auto') runs %r on %s", impl, device.type)
 
 
 def selective_scan(
@@ -101,39 +149,68 @@ def selective_scan(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     impl: str = "auto",
-) -> Tensor:
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Run the selective scan; see the module docstring for layouts and the recurrence.
 
-    Returns a ``(batch, d_inner, L)`` tensor in ``u``'s dtype.
+    Returns a ``(batch, d_inner, L)`` tensor in ``u``'s dtype (and the last state if asked).
     """
-    if impl not in SCAN_IMPLS:
-        raise ValueError(f"selective_scan: unknown impl {impl!r}; valid choices are {SCAN_IMPLS}")
+    chosen = resolve_impl(impl, u.device)
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if impl == "auto":
-        impl = "mamba_ssm" if u.is_cuda and mamba_ssm_available() else "fast"
-    if impl == "mamba_ssm":
-        return mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-
+        _announce(chosen, u.device)
+    if chosen == "mamba_ssm":
+        return mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if chosen == "triton":
+        return triton_selective_scan(
+            u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, delta_softplus, return_last_state
+        )
     out_dtype = u.dtype
     # fp32 accumulation (fp64 stays fp64); autocast off so matmuls inside do not drop to bf16.
     compute = torch.promote_types(u.dtype, torch.float32)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
-        # One layout for delta's elementwise prologue: under torch.compile, stride propagation through
-        # softplus' backward differs from eager for a transposed delta (as the mixers make it) otherwise.
-        delta = delta.contiguous()
-        if delta_bias is not None:
-            delta = delta + delta_bias.to(compute)[:, None]
-        if delta_softplus:
-            delta = F.softplus(delta)
-        if impl == "reference":
-            y = reference_scan(u, delta, A, B, C)
+        if chosen == "reference":
+            y, last = _reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute)
         else:
-            y = chunked_scan(u, delta, A, B, C, DEFAULT_CHUNK)[0]
-        # The cheap (batch, d_inner, L) epilogue is left to autograd; only the O(N) scan is hand-derived.
-        if D is not None:
-            y = y + D.to(compute)[:, None] * u
-        if z is not None:
-            y = y * F.silu(z.to(compute))
-    return y.to(out_dtype)
+            y, last = _fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute)
+    y = y.to(out_dtype)
+    return (y, last.float()) if return_last_state else y
 
+
+def _reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute) -> tuple[Tensor, Tensor]:
+    """The per-timestep loop in mamba layout, prologue and epilogue differentiated by autograd."""
+    u, delta, A = (t.to(compute) for t in (u, delta, A))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    y, last = reference_scan(u, delta, A, _grouped(B).to(compute), _grouped(C).to(compute))
+    if D is not None:
+        y = y + D.to(compute)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y, last
+
+
+def _token_layout(t: Tensor, compute: torch.dtype) -> Tensor:
+    """(batch, K, L) -> contiguous (batch, L, K): free for ``x.transpose(1, 2)`` views of token-layout tensors."""
+    return t.to(compute).transpose(1, 2).contiguous()
+
+
+def _fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute) -> tuple[Tensor, Tensor]:
+    """The chunked custom op in token layout; the cheap O(batch * L * d_inner) prologue and epilogue
+    are left to autograd (contiguous, in one layout, so they vectorise); only the O(N) scan is hand-derived."""
+    u, delta = _token_layout(u, compute), _token_layout(delta, compute)
+    B, C = (_grouped(t).to(compute).permute(0, 3, 1, 2) for t in (B, C))  # (batch, L, groups, N) views
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    A = A.to(compute)
+    chunk = DEFAULT_CHUNK or auto_chunk(u.shape[0], u.shape[2], A.shape[1], compute.itemsize)
+    y, _, last = chunked_scan(u, delta, A, B, C, chunk)
+    if D is not None:
+        y = y + D.to(compute) * u
+    if z is not None:
+        y = y * F.silu(_token_layout(z, compute))
+    return y.transpose(1, 2), last

@@ -29,7 +29,10 @@ Implementations (``impl``):
 * ``mamba_ssm``: ``mamba_chunk_scan_combined`` (Triton), when it imports and the tensors live on CUDA.
   Note that kernel clamps the effective ``dt`` to ``[0, inf)`` (its ``dt_limit`` default); the other
   paths do not, so they agree for non-negative effective ``dt`` (always true with ``dt_softplus``).
-* ``auto``: ``mamba_ssm`` when usable, else ``fast``.
+* ``triton``: the sequential Triton kernel pair of :mod:`backbones.ssm.triton_ssd` (CUDA, no mamba-ssm
+  build needed; on CPU only under ``TRITON_INTERPRET=1``, for tests); no ``return_final_states``.
+* ``auto``: on CUDA ``mamba_ssm`` when it imports, else ``triton`` when it imports, else ``fast``; off CUDA
+  ``fast``.
 
 The PyTorch paths compute in (at least) fp32 with autocast off and return ``x``'s dtype.
 """
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-SSD_IMPLS = ("auto", "reference", "fast", "mamba_ssm")
+SSD_IMPLS = ("auto", "reference", "fast", "triton", "mamba_ssm")
 DEFAULT_SSD_CHUNK = 64  # Mamba-2's default chunk size
 
 
@@ -300,6 +303,17 @@ def _mamba_ssm_ssd(
     )
 
 
+def resolve_ssd_impl(impl: str, device: torch.device | str) -> str:
+    """The implementation ``impl`` runs on ``device`` (``auto`` resolved; others as given)."""
+    if impl != "auto":
+        return impl
+    if torch.device(device).type != "cuda":
+        return "fast"
+    from backbones.ssm.triton_scan import triton_available
+
+    return "mamba_ssm" if ssd_kernel_available() else "triton" if triton_available() else "fast"
+
+
 def ssd_scan(
     x: Tensor,
     dt: Tensor,
@@ -325,7 +339,13 @@ def ssd_scan(
         raise ValueError(f"ssd_scan: unknown impl {impl!r}; valid choices are {SSD_IMPLS}")
     _check_inputs(x, dt, A, B, C, D, z, dt_bias, chunk_size)
     if impl == "auto":
-        impl = "mamba_ssm" if x.is_cuda and ssd_kernel_available() else "fast"
+        impl = resolve_ssd_impl(impl, x.device)
+    if impl == "triton":
+        from backbones.ssm.triton_ssd import triton_ssd
+
+        if return_final_states:
+            raise ValueError("ssd_scan(impl='triton') does not return final states; use impl='fast' or 'mamba_ssm'")
+        return triton_ssd(x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     if impl == "mamba_ssm":
         return _mamba_ssm_ssd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk_size, return_final_states)
 

@@ -60,7 +60,11 @@ def _scan_inputs(requires_grad=True):
 
 
 def test_the_scan_op_passes_opcheck():
-    torch.library.opcheck(chunked_scan, (*_scan_inputs(), 16),
+    torch.manual_seed(0)
+    b, L, d, G, N = 2, 37, 4, 2, 3  # the op's token layout, two groups of B/C
+    tensors = [torch.randn(b, L, d), torch.rand(b, L, d), -torch.rand(d, N)]
+    tensors += [torch.randn(b, L, G, N), torch.randn(b, L, G, N)]
+    torch.library.opcheck(chunked_scan, (*[t.requires_grad_() for t in tensors], 16),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 

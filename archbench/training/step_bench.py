@@ -1,0 +1,249 @@
+"""``python -m archbench.bench step``: training-step time, images/s and peak memory per backbone.
+
+One step is what the training loop does: the DDPM objective's loss (learned sigma, as every recipe), the
+backward pass and an AdamW update, under the requested precision, with ``torch.compile`` and activation
+checkpointing on request.  Every (backbone, round) runs in a fresh spawned process (nothing leaks between
+measurements), rounds are interleaved over the backbones (a busy machine slows them all alike), and the
+ratios to the first backbone come from the medians of the same run::
+
+    python -m archbench.bench step backbones=dis_t2,dit_t2,uvit_t2,unet_t device=cpu
+    python -m archbench.bench step backbones=dis_s2,dit_s2 device=cuda precision=bf16 image_size=32 in_channels=4
+
+Keys (``key=value``): backbones, device (cpu|cuda), precision (fp32|bf16), compile, grad_checkpoint, batch,
+image_size, in_channels, num_classes, threads (CPU intra-op threads; default 1), steps (timed steps per
+round, median), warmup, rounds, timer (cpu: process CPU time, the steadier clock on a shared CPU; wall),
+out (also write the table as JSON, next to a bar plot).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from archbench.console import write_text_atomic
+from archbench.measure.bench import PeakMemory
+
+PRECISIONS = ("fp32", "bf16")
+TIMERS = ("cpu", "wall")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One ``bench step`` invocation; picklable, so it crosses into the spawned measuring process."""
+
+    backbones: tuple[str, ...] = ("dis_t2", "dit_t2", "uvit_t2", "unet_t")
+    device: str = "cpu"
+    precision: str = "fp32"
+    compile: bool = False
+    grad_checkpoint: bool = False
+    batch: int = 32
+    image_size: int = 16
+    in_channels: int = 1
+    num_classes: int = 10
+    threads: int = 1
+    steps: int = 5
+    warmup: int = 2
+    rounds: int = 3
+    timer: str = ""  # "" = cpu on CPU, wall on CUDA
+    out: str = ""
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key}={text!r}: expected true or false")
+
+
+def parse_step_args(args: list[str]) -> StepConfig:
+    """``key=value`` arguments -> a checked :class:`StepConfig`; errors name the key and what is valid."""
+    cfg = StepConfig()
+    types = {f.name: f.type for f in fields(StepConfig)}
+    updates: dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"bench step: expected key=value with key one of {', '.join(types)}; got {arg!r}")
+        kind = types[key]
+        if key == "backbones":
+            updates[key] = tuple(v for v in value.split(",") if v)
+        elif kind == "bool":
+            updates[key] = _parse_bool(key, value)
+        elif kind == "int":
+            try:
+                updates[key] = int(value)
+            except ValueError:
+                raise ValueError(f"bench step: {key}={value!r} is not an integer") from None
+        else:
+            updates[key] = value
+    cfg = replace(cfg, **updates)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: StepConfig) -> None:
+    from backbones.registry import list_backbones
+
+    known = set(list_backbones())
+    unknown = [b for b in cfg.backbones if b not in known]
+    if not cfg.backbones or unknown:
+        raise ValueError(f"bench step: unknown backbones {unknown}; python -m archbench.zoo lists the registered names")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"bench step: precision={cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if cfg.timer not in ("", *TIMERS):
+        raise ValueError(f"bench step: timer={cfg.timer!r}; valid: {', '.join(TIMERS)}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("bench step: device=cuda but torch sees no CUDA device")
+    if cfg.device.startswith("cuda") and cfg.timer == "cpu":
+        raise ValueError("bench step: timer=cpu measures host CPU time; use timer=wall on CUDA")
+    for key in ("batch", "image_size", "steps", "rounds", "threads"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"bench step: {key} must be >= 1, got {getattr(cfg, key)}")
+
+
+def _training_step(name: str, cfg: StepConfig):
+    """Model, objective, optimiser and one closure doing a full training step on fixed random data."""
+    from archbench.diffusion import create_diffusion
+    from backbones.registry import build
+
+    torch.manual_seed(0)
+    device = torch.device(cfg.device)
+    model = build(name, image_size=cfg.image_size, in_channels=cfg.in_channels, num_classes=cfg.num_classes)
+    model = model.to(device)
+    if cfg.grad_checkpoint:
+        model.set_grad_checkpointing(True)
+    forward = torch.compile(model) if cfg.compile else model
+    objective = create_diffusion("ddpm", learn_sigma=bool(getattr(model, "learn_sigma", True)))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    x = torch.randn(cfg.batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
+    y = torch.randint(0, max(1, cfg.num_classes), (cfg.batch,), device=device)
+    kwargs = {"y": y} if cfg.num_classes else {}
+    generator = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    def step() -> float:
+        with autocast:
+            loss = objective.training_losses(forward, x, kwargs, generator=generator)["loss"].mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        return float(loss)
+
+    return step
+
+
+def measure_step(name: str, cfg: StepConfig) -> dict[str, float]:
+    """Runs in its own process: median step time over ``cfg.steps`` after ``cfg.warmup`` steps, and peak memory."""
+    torch.set_num_threads(cfg.threads)
+    cuda = cfg.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    clock = time.perf_counter if (cfg.timer or ("wall" if cuda else "cpu")) == "wall" else time.process_time
+    memory = PeakMemory(cfg.device)  # before building: parameters, optimiser state and activations all count
+    step = _training_step(name, cfg)
+    started = time.perf_counter()
+    for _ in range(cfg.warmup):
+        step()
+    sync()
+    warmup_s = time.perf_counter() - started
+    times = []
+    for _ in range(cfg.steps):
+        t0 = clock()
+        loss = step()
+        sync()
+        times.append(clock() - t0)
+    if loss != loss:
+        raise RuntimeError(f"bench step: {name} produced a non-finite loss")
+    return {"step_s": statistics.median(times), "peak_bytes": memory.peak(), "warmup_s": warmup_s}
+
+
+def run_step_bench(cfg: StepConfig) -> list[dict[str, Any]]:
+    """Interleaved rounds over the backbones; one row per backbone with medians and ratios to the first."""
+    spawn = multiprocessing.get_context("spawn")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in cfg.backbones}
+    for _ in range(cfg.rounds):
+        for name in cfg.backbones:
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                runs[name].append(pool.submit(measure_step, name, cfg).result())
+    rows = []
+    for name, results in runs.items():
+        step_s = statistics.median(r["step_s"] for r in results)
+        rows.append({
+            "backbone": name,
+            "step_ms": step_s * 1e3,
+            "img_per_s": cfg.batch / step_s,
+            "peak_mib": statistics.median(r["peak_bytes"] for r in results) / 2**20,
+            "warmup_s": statistics.median(r["warmup_s"] for r in results),
+        })
+    base = rows[0]
+    for row in rows:
+        row["time_ratio"] = row["step_ms"] / base["step_ms"]
+        row["memory_ratio"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else float("nan")
+    return rows
+
+
+def format_rows(cfg: StepConfig, rows: list[dict[str, Any]]) -> str:
+    timer = cfg.timer or ("wall" if cfg.device.startswith("cuda") else "cpu")
+    lines = [
+        f"training step: batch={cfg.batch} image={cfg.in_channels}x{cfg.image_size}x{cfg.image_size} "
+        f"classes={cfg.num_classes} device={cfg.device} precision={cfg.precision} compile={cfg.compile} "
+        f"grad_checkpoint={cfg.grad_checkpoint} threads={cfg.threads} timer={timer} "
+        f"(median of {cfg.steps} steps after {cfg.warmup} warm-up, then of {cfg.rounds} interleaved rounds)",
+        f"{'backbone':>16} {'step ms':>9} {'img/s':>8} {'peak MiB':>9} {'time/first':>11} {'mem/first':>10}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['backbone']:>16} {r['step_ms']:>9.1f} {r['img_per_s']:>8.1f} {r['peak_mib']:>9.1f} "
+            f"{r['time_ratio']:>10.2f}x {r['memory_ratio']:>9.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    names = [r["backbone"] for r in rows]
+    axes[0].bar(names, [r["step_ms"] for r in rows])
+    axes[0].set_ylabel("training step (ms)")
+    axes[1].bar(names, [r["peak_mib"] for r in rows])
+    axes[1].set_ylabel("peak memory (MiB)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(args: list[str]) -> int:
+    """Parse ``key=value`` arguments, run, print the table (and write JSON + plot when ``out=`` is given)."""
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    try:
+        cfg = parse_step_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"python -m archbench.bench: {exc}") from None
+    rows = run_step_bench(cfg)
+    table = format_rows(cfg, rows)
+    print(table)
+    if cfg.out:
+        out = Path(cfg.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps({"config": asdict(cfg), "rows": rows}, indent=2) + "\n")
+        _plot(rows, out.with_suffix(".png"), table.splitlines()[0])
+    return 0
