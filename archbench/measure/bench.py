@@ -38,7 +38,7 @@ import torch
 
 from archbench.console import ArgumentParser
 
-SCAN_BENCH_IMPLS = ("reference", "fast", "pscan", "mamba_ssm")
+SCAN_BENCH_IMPLS = ("reference", "fast", "pscan", "triton", "mamba_ssm")
 
 
 def _pscan_available() -> bool:
@@ -243,11 +243,14 @@ def cmd_mixers(args: argparse.Namespace) -> int:
 
 
 def _available_impls(device: str) -> list[str]:
-    from backbones.ssm import mamba_ssm_available
+    from backbones.ssm import mamba_ssm_available, triton_available
 
     impls = ["reference", "fast"]
     if _pscan_available():
         impls.append("pscan")
+    # Triton only on CUDA: its CPU interpreter (TRITON_INTERPRET=1) is for tests, its timings meaningless.
+    if device.startswith("cuda") and triton_available():
+        impls.append("triton")
     if device.startswith("cuda") and mamba_ssm_available():
         impls.append("mamba_ssm")
     return impls
@@ -284,6 +287,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 f"{r['fwd_peak'] / 2**20:>9.1f} {r['train_peak'] / 2**20:>12.1f}",
                 flush=True,
             )
+        if "triton" in results and "mamba_ssm" in results:
+            r = results
+            print(f"{L:>6} triton/mamba_ssm: fwd {_ratio(r['triton'], r['mamba_ssm'], 'fwd')}, "
+                  f"fwd+bwd {_ratio(r['triton'], r['mamba_ssm'], 'train')}")
         fast = results.get("fast")
         for other in ("pscan", "reference"):
             fwd = _ratio(fast, results.get(other), "fwd")

@@ -73,7 +73,7 @@ BASE: dict[str, Any] = {
         "grad_clip": None,  # max global grad norm; None = no clipping (the norm is still logged)
         "precision": "auto",  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
         "grad_checkpoint": False,  # recompute each block in the backward pass: less memory, same results
-        "compile": None,  # torch.compile the backbone: true (inductor) | null/false (eager) | a backend (aot_eager, ...)
+        "compile": None,  # torch.compile the backbone: true (inductor), null/false (eager) or a backend name
         "ema_decay": 0.9999,
         "ema_warmup": False,  # decay min(ema_decay, (1+n)/(10+n)): lets short runs sample from the EMA
         "log_every": 10,

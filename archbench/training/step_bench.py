@@ -1,5 +1,8 @@
 """``python -m archbench.bench step``: training-step time, images/s and peak memory per backbone.
 
+Memory (``step MiB``) is the peak growth during the timed steps over the steady state after warm-up
+(weights, optimiser state and allocator caches excluded): what one step's activations and gradients take.
+
 One step is what the training loop does: the DDPM objective's loss (learned sigma, as every recipe), the
 backward pass and an AdamW update, under the requested precision, with ``torch.compile`` and activation
 checkpointing on request.  Every (backbone, round) runs in a fresh spawned process (nothing leaks between
@@ -136,7 +139,7 @@ def _training_step(name: str, cfg: StepConfig):
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -147,13 +150,15 @@ def measure_step(name: str, cfg: StepConfig) -> dict[str, float]:
     cuda = cfg.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     clock = time.perf_counter if (cfg.timer or ("wall" if cuda else "cpu")) == "wall" else time.process_time
-    memory = PeakMemory(cfg.device)  # before building: parameters, optimiser state and activations all count
     step = _training_step(name, cfg)
     started = time.perf_counter()
-    for _ in range(cfg.warmup):
+    for _ in range(max(1, cfg.warmup)):
         step()
     sync()
     warmup_s = time.perf_counter() - started
+    # From here: growth over the steady state (weights, optimiser state, caches), i.e. what a step's
+    # activations and gradients need, the part activation checkpointing reduces.
+    memory = PeakMemory(cfg.device)
     times = []
     for _ in range(cfg.steps):
         t0 = clock()
@@ -197,7 +202,7 @@ def format_rows(cfg: StepConfig, rows: list[dict[str, Any]]) -> str:
         f"classes={cfg.num_classes} device={cfg.device} precision={cfg.precision} compile={cfg.compile} "
         f"grad_checkpoint={cfg.grad_checkpoint} threads={cfg.threads} timer={timer} "
         f"(median of {cfg.steps} steps after {cfg.warmup} warm-up, then of {cfg.rounds} interleaved rounds)",
-        f"{'backbone':>16} {'step ms':>9} {'img/s':>8} {'peak MiB':>9} {'time/first':>11} {'mem/first':>10}",
+        f"{'backbone':>16} {'step ms':>9} {'img/s':>8} {'step MiB':>9} {'time/first':>11} {'mem/first':>10}",
     ]
     for r in rows:
         lines.append(

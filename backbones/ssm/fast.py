@@ -13,6 +13,8 @@ reads group ``d // (d_inner // groups)`` (one group is Mamba's usual case).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -22,6 +24,7 @@ from torch import Tensor
 # that was 1.3-2x slower, one chunk over the whole sequence 3-4x slower).
 CHUNK_BYTES = 2 * 2**20
 MIN_CHUNK, MAX_CHUNK = 4, 64
+LOG2E = math.log2(math.e)
 
 
 def auto_chunk(batch: int, d_inner: int, N: int, itemsize: int = 4) -> int:
@@ -81,10 +84,13 @@ class _Workspace:
             self.adj_steps = self.adj.unbind(0)
             self.rows2 = like.new_empty(chunk, batch, d_inner)
 
-    def scan(self, h0: Tensor, delta: Tensor, du: Tensor, A: Tensor, B: Tensor) -> int:
-        """Fill decays exp(delta_t A) and states for one chunk of (T, batch, ...) inputs; returns T."""
+    def scan(self, h0: Tensor, delta: Tensor, du: Tensor, A_log2: Tensor, B: Tensor) -> int:
+        """Fill decays exp(delta_t A) and states for one chunk of (T, batch, ...) inputs; returns T.
+
+        ``A_log2`` is ``A * log2(e)``: exp2 is about twice as fast as exp on CPU, for the same decay.
+        """
         T = delta.shape[0]
-        torch.mul(delta[..., None], A, out=self.decay[:T]).exp_()
+        torch.mul(delta[..., None], A_log2, out=self.decay[:T]).exp2_()
         inject = self.states[1 : T + 1].unflatten(2, (self.grp.G, self.grp.dg))
         torch.mul(self.grp.spread(du), B[:, :, :, None, :], out=inject)
         self.states[0].copy_(h0)
@@ -111,8 +117,9 @@ def chunked_scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     starts = u.new_zeros(len(spans), *ws.states.shape[1:])
     y = u.new_empty(u.shape)
     T = 0
+    A_log2 = A * LOG2E
     for i, (t0, t1) in enumerate(spans):
-        T = ws.scan(starts[i], _steps(delta, t0, t1), _steps(du, t0, t1), A, _steps(B, t0, t1))
+        T = ws.scan(starts[i], _steps(delta, t0, t1), _steps(du, t0, t1), A_log2, _steps(B, t0, t1))
         if i + 1 < len(spans):
             starts[i + 1].copy_(ws.states[T])
         # y_t = C_t . h_t, per group
@@ -190,10 +197,11 @@ def _chunked_scan_backward(
     ones = A.new_ones(N)
     # dLoss/dh_{t1-1} contributed through h_{t1}: exp(delta_{t1} A) * g_{t1}, carried leftwards.
     carry = starts.new_zeros(starts.shape[1:])
+    A_log2 = A * LOG2E
     for i, (t0, t1) in reversed(list(enumerate(_chunks(L, chunk)))):
         delta_c, du_c = _steps(delta, t0, t1), _steps(du, t0, t1)
         B_c, C_c = _steps(B, t0, t1), _steps(C, t0, t1)
-        T = ws.scan(starts[i], delta_c, du_c, A, B_c)
+        T = ws.scan(starts[i], delta_c, du_c, A_log2, B_c)
         dec, g, g_steps = ws.decay[:T], ws.adj[:T], ws.adj_steps
         h_prev, h = ws.states[:T], ws.states[1 : T + 1]
         gy_c = ws.rows[:T]
