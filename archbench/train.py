@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from archbench.console import fail, interruptible, one_line, setup_logging
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from archbench.training.launch import EXPECTED_ERRORS, train_from_overrides
     from archbench.training.setup import check_config
 
+    started = time.perf_counter()
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(USAGE.format(recipes=" | ".join(recipe_names())))
@@ -59,7 +61,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.signum is not None:
         return 128 + int(result.signum)
     log.info("done: %s (step %d, checkpoint %s)", result.run_dir, result.step, result.checkpoint)
+    _report_final_grid(result, time.perf_counter() - started)
     return 0
+
+
+def _report_final_grid(result, seconds: float) -> None:
+    """Wall-clock, and how many of the last grid's samples the committed dataset CNN puts in their class."""
+    wall = f"wall-clock {seconds / 60:.1f} min"
+    if result.grid is None or result.grid[1] is None or int(os.environ.get("RANK", "0")) != 0:
+        log.info(wall)
+        return
+    from archbench.evaluation.cond_accuracy import classifier_accuracy
+
+    samples, labels, cfg_scale = result.grid
+    accuracy = classifier_accuracy(samples, labels, result.dataset)
+    if accuracy is None:
+        log.info("%s (no committed %s classifier to score the grid)", wall, result.dataset)
+        return
+    log.info(
+        "final grid (cfg %g): %.0f%% of %d samples classified as their class by the committed %s CNN "
+        "(chance %.0f%%); %s", cfg_scale, 100 * accuracy, len(labels), result.dataset,
+        100 / (int(labels.max()) + 1), wall,
+    )
 
 
 if __name__ == "__main__":

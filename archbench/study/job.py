@@ -86,11 +86,10 @@ def job_done(job: Job) -> bool:
 
 def default_feature_weights(features: str, dataset: str) -> str | None:
     """The committed Fashion-MNIST CNN (the CI baselines' features), so every study scores with one network."""
-    from archbench.training.config import recipes_dir
+    from archbench.evaluation.cond_accuracy import committed_classifier
 
-    name = f"{dataset}_cnn" if features == "auto" else features
-    path = recipes_dir() / "baselines" / f"{name}.safetensors"
-    return str(path) if path.is_file() else None
+    path = committed_classifier(dataset, features)
+    return None if path is None else str(path)
 
 
 def evaluate_step(job: Job, step: int, cache: str | None) -> dict[str, Any]:

@@ -66,6 +66,8 @@ class TrainResult:
     step: int
     signum: int | None
     checkpoint: Path | None
+    dataset: str = ""
+    grid: tuple | None = None  # (samples in [-1, 1], labels or None, cfg scale) of the last sample grid
 
 
 def _params_finite(model: nn.Module) -> bool:
@@ -142,6 +144,7 @@ class Trainer:
         self.step_seconds = 0.0
         self.train_seconds = 0.0  # all finished steps, across resumes: the study's wall-clock axis
         self.last_checkpoint: Path | None = None
+        self.last_grid: tuple | None = None
         if self.resume_state is not None:
             self._load(self.resume_state, self.resume_from)
             self.resume_state = None
@@ -388,7 +391,10 @@ class Trainer:
         if self.dist.is_main:
             self.metrics.close()
         barrier()
-        return TrainResult(run_dir=self.run_dir, step=self.step, signum=signum, checkpoint=self.last_checkpoint)
+        return TrainResult(
+            run_dir=self.run_dir, step=self.step, signum=signum, checkpoint=self.last_checkpoint,
+            dataset=str(self.c.data.name), grid=self.last_grid,
+        )
 
     def _progress_bar(self) -> Any:
         from tqdm.auto import tqdm
@@ -457,6 +463,7 @@ class Trainer:
             batch_size=min(n, 256),
             device=self.device,
         )
+        self.last_grid = (samples.detach().cpu(), grid_labels(n, num_classes), cfg_scale)
         path = save_grid(samples, self.run_dir / "samples" / f"step_{self.step:07d}.png", grid_columns(n, num_classes))
         log.info("sample grid (EMA weights): %s", path)
         self.metrics.image("samples", path, self.step)
