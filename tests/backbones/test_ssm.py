@@ -215,3 +215,62 @@ def test_macs_closed_form():
     assert selective_scan_macs(2, 3, 5, 4, has_z=False, has_D=False) == 2 * 3 * 5 * (16 + 1)
     assert selective_scan_macs(2, 3, 5, 4, has_z=True, has_D=True) == 2 * 3 * 5 * (16 + 3)
     assert selective_scan_macs(1, 1, 1, 16, has_z=True, has_D=False) == 66
+
+
+def _grouped_truth(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Grouped B/C (batch, G, N, L) as G independent scans over the channel blocks that read each group."""
+    G, dg = B.shape[1], u.shape[1] // B.shape[1]
+    parts = []
+    for g in range(G):
+        sl = slice(g * dg, (g + 1) * dg)
+        parts.append(truth(
+            u[:, sl], delta[:, sl], A[sl], B[:, g], C[:, g], None if D is None else D[sl],
+            None if z is None else z[:, sl], None if delta_bias is None else delta_bias[sl], delta_softplus,
+        ))
+    return torch.cat(parts, dim=1)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("L", [1, 9, 40])
+def test_grouped_B_C_match_the_float64_truth(groups, L):
+    x = make_inputs(2, 6, 3, L, seed=groups * 100 + L)
+    g = torch.Generator().manual_seed(7)
+    x["B"] = torch.randn(2, groups, 3, L, generator=g, dtype=torch.float64)
+    x["C"] = torch.randn(2, groups, 3, L, generator=g, dtype=torch.float64)
+    expected = values_and_grads(lambda **k: _grouped_truth(**k, delta_softplus=True), x)
+    for impl in CPU_IMPLS:
+        got = values_and_grads(partial(selective_scan, delta_softplus=True, impl=impl), x)
+        assert_rel_close(got, expected, 1e-4, f"{impl} groups={groups} L={L}")
+
+
+def test_two_directions_in_one_grouped_call_equal_two_calls():
+    a, b = make_inputs(2, 4, 3, 21, seed=1), make_inputs(2, 4, 3, 21, seed=2)
+    joint = {k: torch.cat([a[k], b[k]], dim=0 if a[k].dim() == 1 else 1) for k in ("u", "delta", "A", "D", "z")}
+    joint["A"] = torch.cat([a["A"], b["A"]], dim=0)
+    joint["delta_bias"] = torch.cat([a["delta_bias"], b["delta_bias"]])
+    joint["B"], joint["C"] = torch.stack([a["B"], b["B"]], 1), torch.stack([a["C"], b["C"]], 1)
+    one = selective_scan(**{k: v.float() for k, v in joint.items()}, delta_softplus=True, impl="fast")
+    two = [selective_scan(**{k: v.float() for k, v in x.items()}, delta_softplus=True, impl="fast") for x in (a, b)]
+    assert torch.allclose(one, torch.cat(two, dim=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_return_last_state_is_the_state_after_the_last_step(impl):
+    x = make_inputs(2, 3, 4, 37, seed=5)
+    y, state = selective_scan(**{k: v.float() for k, v in x.items()}, delta_softplus=True, impl=impl,
+                              return_last_state=True)
+    assert state.shape == (2, 3, 4) and state.dtype == torch.float32
+    assert torch.allclose(y, selective_scan(**{k: v.float() for k, v in x.items()}, delta_softplus=True, impl=impl))
+    delta = F.softplus(x["delta"] + x["delta_bias"][:, None])
+    h = torch.zeros(2, 3, 4, dtype=torch.float64)
+    for t in range(37):  # the float64 recurrence, written out
+        inject = (delta[:, :, t] * x["u"][:, :, t])[..., None] * x["B"][:, None, :, t]
+        h = torch.exp(delta[:, :, t, None] * x["A"]) * h + inject
+    assert torch.allclose(state.double(), h, rtol=1e-4, atol=1e-5)
+
+
+def test_shape_errors_name_the_grouped_layout():
+    x = make_inputs(1, 4, 2, 5)
+    x["B"] = torch.randn(1, 3, 2, 5, dtype=torch.float64)  # 3 groups do not divide d_inner = 4
+    with pytest.raises(ValueError, match=r"B must have shape .*\(batch, groups, N, L\) with groups dividing"):
+        selective_scan(**x)
