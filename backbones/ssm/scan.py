@@ -45,6 +45,7 @@ from torch import Tensor
 from backbones.ssm.fast import auto_chunk, chunked_scan
 from backbones.ssm.kernels import mamba_ssm_available, mamba_ssm_scan
 from backbones.ssm.reference import reference_scan
+from backbones.ssm.softplus import softplus
 from backbones.ssm.triton_scan import triton_available, triton_selective_scan
 
 SCAN_IMPLS = ("auto", "reference", "fast", "triton", "mamba_ssm")
@@ -205,7 +206,7 @@ def _fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute) -> tuple
     if delta_bias is not None:
         delta = delta + delta_bias.to(compute)
     if delta_softplus:
-        delta = F.softplus(delta)
+        delta = softplus(delta)
     A = A.to(compute)
     chunk = DEFAULT_CHUNK or auto_chunk(u.shape[0], u.shape[2], A.shape[1], compute.itemsize)
     y, _, last = chunked_scan(u, delta, A, B, C, chunk)

@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from backbones.ssm.softplus import softplus
+
 SSD_IMPLS = ("auto", "reference", "fast", "triton", "mamba_ssm")
 DEFAULT_SSD_CHUNK = 64  # Mamba-2's default chunk size
 
@@ -360,7 +362,7 @@ def ssd_scan(
         if dt_bias is not None:
             dt = dt + dt_bias.to(compute)
         if dt_softplus:
-            dt = F.softplus(dt)
+            dt = F.softplus(dt) if impl == "reference" else softplus(dt)
         if impl == "reference":
             y, last = _reference_ssd(x, dt, A, B, C)
         else:
