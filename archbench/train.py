@@ -1,7 +1,7 @@
 """``python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=ddpm|flow] [key=value ...] [--cfg]``
 
 With no arguments: the embedded default recipe, a small DiS on Fashion-MNIST (or scikit-learn digits when
-the Debian package is absent) for a few CPU minutes, writing sample grids under ``runs/default-fashion_mnist-dis_t2``.
+the Debian package is absent) for a few CPU minutes, writing sample grids under ``runs/default-fashion_mnist-dis_t4``.
 Under ``torchrun --nproc_per_node=N -m archbench.train ...`` it trains with DDP (NCCL on GPUs, gloo on CPU).
 
 Exit codes: 0 done, 1 error (one line on stderr), 128+signal when SIGTERM/SIGINT stopped it after saving.

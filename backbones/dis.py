@@ -162,6 +162,10 @@ register_backbone(
     "dis_t2", DiS, family="dis", description="tiny DiS for tests and CI",
     width=64, depth=4, patch_size=2, image_size=32, in_channels=3, num_classes=10,
 )
+register_backbone(
+    "dis_t4", DiS, family="dis", description="tiny DiS/4: the embedded default (16 tokens at 16x16)",
+    width=64, depth=4, patch_size=4, image_size=32, in_channels=3, num_classes=10,
+)
 
 # DiS's skeleton with one axis changed, named by what they contain (S/2 for studies, T/2 for tests and CI).
 VARIANTS = {

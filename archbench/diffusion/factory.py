@@ -9,7 +9,7 @@ import torch
 
 from ._sampling import randn
 from .flow import FlowMatching, euler_sample, heun_sample
-from .gaussian import FIXED_VARIANCES, PREDICTIONS, GaussianDiffusion, Model, check_choice
+from .gaussian import FIXED_VARIANCES, LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, Model, check_choice
 from .guidance import guided_model
 from .samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 from .schedules import SCHEDULES, DiffusionSchedule
@@ -172,6 +172,8 @@ def create_diffusion(
     T: int = 1000,
     fixed_variance: str = "large",
     decoder_likelihood: str = "official",
+    loss_weighting: str = "none",
+    min_snr_gamma: float = 5.0,
 ) -> GaussianObjective | FlowObjective:
     """Build a training/sampling objective by name; unknown names raise ValueError listing valid ones.
 
@@ -179,13 +181,16 @@ def create_diffusion(
     (its only choice). For flow, ``schedule`` is validated but unused, and ``T`` only sets the
     time scale fed to the backbone (t * T), so both objectives share one timestep embedding range.
     ``decoder_likelihood`` picks the t=0 decoder NLL of the VB term: ``"official"`` (DDPM/ADM/DiT's tanh
-    approximation, the default) or ``"exact"``; flow ignores it.
+    approximation, the default) or ``"exact"``; flow ignores it.  ``loss_weighting="min_snr"`` weights
+    the ddpm mean loss by min-SNR-``min_snr_gamma`` (:meth:`GaussianDiffusion.loss_weight`); flow validates
+    and ignores it (as ``schedule``), so one recipe can name it and still run under ``diffusion=flow``.
     """
     check_choice("objective", objective, OBJECTIVES)
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("fixed_variance", fixed_variance, FIXED_VARIANCES)
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
+    check_choice("loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
     if objective == "flow":
         check_choice("prediction for flow", prediction or "velocity", FLOW_PREDICTIONS)
         return FlowObjective(FlowMatching(learn_sigma=learn_sigma, time_scale=float(T)))
@@ -196,5 +201,7 @@ def create_diffusion(
         learn_sigma=learn_sigma,
         fixed_variance=fixed_variance,
         decoder_likelihood=decoder_likelihood,
+        loss_weighting=loss_weighting,
+        min_snr_gamma=min_snr_gamma,
     )
     return GaussianObjective(diffusion)

@@ -18,6 +18,7 @@ from .schedules import DiffusionSchedule, space_timesteps
 
 PREDICTIONS = ("eps", "v", "x0")
 FIXED_VARIANCES = ("large", "small")
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 Model = Callable[..., torch.Tensor]
 
@@ -55,6 +56,9 @@ class GaussianDiffusion:
     Otherwise the variance is fixed: ``"large"`` (beta_t) or ``"small"`` (posterior variance).
     ``decoder_likelihood``: the form of the t=0 decoder NLL in the VB term (see
     :func:`discretized_gaussian_log_likelihood`): ``"official"`` (the DDPM/ADM/DiT rule) or ``"exact"``.
+    ``loss_weighting``: ``"none"`` (DDPM's simple loss) or ``"min_snr"`` (Hang et al., 2023: each
+    timestep's mean loss weighted so that it equals ``min(SNR_t, min_snr_gamma)`` times the x0 error,
+    which stops the many easy low-noise steps from dominating the gradient; see :meth:`loss_weight`).
     """
 
     schedule: DiffusionSchedule
@@ -62,11 +66,16 @@ class GaussianDiffusion:
     learn_sigma: bool = True
     fixed_variance: str = "large"
     decoder_likelihood: str = "official"
+    loss_weighting: str = "none"
+    min_snr_gamma: float = 5.0
 
     def __post_init__(self) -> None:
         check_choice("prediction", self.prediction, PREDICTIONS)
         check_choice("fixed_variance", self.fixed_variance, FIXED_VARIANCES)
         check_choice("decoder_likelihood", self.decoder_likelihood, DECODER_LIKELIHOODS)
+        check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        if not self.min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
 
     @property
     def num_timesteps(self) -> int:
@@ -211,6 +220,20 @@ class GaussianDiffusion:
         return self.p_mean_variance_from_output(output, xt, t, clip_denoised)
 
     # ----- losses ----------------------------------------------------------------------
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-example weight [B] of the mean loss at timesteps ``t`` (float32; ones for ``"none"``).
+
+        With ``SNR_t = abar_t / (1 - abar_t)`` the eps, v and x0 errors are ``SNR_t``, ``SNR_t + 1`` and 1
+        times the x0 error, so min-SNR divides ``min(SNR_t, gamma)`` by that factor.
+        """
+        if self.loss_weighting == "none":
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        abar = self.schedule.alphas_cumprod.to(t.device)[t]
+        snr = abar / (1.0 - abar)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        per_prediction = {"eps": snr, "v": snr + 1.0, "x0": torch.ones_like(snr)}
+        return (clipped / per_prediction[self.prediction]).float()
+
     def vb_terms_bpd(self, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Per-example VLB term in bits/dim: KL(q(x_{t-1}|x_t,x_0) || p) for t>0, decoder NLL at t=0."""
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, xt, t)
@@ -230,7 +253,8 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-example losses [B]: ``mse`` on the mean channels, ``vb`` and their sum ``loss``.
+        """Per-example losses [B]: ``mse`` on the mean channels (weighted by :meth:`loss_weight`), ``vb`` and
+        their sum ``loss``.
 
         With ``learn_sigma`` this is improved DDPM's hybrid loss: the VLB term sees the mean
         channels detached so it only trains the variance, and is scaled by T/1000 as the
@@ -241,7 +265,7 @@ class GaussianDiffusion:
         xt = self.q_sample(x0, t, noise)
         output = self.call_model(model, xt, t, model_kwargs)
         pred, var_values = self.split_output(output, x0.shape[1])
-        mse = mean_flat((self.training_target(x0, t, noise) - pred) ** 2)
+        mse = mean_flat((self.training_target(x0, t, noise) - pred) ** 2) * self.loss_weight(t).to(pred.dtype)
         if var_values is None:
             vb = torch.zeros_like(mse)
         else:

@@ -140,6 +140,8 @@ def diffusion_node(objective: str) -> dict[str, Any]:
         "learn_sigma": True,
         "T": 1000,
         "decoder_likelihood": "official",  # t=0 NLL of the VB term: DDPM/ADM/DiT's tanh form, or "exact"
+        "loss_weighting": "none",  # none (DDPM's simple loss) | min_snr (ddpm only; Hang et al. 2023)
+        "min_snr_gamma": 5.0,
     }
 
 

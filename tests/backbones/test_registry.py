@@ -14,7 +14,7 @@ def test_list_backbones_patterns_are_sorted_and_complete():
     assert dis == sorted(dis)
     kinds = ("zigzag", "cross", "alternate", "hybrid", "mamba2")
     variants = {f"dis_{v}_{size}" for v in kinds for size in ("s2", "t2")}
-    expected = {f"dis_{s}{p}" for s in "sbmlh" for p in (2, 4)} | {"dis_t2"} | variants
+    expected = {f"dis_{s}{p}" for s in "sbmlh" for p in (2, 4)} | {"dis_t2", "dis_t4"} | variants
     assert set(dis) == expected
     dit = set(archbench.list_backbones("dit_*"))
     assert {f"dit_{s}{p}" for s in ("s", "b", "l", "xl") for p in (2, 4, 8)} <= dit

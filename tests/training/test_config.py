@@ -70,7 +70,10 @@ def test_nested_overrides_and_types():
 def test_default_dataset_is_resolved():
     cfg = to_container(compose_config([]))
     assert cfg["data"]["name"] in ("fashion_mnist", "digits")
-    assert cfg["backbone"]["name"] == "dis_t2"
+    assert cfg["backbone"]["name"] == "dis_t4" and cfg["backbone"]["patch_size"] == 4  # the default recipe's DiS
+    assert cfg["diffusion"]["loss_weighting"] == "min_snr"
+    other = to_container(compose_config(["recipe=fashion_mnist"]))
+    assert other["backbone"]["name"] == "dis_s2" and other["diffusion"]["loss_weighting"] == "none"
 
 
 @pytest.mark.parametrize(

@@ -65,4 +65,4 @@ def test_the_rule_itself():
 def test_digits_and_fashion_mnist_runs_get_different_default_run_dirs():
     digits = to_container(compose_config(["data.name=digits"]))["run_dir"]
     fashion = to_container(compose_config(["data.name=fashion_mnist"]))["run_dir"]
-    assert digits == "runs/default-digits-dis_t2" and fashion == "runs/default-fashion_mnist-dis_t2"
+    assert digits == "runs/default-digits-dis_t4" and fashion == "runs/default-fashion_mnist-dis_t4"
