@@ -19,11 +19,13 @@ CPU_IMPLS = ("reference", "fast")
 
 
 def make_inputs(
-    batch: int, d_inner: int, N: int, L: int, *, seed: int = 0, delta_scale: float = 1.0,
+    batch: int, d_inner: int, N: int, L: int, G: int = 0, *, seed: int = 0, delta_scale: float = 1.0,
     A_scale: float = 1.0, with_D: bool = True, with_z: bool = True, with_bias: bool = True,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, A_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor | None]:
-    """Mamba-like inputs: positive delta, negative A (A = -exp(A_log))."""
+    """Mamba-like inputs: positive delta, negative A (A = -exp(A_log)); B/C (batch, N, L), or grouped
+    (batch, G, N, L) for ``G >= 1``; every tensor in ``dtype`` except A in ``A_dtype`` (default ``dtype``)."""
+    bc_shape = (batch, G, N, L) if G else (batch, N, L)
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape: int) -> torch.Tensor:
@@ -33,13 +35,13 @@ def make_inputs(
         "u": rnd(batch, d_inner, L),
         "delta": delta_scale * torch.rand(batch, d_inner, L, generator=g, dtype=torch.float64),
         "A": -A_scale * torch.exp(0.5 * rnd(d_inner, N)),
-        "B": rnd(batch, N, L),
-        "C": rnd(batch, N, L),
+        "B": rnd(*bc_shape),
+        "C": rnd(*bc_shape),
         "D": rnd(d_inner) if with_D else None,
         "z": rnd(batch, d_inner, L) if with_z else None,
         "delta_bias": 0.5 * rnd(d_inner) if with_bias else None,
     }
-    return {k: None if v is None else v.to(dtype) for k, v in x.items()}
+    return {k: None if v is None else v.to(A_dtype or dtype if k == "A" else dtype) for k, v in x.items()}
 
 
 def truth(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

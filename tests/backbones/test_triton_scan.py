@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
+from test_ssm import NAMES  # noqa: E402
+from test_ssm import make_inputs as ssm_inputs  # noqa: E402
+
 from backbones.ssm import selective_scan  # noqa: E402
 from backbones.ssm import triton_scan as ts  # noqa: E402
-
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 @pytest.fixture(autouse=True)
@@ -24,28 +25,9 @@ def _interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-def make_inputs(
-    batch: int, d_inner: int, N: int, L: int, G: int = 1, *, seed: int = 0, delta_scale: float = 1.0,
-    A_scale: float = 1.0, with_D: bool = True, with_z: bool = True, with_bias: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> dict[str, torch.Tensor | None]:
-    """Mamba-like inputs (positive delta, A = -exp(.)) with grouped B/C; A stays fp32 as in Mamba."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    x = {
-        "u": rnd(batch, d_inner, L),
-        "delta": delta_scale * torch.rand(batch, d_inner, L, generator=g, dtype=torch.float64),
-        "A": -A_scale * torch.exp(0.5 * rnd(d_inner, N)),
-        "B": rnd(batch, G, N, L),
-        "C": rnd(batch, G, N, L),
-        "D": rnd(d_inner) if with_D else None,
-        "z": rnd(batch, d_inner, L) if with_z else None,
-        "delta_bias": 0.5 * rnd(d_inner) if with_bias else None,
-    }
-    return {k: None if v is None else v.to(torch.float32 if k == "A" else dtype) for k, v in x.items()}
+def make_inputs(batch: int, d_inner: int, N: int, L: int, G: int = 1, **options) -> dict[str, torch.Tensor | None]:
+    """test_ssm's inputs, grouped B/C (batch, G, N, L) by default and A kept fp32 as in Mamba."""
+    return ssm_inputs(batch, d_inner, N, L, G, A_dtype=torch.float32, **options)
 
 
 def loop_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
