@@ -5,7 +5,8 @@ live at (``softplus^-1(0.001..0.1)`` is -7..-2) it cost 12% of a ``dis_t2`` trai
 ``softplus(x) = max(x, 0) + log1p(exp(-|x|))`` with ``log1p`` by Kahan's identity
 ``log1p(e) = log(1 + e) * e / ((1 + e) - 1)``, which keeps full relative accuracy through the vectorised
 ``log``; the derivative is ``sigmoid(x)``.  Inputs above 20 give ``x`` exactly, as ``F.softplus``'s
-threshold does.  Off CPU, and while compiling (the compiler fuses its own), ``F.softplus`` runs.
+threshold does.  Off CPU, while compiling (the compiler fuses its own) and while tracing (the FLOP counter's
+graphs then show the plain ``aten::softplus``), ``F.softplus`` runs.
 """
 
 from __future__ import annotations
@@ -38,6 +39,6 @@ class _CPUSoftplus(torch.autograd.Function):
 
 def softplus(x: Tensor) -> Tensor:
     """``F.softplus(x)`` (beta 1, threshold 20) to within an ulp or two; faster on CPU in eager mode."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or not x.is_floating_point():
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing() or not x.is_floating_point():
         return F.softplus(x)
     return _CPUSoftplus.apply(x)

@@ -30,7 +30,7 @@ def test_parse_value(text, value):
 
 
 def test_resolve_backbones_keeps_order_and_expands_patterns():
-    assert report.resolve_backbones("dit_t2,dis_t*") == ["dit_t2", "dis_t2"]
+    assert report.resolve_backbones("dit_t2,dis_t*") == ["dit_t2", "dis_t2", "dis_t4"]
     with pytest.raises(report.UsageError, match="no registered backbone matches"):
         report.resolve_backbones("nothing_*")
 
