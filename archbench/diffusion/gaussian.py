@@ -231,8 +231,11 @@ class GaussianDiffusion:
         abar = self.schedule.alphas_cumprod.to(t.device)[t]
         snr = abar / (1.0 - abar)
         clipped = snr.clamp(max=self.min_snr_gamma)
-        per_prediction = {"eps": snr, "v": snr + 1.0, "x0": torch.ones_like(snr)}
-        return (clipped / per_prediction[self.prediction]).float()
+        if self.prediction == "eps":
+            clipped = clipped / snr
+        elif self.prediction == "v":
+            clipped = clipped / (snr + 1.0)
+        return clipped.float()
 
     def vb_terms_bpd(self, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Per-example VLB term in bits/dim: KL(q(x_{t-1}|x_t,x_0) || p) for t>0, decoder NLL at t=0."""
@@ -265,7 +268,9 @@ class GaussianDiffusion:
         xt = self.q_sample(x0, t, noise)
         output = self.call_model(model, xt, t, model_kwargs)
         pred, var_values = self.split_output(output, x0.shape[1])
-        mse = mean_flat((self.training_target(x0, t, noise) - pred) ** 2) * self.loss_weight(t).to(pred.dtype)
+        mse = mean_flat((self.training_target(x0, t, noise) - pred) ** 2)
+        if self.loss_weighting != "none":
+            mse = mse * self.loss_weight(t).to(mse.dtype)
         if var_values is None:
             vb = torch.zeros_like(mse)
         else:

@@ -39,6 +39,6 @@ class _CPUSoftplus(torch.autograd.Function):
 
 def softplus(x: Tensor) -> Tensor:
     """``F.softplus(x)`` (beta 1, threshold 20) to within an ulp or two; faster on CPU in eager mode."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing() or not x.is_floating_point():
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return F.softplus(x)
     return _CPUSoftplus.apply(x)
