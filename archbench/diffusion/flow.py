@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from ._sampling import initial_noise, progress_bar
+from .gaussian import check_choice
 from .likelihood import mean_flat
+from .objective import Objective
 
 Model = Callable[..., torch.Tensor]
 
@@ -141,3 +143,58 @@ def _integrate(
             velocity = 0.5 * (velocity + velocity_next)
         x = x + dt * velocity
     return x
+
+
+FLOW_PREDICTIONS = ("velocity",)
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """The keys of ``diffusion=flow``. ``T`` only scales the time fed to the backbone (t * T), so both objectives
+    share one timestep-embedding range."""
+
+    prediction: str | None = None
+    learn_sigma: bool = True
+    T: int = 1000
+
+    def __post_init__(self) -> None:
+        check_choice("prediction for flow", self.prediction or "velocity", FLOW_PREDICTIONS)
+        if self.T < 1:
+            raise ValueError(f"T must be >= 1, got {self.T}")
+
+
+@dataclass(frozen=True, eq=False)
+class FlowObjective(Objective):
+    """Flow matching: uniform t in [0, 1]; Euler or Heun on the ODE."""
+
+    flow: FlowMatching
+    name = "flow"
+    samplers = ("euler", "heun")
+    default_sampler = "euler"
+    Settings = FlowSettings
+
+    @classmethod
+    def from_settings(cls, settings: FlowSettings) -> FlowObjective:
+        return cls(FlowMatching(learn_sigma=settings.learn_sigma, time_scale=float(settings.T)))
+
+    def draw_t(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        return torch.rand((batch,), generator=generator, device=device)
+
+    def losses(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return self.flow.training_losses(model, x0, t, noise, model_kwargs)
+
+    def _run_sampler(
+        self, sampler: str, model: Model, shape: tuple[int, ...], *, steps: int | None, **common: Any
+    ) -> torch.Tensor:
+        """``steps=None``: 50 ODE steps."""
+        fn = euler_sample if sampler == "euler" else heun_sample
+        return fn(model, shape, flow=self.flow, steps=50 if steps is None else steps, **common)

@@ -7,7 +7,6 @@ diffusion core only.
 
 from archbench.sampling.grid import (
     chunk_generator,
-    default_sampler,
     generate,
     grid_columns,
     grid_labels,
@@ -21,7 +20,6 @@ __all__ = [
     "SampleSetSpec",
     "ShardError",
     "chunk_generator",
-    "default_sampler",
     "generate",
     "grid_columns",
     "grid_labels",

@@ -18,13 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from archbench.diffusion import FlowObjective, GaussianObjective
+from archbench.diffusion import Objective
 from archbench.sampling.npz import write_npz
-
-
-def default_sampler(objective: GaussianObjective | FlowObjective) -> str:
-    """DDIM for the Gaussian objective, Euler for flow matching."""
-    return "ddim" if isinstance(objective, GaussianObjective) else "euler"
 
 
 def grid_labels(num_samples: int, num_classes: int) -> torch.Tensor | None:
@@ -51,7 +46,7 @@ def chunk_generator(seed: int, chunk: int) -> torch.Generator:
 @torch.no_grad()
 def generate(
     model: nn.Module,
-    objective: GaussianObjective | FlowObjective,
+    objective: Objective,
     *,
     num_samples: int,
     shape: tuple[int, int, int],
@@ -96,7 +91,7 @@ def generate(
             out = objective.sample(
                 model,
                 (n, *shape),
-                sampler=sampler or default_sampler(objective),
+                sampler=sampler,
                 steps=steps,
                 cfg_scale=cfg_scale,
                 null_class=null_class,

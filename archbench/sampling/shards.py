@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from archbench.console import one_line
-from archbench.diffusion import FlowObjective, GaussianObjective
+from archbench.diffusion import Objective
 from archbench.sampling.grid import generate, save_npz
 from archbench.sampling.npz import Streamed, write_npz
 from archbench.sampling.settings import SAMPLING_KEYS
@@ -224,7 +224,7 @@ def merge_parts(spec: SampleSetSpec, parts: Path, out: str | Path) -> Path:
 
 def draw_chunk(
     model: nn.Module,
-    objective: GaussianObjective | FlowObjective,
+    objective: Objective,
     spec: SampleSetSpec,
     chunk: int,
     *,
@@ -266,7 +266,7 @@ class SampleSetResult:
 
 def write_sample_set(
     model: nn.Module,
-    objective: GaussianObjective | FlowObjective,
+    objective: Objective,
     spec: SampleSetSpec,
     out: str | Path,
     *,

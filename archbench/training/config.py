@@ -132,17 +132,11 @@ def backbone_node(name: str) -> dict[str, Any]:
 
 
 def diffusion_node(objective: str) -> dict[str, Any]:
-    """The ``diffusion`` group option: the arguments of ``archbench.diffusion.create_diffusion``."""
-    return {
-        "objective": objective,
-        "schedule": "linear",
-        "prediction": None,  # None = eps (ddpm) / velocity (flow)
-        "learn_sigma": True,
-        "T": 1000,
-        "decoder_likelihood": "official",  # t=0 NLL of the VB term: DDPM/ADM/DiT's tanh form, or "exact"
-        "loss_weighting": "none",  # none (DDPM's simple loss) | min_snr (ddpm only; Hang et al. 2023)
-        "min_snr_gamma": 5.0,
-    }
+    """The ``diffusion`` group option: the objective's name and its settings (``archbench.diffusion``'s
+    ``<Objective>.Settings``, the one place an objective's keys and defaults live)."""
+    from archbench.diffusion import objective_settings
+
+    return {"objective": objective, **objective_settings(objective)}
 
 
 def _register(store: Any) -> None:

@@ -35,7 +35,7 @@ from archbench.training.data_order import build_loader
 from archbench.training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects
 from archbench.training.ema import EMA
 from archbench.training.log import MetricsLog, peak_memory_mb
-from archbench.training.noise import draw, training_losses
+from archbench.training.noise import example_losses
 from archbench.training.optim import build_optimizer, build_scheduler
 from archbench.training.resume_config import check_resume_config, record_config
 from archbench.training.rng_state import capture_rng, restore_rng
@@ -271,17 +271,17 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.accum):
             index, x, y = next(batches)
-            draws = draw(self.objective, index, tuple(x.shape[1:]), seed=self.seed, step=self.step)
             x = x.to(self.device, non_blocking=True)
-            if self.c.data.random_flip:
-                x = torch.where(draws.flip.to(self.device).view(-1, 1, 1, 1), x.flip(-1), x)
             kwargs = {"y": y.to(self.device, non_blocking=True)} if self.conditional else {}
             last = micro == self.accum - 1
             no_sync = getattr(self.train_model, "no_sync", None)
             sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
             with sync:
                 with self.autocast:
-                    losses = training_losses(self.objective, self.train_model, x, draws, kwargs)
+                    losses = example_losses(
+                        self.objective, self.train_model, x, index, seed=self.seed, step=self.step,
+                        random_flip=bool(self.c.data.random_flip), model_kwargs=kwargs,
+                    )
                 loss = losses["loss"].float().mean()
                 (loss / self.accum).backward()
             loss_sum += loss.detach()

@@ -3,7 +3,8 @@
 Each example's draws come from its own generator seeded by ``(run seed, optimiser step, dataset index)``.
 How the global batch is split across ranks or accumulation micro-batches, and whether the run was
 resumed, therefore cannot change what noise an example gets: one process and N processes train on the
-same (x_t, t) pairs, and a resumed run continues the uninterrupted one exactly.
+same (x_t, t) pairs, and a resumed run continues the uninterrupted one exactly. :func:`example_losses` is the
+one training-loss path: the Trainer and ``bench step`` both call it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from archbench.diffusion import FlowObjective, GaussianObjective
+from archbench.diffusion import Objective
 
 
 def example_seed(seed: int, step: int, index: int) -> int:
@@ -32,7 +33,7 @@ class Draws:
 
 
 def draw(
-    objective: GaussianObjective | FlowObjective,
+    objective: Objective,
     indices: torch.Tensor,
     shape: tuple[int, ...],
     *,
@@ -43,25 +44,28 @@ def draw(
     ts, noises, flips = [], [], []
     for index in indices.tolist():
         generator = torch.Generator().manual_seed(example_seed(seed, step, int(index)))
-        if isinstance(objective, GaussianObjective):
-            ts.append(torch.randint(0, objective.num_timesteps, (1,), generator=generator))
-        else:
-            ts.append(torch.rand((1,), generator=generator))
+        ts.append(objective.draw_t(1, generator))
         noises.append(torch.randn(shape, generator=generator))
         flips.append(torch.rand((1,), generator=generator) < 0.5)
     return Draws(t=torch.cat(ts), noise=torch.stack(noises), flip=torch.cat(flips))
 
 
-def training_losses(
-    objective: GaussianObjective | FlowObjective,
+def example_losses(
+    objective: Objective,
     model: torch.nn.Module,
     x0: torch.Tensor,
-    draws: Draws,
+    indices: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    random_flip: bool = False,
     model_kwargs: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-example losses [B] of the objective at the pre-drawn ``t`` and ``noise``."""
+    """Per-example losses [B] of examples ``indices`` (dataset positions) at optimiser step ``step``: draw their
+    time, noise and flip (:func:`draw`), flip if asked, and evaluate the objective there."""
+    draws = draw(objective, indices, tuple(x0.shape[1:]), seed=seed, step=step)
+    if random_flip:
+        x0 = torch.where(draws.flip.to(x0.device).view(-1, *([1] * (x0.ndim - 1))), x0.flip(-1), x0)
     t = draws.t.to(x0.device)
     noise = draws.noise.to(device=x0.device, dtype=x0.dtype)
-    if isinstance(objective, GaussianObjective):
-        return objective.diffusion.training_losses(model, x0, t, noise, model_kwargs)
-    return objective.flow.training_losses(model, x0, t, noise, model_kwargs)
+    return objective.losses(model, x0, t, noise, model_kwargs)

@@ -3,8 +3,9 @@
 Memory (``step MiB``) is the peak growth during the timed steps over the steady state after warm-up
 (weights, optimiser state and allocator caches excluded): what one step's activations and gradients take.
 
-One step is what the training loop does: the DDPM objective's loss (learned sigma, as every recipe), the
-backward pass and an AdamW update, under the requested precision, with ``torch.compile`` and activation
+One step is what the training loop does, through the loop's own loss path (per-example draws, then the
+objective's loss; DDPM with learned sigma unless ``diffusion=`` names another objective), the backward pass
+and an AdamW update, under the requested precision, with ``torch.compile`` and activation
 checkpointing on request.  Every (backbone, round) runs in a fresh spawned process (nothing leaks between
 measurements), rounds are interleaved over the backbones (a busy machine slows them all alike), and the
 ratios to the first backbone come from the medians of the same run::
@@ -12,10 +13,10 @@ ratios to the first backbone come from the medians of the same run::
     python -m archbench.bench step backbones=dis_t2,dit_t2,uvit_t2,unet_t device=cpu
     python -m archbench.bench step backbones=dis_s2,dit_s2 device=cuda precision=bf16 image_size=32 in_channels=4
 
-Keys (``key=value``): backbones, device (cpu|cuda), precision (fp32|bf16), compile, grad_checkpoint, batch,
-image_size, in_channels, num_classes, threads (CPU intra-op threads; default 1), steps (timed steps per
-round, median), warmup, rounds, timer (cpu: process CPU time, the steadier clock on a shared CPU; wall),
-out (also write the table as JSON, next to a bar plot).
+Keys (``key=value``): backbones, device (cpu|cuda), precision (fp32|bf16), diffusion (an objective; ddpm), compile,
+grad_checkpoint, batch, image_size, in_channels, num_classes, threads (CPU intra-op threads; default 1),
+steps (timed steps per round, median), warmup, rounds, timer (cpu: process CPU time, the steadier clock on a
+shared CPU; wall), out (also write the table as JSON, next to a bar plot).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class StepConfig:
     backbones: tuple[str, ...] = ("dis_t2", "dit_t2", "uvit_t2", "unet_t")
     device: str = "cpu"
     precision: str = "fp32"
+    diffusion: str = "ddpm"  # the objective whose loss the step computes
     compile: bool = False
     grad_checkpoint: bool = False
     batch: int = 32
@@ -100,6 +102,10 @@ def _check(cfg: StepConfig) -> None:
     unknown = [b for b in cfg.backbones if b not in known]
     if not cfg.backbones or unknown:
         raise ValueError(f"bench step: unknown backbones {unknown}; python -m archbench.zoo lists the registered names")
+    from archbench.diffusion import OBJECTIVES
+
+    if cfg.diffusion not in OBJECTIVES:
+        raise ValueError(f"bench step: diffusion={cfg.diffusion!r}; valid: {', '.join(OBJECTIVES)}")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"bench step: precision={cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     if cfg.timer not in ("", *TIMERS):
@@ -116,6 +122,7 @@ def _check(cfg: StepConfig) -> None:
 def _training_step(name: str, cfg: StepConfig):
     """Model, objective, optimiser and one closure doing a full training step on fixed random data."""
     from archbench.diffusion import create_diffusion
+    from archbench.training.noise import example_losses
     from backbones.registry import build
 
     torch.manual_seed(0)
@@ -125,17 +132,20 @@ def _training_step(name: str, cfg: StepConfig):
     if cfg.grad_checkpoint:
         model.set_grad_checkpointing(True)
     forward = torch.compile(model) if cfg.compile else model
-    objective = create_diffusion("ddpm", learn_sigma=bool(getattr(model, "learn_sigma", True)))
+    objective = create_diffusion(cfg.diffusion, learn_sigma=bool(getattr(model, "learn_sigma", True)))
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     x = torch.randn(cfg.batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
     y = torch.randint(0, max(1, cfg.num_classes), (cfg.batch,), device=device)
     kwargs = {"y": y} if cfg.num_classes else {}
-    generator = torch.Generator(device=device).manual_seed(0)
+    indices = torch.arange(cfg.batch)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    counter = iter(range(1 << 62))
 
     def step() -> float:
+        # the Trainer's own loss path: per-example draws, then the objective's losses
         with autocast:
-            loss = objective.training_losses(forward, x, kwargs, generator=generator)["loss"].mean()
+            losses = example_losses(objective, forward, x, indices, seed=0, step=next(counter), model_kwargs=kwargs)
+            loss = losses["loss"].float().mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from train_support import losses, one_thread, run_train  # noqa: F401
 
+from archbench.diffusion import OBJECTIVES
 from archbench.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 # Each family's tiny member at digits' native 8x8 (the U-Net's attention moves to the 8x8 level).
@@ -85,10 +86,12 @@ def test_grad_checkpoint_trains_to_the_same_losses(tmp_path):
     assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), rel=1e-6, abs=1e-7)
 
 
-def test_flow_objective_trains(tmp_path):
-    assert run_train(tmp_path / "flow", "diffusion=flow", "train.steps=3", "train.sample_every=3") == 0
-    assert all(math.isfinite(v) for v in losses(tmp_path / "flow"))
-    assert (tmp_path / "flow" / "samples" / "step_0000003.png").is_file()
+@pytest.mark.parametrize("objective", [name for name in OBJECTIVES if name != "ddpm"])
+def test_every_other_objective_trains_and_samples(tmp_path, objective):
+    """Each registered objective runs through the Trainer's one loss path and its default sampler."""
+    assert run_train(tmp_path / objective, f"diffusion={objective}", "train.steps=3", "train.sample_every=3") == 0
+    assert all(math.isfinite(v) for v in losses(tmp_path / objective))
+    assert (tmp_path / objective / "samples" / "step_0000003.png").is_file()
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
