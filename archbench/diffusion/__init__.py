@@ -1,4 +1,4 @@
-"""Shared diffusion core: schedules, Gaussian diffusion, flow matching, samplers, CFG and a factory.
+"""Shared diffusion core: schedules, Gaussian diffusion, flow matching, EDM, samplers, CFG and a factory.
 
 Every objective follows :class:`Objective` (training times, per-example losses, samplers by name, settings);
 code outside this package holds an ``Objective`` and never asks which one.
@@ -8,6 +8,7 @@ with C_out = 2C when learning sigma (first C: prediction, last C: variance value
 """
 
 from .ddpm import DDPMSettings, GaussianObjective
+from .edm import EDM, EDMObjective, EDMSettings, edm_sample, edm_sigmas
 from .factory import OBJECTIVES, create_diffusion, objective_class, objective_settings, samplers
 from .flow import FlowMatching, FlowObjective, FlowSettings, euler_sample, heun_sample
 from .gaussian import PREDICTIONS, GaussianDiffusion, PMeanVar
@@ -29,6 +30,7 @@ GAUSSIAN_SAMPLERS = GaussianObjective.samplers
 FLOW_SAMPLERS = FlowObjective.samplers
 
 __all__ = [
+    "EDM",
     "FLOW_SAMPLERS",
     "GAUSSIAN_SAMPLERS",
     "OBJECTIVES",
@@ -36,6 +38,8 @@ __all__ = [
     "SCHEDULES",
     "DDPMSettings",
     "DiffusionSchedule",
+    "EDMObjective",
+    "EDMSettings",
     "FlowMatching",
     "FlowObjective",
     "FlowSettings",
@@ -51,6 +55,8 @@ __all__ = [
     "ddpm_sample",
     "discretized_gaussian_log_likelihood",
     "dpmpp_2m_sample",
+    "edm_sample",
+    "edm_sigmas",
     "euler_sample",
     "guided_model",
     "heun_sample",

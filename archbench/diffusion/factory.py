@@ -12,13 +12,14 @@ import dataclasses
 from typing import Any
 
 from .ddpm import GaussianObjective
+from .edm import EDMObjective
 from .flow import FlowObjective
 from .gaussian import check_choice
 from .objective import Objective
 
 # name -> objective class; the first is the default. A new objective is one more entry.
 OBJECTIVE_CLASSES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (GaussianObjective, FlowObjective)
+    cls.name: cls for cls in (GaussianObjective, FlowObjective, EDMObjective)
 }
 OBJECTIVES = tuple(OBJECTIVE_CLASSES)
 

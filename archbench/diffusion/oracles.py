@@ -1,4 +1,5 @@
-"""Exact denoisers for Gaussian data x_0 ~ N(mu, s^2) (per element), to test samplers without training.
+"""Exact denoisers for Gaussian data x_0 ~ N(mu, s^2) (per element), to test samplers without training
+(DDPM's parameterisations, flow's velocity, EDM's preconditioned F).
 
 For x_t = a x_0 + b eps: E[x_0|x_t] = mu + a s^2 (x_t - a mu) / (a^2 s^2 + b^2),
 E[eps|x_t] = b (x_t - a mu) / (a^2 s^2 + b^2), Var[x_0|x_t] = s^2 b^2 / (a^2 s^2 + b^2).
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from .edm import EDM
 from .gaussian import GaussianDiffusion
 
 Model = Callable[..., torch.Tensor]
@@ -70,5 +72,19 @@ def flow_oracle(mu: float, s: float, time_scale: float = 1000.0, learn_sigma: bo
         x0_hat, eps_hat, _ = gaussian_posterior(x, 1.0 - tt, tt, mu, s)
         vel = eps_hat - x0_hat
         return torch.cat([vel, torch.zeros_like(vel)], dim=1) if learn_sigma else vel
+
+    return model
+
+
+def edm_oracle(edm: EDM, mu: float, s: float) -> Model:
+    """The backbone F whose preconditioned denoiser is exact for x = x_0 + sigma eps: D = mu + s^2 (x - mu)/(s^2 +
+    sigma^2). It reads sigma back from its time input (T ln(sigma) / 4) and x from its scaled input c_in x."""
+
+    def model(x_in: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        sigma = torch.exp(4.0 * t.double() / edm.time_scale).to(x_in.dtype).view((-1,) + (1,) * (x_in.ndim - 1))
+        x = x_in / edm.c_in(sigma)
+        x0_hat, _, _ = gaussian_posterior(x, torch.ones_like(sigma), sigma, mu, s)
+        raw = (x0_hat - edm.c_skip(sigma) * x) / edm.c_out(sigma)
+        return torch.cat([raw, torch.zeros_like(raw)], dim=1) if edm.learn_sigma else raw
 
     return model

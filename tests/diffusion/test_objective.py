@@ -85,12 +85,14 @@ def test_unknown_sampler_names_the_objective_and_its_samplers(name):
 
 
 def test_keys_of_another_objective_are_validated_then_ignored():
-    flow = create_diffusion("flow", loss_weighting="min_snr", schedule="cosine")
+    flow = create_diffusion("flow", loss_weighting="min_snr", schedule="cosine", sigma_data=0.3)
     assert flow.name == "flow"
     with pytest.raises(ValueError, match="loss_weighting"):
         create_diffusion("flow", loss_weighting="p2")
-    with pytest.raises(ValueError, match="unknown setting 'bogus' for diffusion=flow; valid: "):
-        create_diffusion("flow", bogus=1)
+    with pytest.raises(ValueError, match="sigma_data"):
+        create_diffusion("ddpm", sigma_data=-1.0)
+    with pytest.raises(ValueError, match="unknown setting 'bogus' for diffusion=edm; valid: "):
+        create_diffusion("edm", bogus=1)
 
 
 def test_no_code_outside_diffusion_names_an_objective_class():
