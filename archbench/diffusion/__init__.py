@@ -10,7 +10,7 @@ with C_out = 2C when learning sigma (first C: prediction, last C: variance value
 from .ddpm import DDPMSettings, GaussianObjective
 from .edm import EDM, EDMObjective, EDMSettings, edm_sample, edm_sigmas
 from .factory import OBJECTIVES, create_diffusion, objective_class, objective_settings, samplers
-from .flow import FlowMatching, FlowObjective, FlowSettings, euler_sample, heun_sample
+from .flow import FlowMatching, FlowObjective, FlowSettings, euler_sample, heun_sample, sde_sample
 from .gaussian import PREDICTIONS, GaussianDiffusion, PMeanVar
 from .guidance import guided_model
 from .likelihood import discretized_gaussian_log_likelihood, normal_kl
@@ -67,5 +67,6 @@ __all__ = [
     "objective_settings",
     "respace_betas",
     "samplers",
+    "sde_sample",
     "space_timesteps",
 ]

@@ -1,4 +1,4 @@
-"""Flow matching with the linear (rectified-flow) interpolant, and its ODE samplers.
+"""Flow matching with the linear (rectified-flow) interpolant, its ODE samplers and an SDE sampler.
 
 Convention: t in [0, 1] with **t = 0 data and t = 1 noise**, x_t = (1 - t) x_0 + t eps, so the
 velocity dx_t/dt = eps - x_0 and sampling integrates from t = 1 down to t = 0.
@@ -8,13 +8,14 @@ embedding sees the same range as discrete diffusion's 0..T-1 and one backbone se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ._sampling import initial_noise, progress_bar
+from ._sampling import initial_noise, progress_bar, randn
 from .gaussian import check_choice
 from .likelihood import mean_flat
 from .objective import Objective
@@ -145,37 +146,96 @@ def _integrate(
     return x
 
 
+def score_from_velocity(x: torch.Tensor, t: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+    """grad log p_t(x) of the linear interpolant from its velocity: E[eps | x_t] = x_t + (1 - t) v, score = -E[eps]/t.
+
+    ``t`` broadcasts against ``x`` and must be > 0 (at t = 0 the data distribution has no smooth score).
+    """
+    return -(x + (1.0 - t) * velocity) / t
+
+
+def sde_sample(
+    model: Model,
+    shape: tuple[int, ...],
+    *,
+    flow: FlowMatching,
+    steps: int = 50,
+    diffusion_norm: float = 1.0,
+    last_step_size: float = 0.04,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Euler-Maruyama on the reverse-time SDE with the flow's marginals, SiT's default choices.
+
+    With u = 1 - t running from noise to data, dx = [-v + w s] du + sqrt(2 w) dW, where v is the velocity, s the
+    score from it (:func:`score_from_velocity`) and w(t) = ``diffusion_norm`` * t the diffusion coefficient
+    (SiT's ``sigma`` form: proportional to the noise level, so it vanishes at the data). ``steps - 1`` stochastic
+    steps cover t = 1 .. ``last_step_size`` uniformly; the final step to t = 0 takes the drift only (SiT's
+    ``Mean`` last step), so the sample ends on the mean and carries no fresh noise. ``steps`` model calls.
+    """
+    if steps < 2:
+        raise ValueError(f"the SDE sampler needs steps >= 2 (steps - 1 stochastic steps and a mean step), got {steps}")
+    if not 0.0 < last_step_size < 1.0:
+        raise ValueError(f"last_step_size must lie in (0, 1), got {last_step_size}")
+    if diffusion_norm < 0:
+        raise ValueError(f"diffusion_norm must be >= 0, got {diffusion_norm}")
+    x = initial_noise(shape, generator=generator, noise=noise, device=device)
+    ts = torch.linspace(1.0, last_step_size, steps, dtype=torch.float64).tolist()
+    batch = x.shape[0]
+
+    def drift(x: torch.Tensor, t: float) -> torch.Tensor:
+        velocity = flow.velocity(model, x, torch.full((batch,), t, device=x.device), model_kwargs)
+        return -velocity + diffusion_norm * t * score_from_velocity(x, torch.tensor(t, dtype=x.dtype), velocity)
+
+    for i in progress_bar(range(steps - 1), progress):
+        du = ts[i] - ts[i + 1]
+        z = randn(tuple(x.shape), generator=generator, device=x.device, dtype=x.dtype)
+        x = x + drift(x, ts[i]) * du + math.sqrt(2.0 * diffusion_norm * ts[i] * du) * z
+    return x + drift(x, ts[-1]) * last_step_size
+
+
 FLOW_PREDICTIONS = ("velocity",)
 
 
 @dataclass(frozen=True)
 class FlowSettings:
     """The keys of ``diffusion=flow``. ``T`` only scales the time fed to the backbone (t * T), so both objectives
-    share one timestep-embedding range."""
+    share one timestep-embedding range; ``sde_norm`` and ``sde_last_step`` are the SDE sampler's defaults."""
 
     prediction: str | None = None
     learn_sigma: bool = True
     T: int = 1000
+    sde_norm: float = 1.0
+    sde_last_step: float = 0.04
 
     def __post_init__(self) -> None:
         check_choice("prediction for flow", self.prediction or "velocity", FLOW_PREDICTIONS)
         if self.T < 1:
             raise ValueError(f"T must be >= 1, got {self.T}")
+        if self.sde_norm < 0 or not 0 < self.sde_last_step < 1:
+            raise ValueError(f"sde_norm must be >= 0 and sde_last_step in (0, 1), got {self.sde_norm}, "
+                             f"{self.sde_last_step}")
 
 
 @dataclass(frozen=True, eq=False)
 class FlowObjective(Objective):
-    """Flow matching: uniform t in [0, 1]; Euler or Heun on the ODE."""
+    """Flow matching: uniform t in [0, 1]; Euler or Heun on the ODE, Euler-Maruyama on the SDE."""
 
     flow: FlowMatching
+    sde_norm: float = 1.0
+    sde_last_step: float = 0.04
     name = "flow"
-    samplers = ("euler", "heun")
+    samplers = ("euler", "heun", "sde")
     default_sampler = "euler"
     Settings = FlowSettings
 
     @classmethod
     def from_settings(cls, settings: FlowSettings) -> FlowObjective:
-        return cls(FlowMatching(learn_sigma=settings.learn_sigma, time_scale=float(settings.T)))
+        flow = FlowMatching(learn_sigma=settings.learn_sigma, time_scale=float(settings.T))
+        return cls(flow, sde_norm=settings.sde_norm, sde_last_step=settings.sde_last_step)
 
     def draw_t(
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
@@ -193,8 +253,22 @@ class FlowObjective(Objective):
         return self.flow.training_losses(model, x0, t, noise, model_kwargs)
 
     def _run_sampler(
-        self, sampler: str, model: Model, shape: tuple[int, ...], *, steps: int | None, **common: Any
+        self,
+        sampler: str,
+        model: Model,
+        shape: tuple[int, ...],
+        *,
+        steps: int | None,
+        diffusion_norm: float | None = None,
+        last_step_size: float | None = None,
+        **common: Any,
     ) -> torch.Tensor:
-        """``steps=None``: 50 ODE steps."""
+        """``steps=None``: 50 steps. ``diffusion_norm`` / ``last_step_size`` (the SDE's) default to the settings."""
+        steps = 50 if steps is None else int(steps)
+        if sampler == "sde":
+            norm = self.sde_norm if diffusion_norm is None else diffusion_norm
+            last = self.sde_last_step if last_step_size is None else last_step_size
+            return sde_sample(model, shape, flow=self.flow, steps=steps, diffusion_norm=norm, last_step_size=last,
+                              **common)
         fn = euler_sample if sampler == "euler" else heun_sample
-        return fn(model, shape, flow=self.flow, steps=50 if steps is None else steps, **common)
+        return fn(model, shape, flow=self.flow, steps=steps, **common)
