@@ -159,11 +159,12 @@ for _size, (_width, _depth) in DIS_SIZES.items():
         )
 
 register_backbone(
-    "dis_t2", DiS, family="dis", description="tiny DiS for tests and CI",
+    "dis_t2", DiS, family="dis", description="tiny DiS for tests and CI", tags=("tiny",),
     width=64, depth=4, patch_size=2, image_size=32, in_channels=3, num_classes=10,
 )
 register_backbone(
     "dis_t4", DiS, family="dis", description="tiny DiS/4: the embedded default (16 tokens at 16x16)",
+    tags=("tiny_variant",),
     width=64, depth=4, patch_size=4, image_size=32, in_channels=3, num_classes=10,
 )
 
@@ -183,5 +184,6 @@ for _variant, (_options, _what) in VARIANTS.items():
     _tiny = {**_options, "attention_every": 2} if "attention_every" in _options else _options
     register_backbone(
         f"dis_{_variant}_t2", DiS, family="dis", description=f"tiny DiS with {_what.replace('4th', '2nd')}",
+        tags=("tiny_variant",),
         width=64, depth=4, patch_size=2, image_size=32, in_channels=3, num_classes=10, **_tiny,
     )

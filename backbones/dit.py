@@ -146,7 +146,7 @@ for _size, (_depth, _width, _heads) in DIT_SIZES.items():
         )
 
 register_backbone(
-    "dit_t2", DiT, family="dit", description="tiny DiT for tests and CI",
+    "dit_t2", DiT, family="dit", description="tiny DiT for tests and CI", tags=("tiny",),
     depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10,
 )
 # DiT's isotropic adaLN-Zero skeleton with DiS's bidirectional Mamba in place of attention.
@@ -156,5 +156,6 @@ register_backbone(
 )
 register_backbone(
     "dit_bimamba_t2", DiT, family="dit", description="tiny DiT skeleton with a bidirectional Mamba mixer",
+    tags=("tiny_variant",),
     depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10, mixer="bimamba",
 )

@@ -37,6 +37,7 @@ class BackboneSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     family: str = ""
     description: str = ""
+    tags: tuple[str, ...] = ()
 
     def parameters(self) -> dict[str, Any]:
         """Every keyword the constructor accepts, with its default value."""
@@ -66,6 +67,7 @@ def register_backbone(
     *,
     family: str = "",
     description: str = "",
+    tags: str | Iterable[str] = (),
     overwrite: bool = False,
     **defaults: Any,
 ):
@@ -73,7 +75,10 @@ def register_backbone(
 
     Usable as a call, ``register_backbone("dit_s2", DiT, depth=12, ...)``, or as a
     decorator on a class or factory, ``@register_backbone("my_net", width=64)``.
+    ``tags`` label the name for queries such as ``list_backbones(tag="tiny")``, so that sets like "the tiny
+    member of every family" live in the registry instead of in hand-kept lists.
     """
+    tag_tuple = _check_tags(name, tags)
 
     def _register(target: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         spec = BackboneSpec(
@@ -82,6 +87,7 @@ def register_backbone(
             defaults=dict(defaults),
             family=family or getattr(target, "family", "") or name.split("_")[0],
             description=description or _first_doc_line(target),
+            tags=tag_tuple,
         )
         spec.resolve({})  # fail at registration, not at build, on a mistyped default
         with _LOCK:
@@ -99,6 +105,15 @@ def unregister_backbone(name: str) -> None:
     """Remove a name (mainly for tests and interactive sessions)."""
     with _LOCK:
         _REGISTRY.pop(name, None)
+
+
+def _check_tags(name: str, tags: str | Iterable[str]) -> tuple[str, ...]:
+    """Tags as a tuple of non-empty words; one string is one tag (not its characters)."""
+    found = (tags,) if isinstance(tags, str) else tuple(tags)
+    bad = [t for t in found if not isinstance(t, str) or not t.strip() or t != t.strip()]
+    if bad:
+        raise ValueError(f"backbone {name!r}: tags must be non-empty words, got {bad!r}")
+    return tuple(dict.fromkeys(found))
 
 
 def _first_doc_line(obj: object) -> str:
@@ -141,11 +156,26 @@ def refresh_entry_points() -> list[str]:
     return load_entry_points()
 
 
-def list_backbones(pattern: str | Iterable[str] = "*") -> list[str]:
-    """Sorted registered names matching one fnmatch pattern or any of several."""
+def backbone_tags() -> list[str]:
+    """Every tag some registered backbone carries, sorted."""
+    _ensure_loaded()
+    return sorted({tag for spec in list(_REGISTRY.values()) for tag in spec.tags})
+
+
+def list_backbones(pattern: str | Iterable[str] = "*", tag: str | None = None) -> list[str]:
+    """Sorted registered names matching one fnmatch pattern or any of several, and carrying ``tag`` if given.
+
+    A tag no backbone carries raises ValueError listing the known tags: a typo must not select nothing.
+    """
     _ensure_loaded()
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    return sorted(n for n in _REGISTRY if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    specs = list(_REGISTRY.values())
+    if tag is not None:
+        known = backbone_tags()
+        if tag not in known:
+            raise ValueError(f"unknown backbone tag {tag!r}; known tags: {', '.join(known) or '(none)'}")
+        specs = [spec for spec in specs if tag in spec.tags]
+    return sorted(s.name for s in specs if any(fnmatch.fnmatchcase(s.name, p) for p in patterns))
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -334,6 +334,7 @@ register_backbone(
     UNet,
     family="unet",
     description="Tiny U-Net for tests and CI",
+    tags=("tiny",),
     image_size=32,
     num_classes=10,
     base_channels=32,

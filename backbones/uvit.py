@@ -140,10 +140,11 @@ for _size, _arch in UVIT_SIZES.items():
         )
 
 register_backbone(
-    "uvit_t2", UViT, family="uvit", description="tiny U-ViT for tests and CI",
+    "uvit_t2", UViT, family="uvit", description="tiny U-ViT for tests and CI", tags=("tiny",),
     depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10,
 )
 register_backbone(
     "uvit_bimamba_t2", UViT, family="uvit", description="tiny U-ViT skeleton with DiS's bidirectional Mamba mixer",
+    tags=("tiny_variant",),
     depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10, mixer="bimamba",
 )

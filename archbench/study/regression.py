@@ -8,6 +8,9 @@ and is scored by the Fréchet distance on the project's own Fashion-MNIST CNN fe
 test set.  Each score is compared with ``recipes/baselines/<backbone>.json``; a score above
 ``baseline * (1 + tolerance)`` is a regression and the command exits 1.
 
+Every setting (backbones, steps, samples, sampler, seeds, threads, folder) comes from ``ci.yaml``, so editing
+that file changes what CI runs; a flag passed on the command line overrides its one setting for that run.
+
 ``--update-baselines`` rewrites the baselines deliberately.  With ``--seeds 0,1,2`` it trains
 every backbone once per seed and sets the tolerance from the measured run-to-run spread:
 ``max(min_tolerance, 3 * std / mean)`` over the seeds, the baseline being the seed-0 score
@@ -31,8 +34,7 @@ from archbench.console import ArgumentParser, fail, one_line, setup_logging, wri
 from archbench.study.job import eval_settings, read_eval
 
 PROGRAM = "archbench.ci"
-TINY_BACKBONES = ("dis_t2", "dit_t2", "uvit_t2", "unet_t")
-STUDY = "ci"  # recipes/studies/ci.yaml: the recipe, the arms, the evaluation
+STUDY = "ci"  # recipes/studies/ci.yaml: the recipe, the arms (the registry's "tiny" tag), the evaluation, seeds
 FEATURES = "fashion_mnist_cnn"
 log = logging.getLogger("archbench.ci")
 
@@ -66,16 +68,43 @@ class RunSettings:
         return dict(self.__dict__)
 
 
-def ci_spec(names: list[str], settings: RunSettings, seeds: list[int], work_dir: Path,
-            threads: int | None) -> dict[str, Any]:
-    """The ``ci`` study preset with this invocation's backbones, budget, sampling and seeds."""
+def ci_spec(
+    names: list[str] | None = None,
+    *,
+    steps: int | None = None,
+    num_samples: int | None = None,
+    sampler: str | None = None,
+    sample_steps: int | None = None,
+    seeds: list[int] | None = None,
+    work_dir: str | Path | None = None,
+    threads: int | None = None,
+    study: str | Path = STUDY,
+) -> dict[str, Any]:
+    """The ``ci`` study file (or ``study``) with only the settings given here replaced.
+
+    ``None`` keeps the file's value, so the file is what CI runs and a flag changes one thing.  The file may
+    leave the features out: CI then scores with the committed Fashion-MNIST CNN, as its baselines do.
+    """
     from archbench.study.spec import normalise, read_study_file
 
-    raw, path = read_study_file(STUDY)
-    raw.update(arms=[{"backbone": name} for name in names], seeds=seeds, study_dir=str(work_dir), threads=threads)
-    raw["budget"] = {**raw.get("budget", {}), "match": "steps", "steps": settings.steps}
-    raw["eval"] = {**raw.get("eval", {}), "num_samples": settings.num_samples, "sampler": settings.sampler,
-                   "steps": settings.sample_steps, "features": FEATURES, "weights": str(feature_weights())}
+    raw, path = read_study_file(str(study))
+    if names is not None:
+        raw["arms"] = [{"backbone": name} for name in names]
+    if seeds is not None:
+        raw["seeds"] = list(seeds)
+    if work_dir is not None:
+        raw["study_dir"] = str(work_dir)
+    if threads is not None:
+        raw["threads"] = threads
+    budget = dict(raw.get("budget") or {})
+    if steps is not None:
+        budget["steps"] = steps
+    given = {"num_samples": num_samples, "sampler": sampler, "steps": sample_steps}
+    evaluation = {**dict(raw.get("eval") or {}), **{k: v for k, v in given.items() if v is not None}}
+    evaluation.setdefault("features", FEATURES)
+    if evaluation["features"] == FEATURES and evaluation.get("weights") is None:
+        evaluation["weights"] = str(feature_weights())
+    raw.update(budget=budget, eval=evaluation)
     return normalise(raw, source=str(path))
 
 
@@ -164,20 +193,32 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The study file with the flags the user passed (and only those) applied."""
+    names = [n.strip() for n in args.backbones.split(",") if n.strip()] if args.backbones is not None else None
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed] if args.seed is not None else None
+    return ci_spec(names, steps=args.steps, num_samples=args.num_samples, sampler=args.sampler,
+                   sample_steps=args.sample_steps, seeds=seeds, work_dir=args.work_dir, threads=args.threads,
+                   study=args.study)
+
+
 def run_fid(args: argparse.Namespace) -> int:
     from backbones.registry import list_backbones
 
-    names = [n.strip() for n in args.backbones.split(",") if n.strip()]
+    spec = spec_from_args(args)
+    names = [arm["backbone"] for arm in spec["arms"]]
     unknown = [n for n in names if n not in list_backbones()]
     if unknown:
-        return fail(PROGRAM, f"unknown backbone(s) {', '.join(unknown)}; e.g. {', '.join(TINY_BACKBONES)}")
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+        return fail(PROGRAM, f"unknown backbone(s) {', '.join(unknown)}; e.g. {', '.join(list_backbones(tag='tiny'))}")
+    if len(set(names)) != len(names):
+        return fail(PROGRAM, f"each backbone is compared once, got {', '.join(names)}")
+    seeds = spec["seeds"]
     if not args.update_baselines and len(seeds) > 1:
-        return fail(PROGRAM, "--seeds is for --update-baselines (CI compares one seed)")
+        return fail(PROGRAM, f"CI compares one seed, got {seeds}; several seeds are for --update-baselines")
     directory = Path(args.baselines) if args.baselines else baselines_dir()
-    work_dir = Path(args.work_dir)
-    settings = RunSettings(args.steps, args.num_samples, args.sampler, args.sample_steps, seeds[0])
-    scored = run_ci_study(ci_spec(names, settings, seeds, work_dir, args.threads))
+    work_dir = Path(spec["study_dir"])
+    ev = spec["eval"]
+    scored = run_ci_study(spec)
     rows = []
     for name in names:
         per_seed = [scored[(name, seed)] for seed in seeds]
@@ -191,8 +232,8 @@ def run_fid(args: argparse.Namespace) -> int:
         row["verdict"] = verdict(row, baseline)
         rows.append(row)
         log.info("%s: %s %.3f -> %s", name, row["score_name"], row["fd"], row["verdict"])
-    print(f"\nFD regression ({rows[0]['score_name']}, {rows[0]['dataset']}, {args.num_samples} samples, "
-          f"{args.sampler} {args.sample_steps} steps, seed {seeds[0]}):\n")
+    print(f"\nFD regression ({rows[0]['score_name']}, {rows[0]['dataset']}, {ev['num_samples']} samples, "
+          f"{ev['sampler']} {ev['steps']} steps, seed {seeds[0]}):\n")
     print(format_table(rows))
     (work_dir / "ci_fid.json").write_text(json.dumps(rows, indent=2) + "\n")
     failed = [r["backbone"] for r in rows if r["verdict"] not in ("ok", "better")]
@@ -206,20 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=f"python -m {PROGRAM}", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     fid = commands.add_parser("fid", help="train the tiny backbones, score FD, compare with the baselines")
-    fid.add_argument("--backbones", default=",".join(TINY_BACKBONES), help="comma-separated registry names")
-    fid.add_argument("--steps", type=int, default=300, help="training steps per backbone (the baselines' budget)")
-    fid.add_argument("--num-samples", type=int, default=500, help="generated images scored per backbone")
-    fid.add_argument("--sampler", default="ddim", help="sampler for the scored images")
-    fid.add_argument("--sample-steps", type=int, default=25, help="sampling steps")
-    fid.add_argument("--seed", type=int, default=0, help="training and sampling seed")
-    fid.add_argument("--work-dir", default="runs/ci-fid", help="the study folder: runs, results.csv, plots, table")
+    # Every default is None: the study file's value (recipes/studies/ci.yaml) holds unless a flag is passed.
+    fid.add_argument("--study", default=STUDY,
+                     help="study preset or YAML file holding the settings (default: ci = recipes/studies/ci.yaml)")
+    fid.add_argument("--backbones", default=None,
+                     help="comma-separated registry names (default: the study's arms, the registry's tiny tag)")
+    fid.add_argument("--steps", type=int, default=None,
+                     help="training steps per backbone, the baselines' budget (default: the study's budget.steps)")
+    fid.add_argument("--num-samples", type=int, default=None,
+                     help="generated images scored per backbone (default: the study's eval.num_samples)")
+    fid.add_argument("--sampler", default=None, help="sampler for the scored images (default: the study's)")
+    fid.add_argument("--sample-steps", type=int, default=None, help="sampling steps (default: the study's eval.steps)")
+    fid.add_argument("--seed", type=int, default=None, help="training and sampling seed (default: the study's seeds)")
+    fid.add_argument("--work-dir", default=None,
+                     help="the study folder: runs, results.csv, plots, table (default: the study's study_dir)")
     fid.add_argument("--baselines", default=None, help="baseline folder (default: recipes/baselines)")
     fid.add_argument("--update-baselines", action="store_true", help="rewrite the baselines from this run")
     fid.add_argument("--seeds", default=None, help="with --update-baselines: seeds whose spread sets the tolerance")
     fid.add_argument("--min-tolerance", type=float, default=0.10, help="smallest relative tolerance allowed")
     fid.add_argument(
-        "--threads", type=int, default=1,
-        help="torch threads; 1 (default) makes scores independent of the core count and immune to oversubscription",
+        "--threads", type=int, default=None,
+        help="torch threads (default: the study's; ci.yaml's 1 makes scores independent of the core count)",
     )
     return parser
 

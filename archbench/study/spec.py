@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "name": None,  # required: names the study and, by default, its folder
     "recipe": "default",  # the training recipe every arm shares (data, diffusion, optimiser)
     "overrides": [],  # training overrides applied to every arm
-    "arms": [],  # what is compared: [{backbone, name?, overrides?, match_params?, match_by?}]
+    "arms": [],  # what is compared: [{backbone, name?, overrides?, match_params?, match_by?}] or {tag: tiny}
     "sweep": {},  # {training key: [values]}, crossed with every arm
     "seeds": [0],
     "budget": {
@@ -69,6 +69,8 @@ DEFAULTS: dict[str, Any] = {
     "study_dir": "studies/${name}",
 }
 ARM_KEYS = ("backbone", "name", "overrides", "match_params", "match_by")
+# An arm written as {tag: tiny, overrides?, match_params?, match_by?} stands for one arm per backbone with that tag.
+TAG_ARM_KEYS = ("tag", "overrides", "match_params", "match_by")
 # Training keys the study sets itself for every run.
 MANAGED_KEYS = ("run_dir", "seed", "train.steps", "train.resume", "train.ckpt_every", "train.keep_last",
                 "train.log_every", "device", "backbone", "recipe")
@@ -202,8 +204,40 @@ def _interpolate(text: str, spec: dict[str, Any]) -> str:
     return re.sub(r"\$\{([^}]+)\}", value, text)
 
 
+def expand_tag_arms(arms: Any, source: str = "study") -> Any:
+    """``{tag: tiny}`` (alone, or as an entry of the list) -> one arm per registered backbone carrying the tag.
+
+    So a study of "every family's tiny member" follows the registry instead of a hand-kept list.  The registry
+    is imported only when a tag is used; anything that is not a tag query is returned as it is.
+    """
+    if isinstance(arms, dict) and "tag" in arms:
+        arms = [arms]
+    if not isinstance(arms, list) or not any(isinstance(a, dict) and "tag" in a for a in arms):
+        return arms
+    from backbones.registry import list_backbones
+
+    expanded: list[Any] = []
+    for index, arm in enumerate(arms):
+        if not (isinstance(arm, dict) and "tag" in arm):
+            expanded.append(arm)
+            continue
+        for key in arm:
+            if key not in TAG_ARM_KEYS:
+                raise StudyError(f"{source}: arms[{index}] selects backbones by tag, so it cannot have {key!r}; "
+                                 f"valid keys with tag: {', '.join(TAG_ARM_KEYS)}")
+        if not isinstance(arm["tag"], str):
+            raise StudyError(f"{source}: arms[{index}].tag must be a word (e.g. tiny), got {arm['tag']!r}")
+        try:
+            names = list_backbones(tag=arm["tag"])
+        except ValueError as exc:
+            raise StudyError(f"{source}: arms[{index}]: {exc}") from None
+        rest = {k: v for k, v in arm.items() if k != "tag"}
+        expanded.extend({"backbone": name, **copy.deepcopy(rest)} for name in names)
+    return expanded
+
+
 def normalise(raw: dict[str, Any], source: str = "study") -> dict[str, Any]:
-    """Defaults filled in, keys and values checked (not yet against the registry: see ``plan``)."""
+    """Defaults filled in, keys and values checked (tag arms expanded; names are checked in ``plan``)."""
     raw = _numbers(dict(raw))
     if isinstance(raw.get("launcher"), str):
         raw["launcher"] = {"name": raw["launcher"]}
@@ -213,7 +247,7 @@ def normalise(raw: dict[str, Any], source: str = "study") -> dict[str, Any]:
         raise StudyError(f"{source}: 'name' must be a non-empty word (letters, digits, _ . -), got {spec['name']!r}")
     if not isinstance(spec["overrides"], list) or not all(isinstance(o, str) for o in spec["overrides"]):
         raise StudyError("'overrides' must be a list of key=value strings, e.g. [train.batch_size=32]")
-    arms = spec["arms"]
+    arms = expand_tag_arms(spec["arms"], source)
     if not isinstance(arms, list) or not arms:
         raise StudyError(f"{source}: 'arms' is empty; list what to compare, e.g. arms: [{{backbone: dit_t2}}, "
                          "{backbone: dis_t2}]")

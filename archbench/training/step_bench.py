@@ -10,7 +10,7 @@ checkpointing on request.  Every (backbone, round) runs in a fresh spawned proce
 measurements), rounds are interleaved over the backbones (a busy machine slows them all alike), and the
 ratios to the first backbone come from the medians of the same run::
 
-    python -m archbench.bench step backbones=dis_t2,dit_t2,uvit_t2,unet_t device=cpu
+    python -m archbench.bench step device=cpu    # default backbones: the registry's tag "tiny", one per family
     python -m archbench.bench step backbones=dis_s2,dit_s2 device=cuda precision=bf16 image_size=32 in_channels=4
 
 Keys (``key=value``): backbones, device (cpu|cuda), precision (fp32|bf16), diffusion (an objective; ddpm), compile,
@@ -26,7 +26,7 @@ import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch
 
 from archbench.console import write_text_atomic
 from archbench.measure.bench import PeakMemory
+from backbones.registry import list_backbones
 
 PRECISIONS = ("fp32", "bf16")
 TIMERS = ("cpu", "wall")
@@ -43,7 +44,7 @@ TIMERS = ("cpu", "wall")
 class StepConfig:
     """One ``bench step`` invocation; picklable, so it crosses into the spawned measuring process."""
 
-    backbones: tuple[str, ...] = ("dis_t2", "dit_t2", "uvit_t2", "unet_t")
+    backbones: tuple[str, ...] = field(default_factory=lambda: tuple(list_backbones(tag="tiny")))  # one per family
     device: str = "cpu"
     precision: str = "fp32"
     diffusion: str = "ddpm"  # the objective whose loss the step computes

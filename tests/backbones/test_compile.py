@@ -10,7 +10,7 @@ import archbench
 from backbones.ssm import selective_scan
 from backbones.ssm.fast import chunked_scan
 
-COMPILED = [*TINY_BACKBONES, "dis_mamba2_t2"]
+COMPILED = [*TINY_BACKBONES, "uvit_bimamba_t2", "dis_mamba2_t2"]  # plus a mixer x skeleton cross
 
 
 def _inputs():

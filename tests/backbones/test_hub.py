@@ -31,7 +31,7 @@ def _randomise(model):
     return model
 
 
-@pytest.mark.parametrize(("name", "overrides"), [(n, {}) for n in TINY_BACKBONES] + OVERRIDDEN)
+@pytest.mark.parametrize(("name", "overrides"), [(n, {}) for n in [*TINY_BACKBONES, "uvit_bimamba_t2"]] + OVERRIDDEN)
 def test_round_trip_is_bit_exact(tmp_path, name, overrides):
     model = _randomise(archbench.build(name, **overrides)).eval()
     folder = model.save_pretrained(tmp_path / name, extra={"note": "test"})

@@ -3,14 +3,18 @@
 The published counts pin the flagship configurations; for every other size a
 closed-form count, written from the architecture description layer by layer,
 must agree with the built model.  Large models are built on the meta device.
+The closed-form test runs over every backbone the project registers (as timm's tests run over its
+registry), so a new family or name without a closed form fails instead of going unchecked.
 """
 
 import math
 
 import pytest
 import torch
+import torch.nn as nn
 
 import archbench
+from backbones import registry
 from backbones.layers.mixers import is_attention_block
 from backbones.layers.scan_order import num_directions
 
@@ -106,7 +110,51 @@ def uvit_formula(cfg) -> int:
     return token_stem(cfg, 4 * d if cfg["mlp_time_embed"] else 0) + blocks + head
 
 
-FORMULAS = {"dit": dit_formula, "dis": dis_formula, "uvit": uvit_formula}
+def conv(i: int, o: int, k: int = 3) -> int:
+    return i * o * k * k + o
+
+
+def unet_formula(cfg) -> int:
+    """DDPM / ADM U-Net: stem, res(+attention) blocks per level, resampling, middle, up path with skips, head."""
+    base, mults, blocks = cfg["base_channels"], list(cfg["channel_mult"]), cfg["num_res_blocks"]
+    emb, c = 4 * base, cfg["in_channels"]
+    out = 2 * c if cfg["learn_sigma"] else c
+    attention_levels = {lvl for lvl in range(len(mults)) if cfg["image_size"] >> lvl in cfg["attention_resolutions"]}
+
+    def res(cin: int, cout: int) -> int:  # norm1, conv1, embedding projection, norm2, conv2, 1x1 shortcut
+        film = 2 * cout if cfg["scale_shift_norm"] else cout
+        return 2 * cin + conv(cin, cout) + linear(emb, film) + 2 * cout + conv(cout, cout) + (
+            conv(cin, cout, 1) if cin != cout else 0)
+
+    def attention(ch: int) -> int:  # norm, fused qkv (1x1), output projection (1x1)
+        return 2 * ch + linear(ch, 3 * ch) + linear(ch, ch)
+
+    def resample(ch: int) -> int:  # ADM's resblock_updown, or a 3x3 conv (conv_resample), or parameter-free
+        return res(ch, ch) if cfg["resblock_updown"] else conv(ch, ch) if cfg["conv_resample"] else 0
+
+    total = linear(base, emb) + linear(emb, emb) + conv(c, base)
+    if cfg["num_classes"]:
+        total += (cfg["num_classes"] + (cfg["class_dropout_prob"] > 0)) * emb
+    ch, skips = base, [base]
+    for level, mult in enumerate(mults):
+        for _ in range(blocks):
+            total += res(ch, base * mult) + (attention(base * mult) if level in attention_levels else 0)
+            ch = base * mult
+            skips.append(ch)
+        if level != len(mults) - 1:
+            total += resample(ch)
+            skips.append(ch)
+    total += 2 * res(ch, ch) + attention(ch)
+    for level, mult in reversed(list(enumerate(mults))):
+        for i in range(blocks + 1):
+            total += res(ch + skips.pop(), base * mult) + (attention(base * mult) if level in attention_levels else 0)
+            ch = base * mult
+            if level and i == blocks:
+                total += resample(ch)
+    return total + 2 * ch + conv(ch, out)
+
+
+FORMULAS = {"dit": dit_formula, "dis": dis_formula, "uvit": uvit_formula, "unet": unet_formula}
 SETTINGS = [
     dict(image_size=32, in_channels=4, num_classes=1000, learn_sigma=True),
     dict(image_size=16, in_channels=3, num_classes=0, learn_sigma=False),
@@ -114,11 +162,55 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=["latent-cond", "pixel-uncond", "no-null-class"])
-@pytest.mark.parametrize("name", archbench.list_backbones(["dit_*", "dis_*", "uvit_*"]))
-def test_counts_match_closed_form(name, settings):
+def built_in_backbones() -> list[str]:
+    """Every name this project registers (third-party entry points excluded: their counts are theirs to test)."""
+    names = archbench.list_backbones()
+    return [n for n in names if registry.get_spec(n).constructor.__module__.startswith("backbones.")]
+
+
+def settings_for(name: str, settings: dict) -> dict:
+    """A U-Net's attention sits at feature-map sizes of its registered image size, so it keeps that size."""
+    if registry.get_spec(name).family == "unet":
+        return {k: v for k, v in settings.items() if k != "image_size"}
+    return settings
+
+
+def closed_form(name: str, **settings) -> int:
+    """The closed-form count of ``name`` built with ``settings``; a family without a formula is a failure."""
     cfg = archbench.backbone_config(name, **settings)
-    assert count(name, **settings) == FORMULAS[cfg["family"]](cfg)
+    formula = FORMULAS.get(cfg["family"])
+    assert formula is not None, (
+        f"{name}: family {cfg['family']!r} has no closed-form parameter count; add one to FORMULAS")
+    return formula(cfg)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["latent-cond", "pixel-uncond", "no-null-class"])
+@pytest.mark.parametrize("name", built_in_backbones())
+def test_counts_match_closed_form(name, settings):
+    settings = settings_for(name, settings)
+    assert count(name, **settings) == closed_form(name, **settings)
+
+
+def test_the_closed_form_test_covers_every_family():
+    names = built_in_backbones()
+    assert {"dis", "dit", "uvit", "unet"} <= {registry.get_spec(n).family for n in names}
+    assert {"unet_ddpm", "unet_adm", "unet_t", "dis_t4", "uvit_bimamba_t2"} <= set(names)
+
+
+def test_a_family_without_a_closed_form_fails():
+    """What a new family gets until someone writes its count: a failure, not a skip."""
+
+    @archbench.register_backbone("test_formula_less_t", family="formula_less")
+    class FormulaLess(nn.Module):
+        def __init__(self, width: int = 4):
+            super().__init__()
+            self.proj = nn.Linear(width, width)
+
+    try:
+        with pytest.raises(AssertionError, match="'formula_less' has no closed-form parameter count"):
+            closed_form("test_formula_less_t")
+    finally:
+        registry.unregister_backbone("test_formula_less_t")
 
 
 @pytest.mark.parametrize("options", [dict(scan_order="cross"), dict(scan_order="raster"), dict(attention_every=3),

@@ -102,6 +102,66 @@ def test_entry_point_plugin_registers(tmp_path, monkeypatch):
         assert "plugin_net" in loaded
         assert "plugin_net" in archbench.list_backbones("plugin_*")
         assert archbench.build("plugin_net", width=6).proj.out_features == 6
+        assert registry.get_spec("plugin_net").tags == () and "plugin_net" not in archbench.list_backbones(tag="tiny")
     finally:
         registry.unregister_backbone("plugin_net")
         sys.modules.pop("archbench_plugin_demo", None)
+
+
+def built_in_families() -> set[str]:
+    return {s.family for s in map(registry.get_spec, archbench.list_backbones())
+            if s.constructor.__module__.startswith("backbones.")}
+
+
+def test_every_family_has_exactly_one_tiny_member():
+    """Tests, CI and benchmarks take "the tiny member of each family" from this tag: a family without one fails."""
+    tiny = archbench.list_backbones(tag="tiny")
+    families = [registry.get_spec(n).family for n in tiny]
+    assert sorted(families) == sorted(built_in_families()), "each family needs exactly one backbone tagged 'tiny'"
+    assert {"dis_t2", "dit_t2", "uvit_t2", "unet_t"} <= set(tiny)
+
+
+def test_tiny_tags_mean_tiny_and_do_not_overlap():
+    tiny, variants = archbench.list_backbones(tag="tiny"), archbench.list_backbones(tag="tiny_variant")
+    assert not set(tiny) & set(variants)
+    assert {"dis_t4", "dis_zigzag_t2", "dis_mamba2_t2", "dit_bimamba_t2", "uvit_bimamba_t2"} <= set(variants)
+    assert {registry.get_spec(n).family for n in variants} <= {registry.get_spec(n).family for n in tiny}
+    for name in tiny + variants:  # the whole test suite builds these at their defaults, many times
+        model = archbench.build(name)
+        assert sum(p.numel() for p in model.parameters()) < 1_500_000, name
+        assert model.image_size <= 32, name
+
+
+def test_list_backbones_filters_by_tag_and_pattern():
+    assert archbench.list_backbones("dis_*", tag="tiny") == ["dis_t2"]
+    assert archbench.list_backbones(["dit_*", "uvit_*"], tag="tiny_variant") == ["dit_bimamba_t2", "uvit_bimamba_t2"]
+    assert archbench.list_backbones("dis_s*", tag="tiny") == []
+    assert set(archbench.list_backbones(tag="tiny")) < set(archbench.list_backbones())
+
+
+def test_unknown_tag_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown backbone tag 'tiy'; known tags: .*tiny, tiny_variant"):
+        archbench.list_backbones(tag="tiy")
+
+
+def test_registered_tags_are_queryable_and_checked():
+    @archbench.register_backbone("test_tagged_net", tags=("test_tag", "test_other"), width=5)
+    class TaggedNet(nn.Module):
+        def __init__(self, width: int = 3):
+            super().__init__()
+            self.layer = nn.Linear(width, width)
+
+    archbench.register_backbone("test_tagged_fn", lambda width=2: nn.Linear(width, width), tags="test_tag")
+    try:
+        assert archbench.list_backbones(tag="test_tag") == ["test_tagged_fn", "test_tagged_net"]
+        assert archbench.list_backbones(tag="test_other") == ["test_tagged_net"]
+        assert registry.get_spec("test_tagged_fn").tags == ("test_tag",)  # one string is one tag
+        assert {"test_tag", "test_other"} <= set(registry.backbone_tags())
+        with pytest.raises(ValueError, match="tags must be non-empty words"):
+            archbench.register_backbone("test_badly_tagged", nn.Identity, tags=("ok", ""))
+        assert "test_badly_tagged" not in archbench.list_backbones("test_*")
+    finally:
+        registry.unregister_backbone("test_tagged_net")
+        registry.unregister_backbone("test_tagged_fn")
+    with pytest.raises(ValueError, match="unknown backbone tag 'test_tag'"):
+        archbench.list_backbones(tag="test_tag")

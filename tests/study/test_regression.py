@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from archbench.study import regression as ci
 from archbench.study.job import eval_path
@@ -15,7 +16,8 @@ SETTINGS = ci.RunSettings(steps=250, num_samples=200, sampler="ddim", sample_ste
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("ci-fid")
-    spec = ci.ci_spec(["dit_t2"], SETTINGS, [SETTINGS.seed], work, threads=1)
+    spec = ci.ci_spec(["dit_t2"], steps=SETTINGS.steps, num_samples=SETTINGS.num_samples, sampler=SETTINGS.sampler,
+                      sample_steps=SETTINGS.sample_steps, seeds=[SETTINGS.seed], work_dir=work, threads=1)
     return spec, ci.run_ci_study(spec)[("dit_t2", 0)]
 
 
@@ -78,3 +80,73 @@ def test_the_ci_recipe_grid_uses_enough_sampling_steps_to_show_samples():
     config = to_container(compose_config(["recipe=ci_fid"]))
     assert config["sample"]["steps"] >= 25  # one respaced step returns the input noise unchanged
     assert config["train"]["sample_every"] == 0  # one grid, at the end of the run
+
+
+def _spec(*flags: str) -> dict:
+    return ci.spec_from_args(ci.build_parser().parse_args(["fid", *flags]))
+
+
+def _edited_ci_yaml(tmp_path, **changes) -> str:
+    """A copy of the committed ci.yaml with some keys replaced, as someone editing the file would."""
+    raw = yaml.safe_load((ci.recipes_dir() / "studies" / "ci.yaml").read_text())
+    for key, value in changes.items():
+        raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) and isinstance(value, dict) else value
+    path = tmp_path / "ci.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def test_default_command_runs_what_ci_ran_before(tmp_path):
+    """`.ci/run`'s `python -m archbench.ci fid --work-dir DIR`: every family's tiny member, 300 steps, 500 DDIM-25
+    samples on the committed CNN, seed 0, one thread, on the CPU (the values the command's flags used to fix)."""
+    from backbones.registry import list_backbones
+
+    spec = _spec("--work-dir", str(tmp_path))
+    assert [a["backbone"] for a in spec["arms"]] == list_backbones(tag="tiny")
+    assert {"dis_t2", "dit_t2", "uvit_t2", "unet_t"} <= {a["backbone"] for a in spec["arms"]}
+    assert spec["budget"]["match"] == "steps" and spec["budget"]["steps"] == 300 and spec["seeds"] == [0]
+    ev = spec["eval"]
+    assert (ev["num_samples"], ev["sampler"], ev["steps"], ev["every"]) == (500, "ddim", 25, 0)
+    assert ev["features"] == ci.FEATURES and ev["weights"] == str(ci.feature_weights())
+    assert (spec["threads"], spec["device"], spec["recipe"], spec["study_dir"]) == (1, "cpu", "ci_fid", str(tmp_path))
+    assert _spec()["study_dir"] == "runs/ci-fid"
+
+
+def test_ci_yaml_settings_take_effect_and_flags_override_them(tmp_path):
+    study = _edited_ci_yaml(tmp_path, arms=[{"backbone": "unet_t"}], seeds=[3], threads=2, study_dir="elsewhere",
+                            budget={"steps": 123}, eval={"num_samples": 77, "sampler": "ddpm", "steps": 9})
+    spec = _spec("--study", study)
+    assert [a["backbone"] for a in spec["arms"]] == ["unet_t"] and spec["seeds"] == [3]
+    assert spec["budget"]["steps"] == 123 and spec["threads"] == 2 and spec["study_dir"] == "elsewhere"
+    assert (spec["eval"]["num_samples"], spec["eval"]["sampler"], spec["eval"]["steps"]) == (77, "ddpm", 9)
+
+    spec = _spec("--study", study, "--backbones", "dit_t2,dis_t2", "--steps", "5", "--num-samples", "8",
+                 "--sampler", "ddim", "--sample-steps", "4", "--seed", "1", "--threads", "1", "--work-dir", "w")
+    assert [a["backbone"] for a in spec["arms"]] == ["dit_t2", "dis_t2"] and spec["seeds"] == [1]
+    assert spec["budget"]["steps"] == 5 and spec["threads"] == 1 and spec["study_dir"] == "w"
+    assert (spec["eval"]["num_samples"], spec["eval"]["sampler"], spec["eval"]["steps"]) == (8, "ddim", 4)
+    assert _spec("--study", study, "--seeds", "0,1,2")["seeds"] == [0, 1, 2]
+
+    one_flag = _spec("--study", study, "--steps", "7")  # one flag changes one setting; the file keeps the rest
+    assert one_flag["budget"]["steps"] == 7 and one_flag["eval"]["num_samples"] == 77 and one_flag["seeds"] == [3]
+
+
+def test_the_command_trains_what_the_edited_file_says(tmp_path, capsys):
+    """End to end through the command: the file's budget and sample count reach the run, the flag's sampling
+    steps replace the file's, and several seeds in the file are refused outside --update-baselines."""
+    study = _edited_ci_yaml(tmp_path, arms=[{"backbone": "dit_t2"}], budget={"steps": 3},
+                            eval={"num_samples": 20, "steps": 6, "batch_size": 20},
+                            overrides=["train.batch_size=8", "train.warmup_steps=1"])
+    work, baselines = tmp_path / "work", tmp_path / "baselines"
+    baselines.mkdir()
+    rc = ci.main(["fid", "--study", study, "--sample-steps", "2", "--work-dir", str(work), "--baselines",
+                  str(baselines)])
+    assert rc == 1  # no baseline for these settings: never a pass
+    rows = json.loads((work / "ci_fid.json").read_text())
+    assert [r["backbone"] for r in rows] == ["dit_t2"] and rows[0]["verdict"] == "NO BASELINE"
+    assert rows[0]["settings"] == {"steps": 3, "num_samples": 20, "sampler": "ddim", "sample_steps": 2, "seed": 0}
+    assert "20 samples, ddim 2 steps, seed 0" in capsys.readouterr().out
+
+    several = _edited_ci_yaml(tmp_path, seeds=[0, 1])
+    assert ci.main(["fid", "--study", several, "--work-dir", str(work)]) == 1
+    assert "CI compares one seed, got [0, 1]" in capsys.readouterr().err

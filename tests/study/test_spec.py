@@ -105,3 +105,46 @@ def test_cli_plan_lists_runs_without_training(tmp_path):
     assert "| dis_t2-s0 | dis_t2 |" in proc.stdout and "dit_t2-s1" not in proc.stdout
     assert not (tmp_path / "tiny").exists()
     assert yaml.safe_load(path.read_text())["seeds"] == [0, 1]  # overrides never edit the file
+
+
+def test_arms_by_registry_tag():
+    """``arms: {tag: tiny}`` is one arm per backbone the registry tags, so a new family joins the study by itself."""
+    from backbones.registry import list_backbones
+
+    tiny = list_backbones(tag="tiny")
+    assert [a["backbone"] for a in _spec(arms={"tag": "tiny"})["arms"]] == tiny
+    mixed = _spec(arms=[{"backbone": "dis_t4"}, {"tag": "tiny", "overrides": ["train.lr=1e-3"]}])["arms"]
+    assert [a["backbone"] for a in mixed] == ["dis_t4", *tiny] and [a["name"] for a in mixed] == ["dis_t4", *tiny]
+    assert mixed[0]["overrides"] == [] and all(a["overrides"] == ["train.lr=1e-3"] for a in mixed[1:])
+    assert mixed[1]["overrides"] is not mixed[2]["overrides"]
+    from_cli = normalise(apply_overrides({"name": "x", "arms": []}, ["arms={tag: tiny_variant}"]))
+    assert [a["backbone"] for a in from_cli["arms"]] == list_backbones(tag="tiny_variant")
+
+
+@pytest.mark.parametrize(
+    ("arms", "message"),
+    [
+        ({"tag": "tiy"}, "arms[0]: unknown backbone tag 'tiy'; known tags: tiny, tiny_variant"),
+        ([{"backbone": "dit_t2"}, {"tag": "tiny", "name": "t"}], "arms[1] selects backbones by tag, so it cannot "
+                                                                 "have 'name'"),
+        ({"tag": "tiny", "backbone": "dit_t2"}, "cannot have 'backbone'"),
+        ({"tag": ["tiny"]}, "arms[0].tag must be a word"),
+        ([{"backbone": "dit_t2"}, {"tag": "tiny"}], "two arms are both called 'dit_t2'"),
+    ],
+)
+def test_bad_tag_arms_name_the_problem(arms, message):
+    with pytest.raises(StudyError) as info:
+        _spec(arms=arms)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("preset", ["ci", "families_cpu"])
+def test_family_presets_run_the_tiny_member_of_every_family(preset):
+    """The family comparisons follow the registry: a family without a tiny member, or a stale list, fails here."""
+    from backbones.registry import get_spec, list_backbones
+
+    arms = [a["backbone"] for a in load_study(preset)["arms"]]
+    assert arms == list_backbones(tag="tiny")
+    specs = [get_spec(n) for n in list_backbones()]
+    families = {s.family for s in specs if s.constructor.__module__.startswith("backbones.")}
+    assert sorted(get_spec(n).family for n in arms) == sorted(families)

@@ -19,7 +19,7 @@ def test_every_required_recipe_exists():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_applies_to_every_tiny_backbone(recipe):
-    for backbone in ["dis_t2", "dit_t2", "uvit_t2", "unet_t"]:
+    for backbone in list_backbones(tag="tiny"):
         cfg = to_container(compose_config([f"recipe={recipe}", f"backbone={backbone}"]))
         assert cfg["backbone"]["name"] == backbone and cfg["recipe"] == recipe
         # data-driven build options follow the dataset and the diffusion setting, not the backbone defaults
