@@ -14,9 +14,9 @@ from archbench.data import DatasetNotFoundError
 from archbench.training.checkpoint import CheckpointError
 from archbench.training.config import ConfigError, compose_config, to_container
 from archbench.training.distributed import cleanup, init_distributed
-from archbench.training.loop import NonFiniteLossError, TrainResult, prepare_run_dir, train
+from archbench.training.loop import NonFiniteLossError, TrainResult, train
 from archbench.training.run_lock import RunDirLockedError
-from archbench.training.setup import check_config
+from archbench.training.setup import prepare_run
 from archbench.training.signals import StopRequest
 from archbench.training.trackers import TrackerError
 
@@ -38,10 +38,8 @@ def train_from_overrides(overrides: Sequence[str]) -> TrainResult:
     Under torchrun every rank calls this; ``RANK``/``WORLD_SIZE`` come from the environment.
     """
     rank = int(os.environ.get("RANK", "0"))
-    cfg = compose_config(list(overrides))
-    check_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    config = to_container(cfg)
-    run_dir = prepare_run_dir(config["run_dir"], rank)
+    config = to_container(compose_config(list(overrides)))
+    run_dir = prepare_run(config, rank, int(os.environ.get("WORLD_SIZE", "1")))  # checked once, folder made once
     setup_logging(rank, run_dir / "train.log" if rank == 0 else None)
     try:
         dist = init_distributed(str(config["device"]))
@@ -49,6 +47,6 @@ def train_from_overrides(overrides: Sequence[str]) -> TrainResult:
         raise ConfigError(f"device={config['device']}: {one_line(exc)}") from None
     try:
         with StopRequest() as stop:
-            return train(config, dist, stop)
+            return train(config, dist, stop, run_dir)
     finally:
         cleanup()

@@ -26,29 +26,17 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from archbench.sampling.grid import generate, grid_columns, grid_labels, save_grid
 from archbench.training import checkpoint as ckpt
-from archbench.training.config import ConfigError, backbone_options
-from archbench.training.data_order import build_loader
+from archbench.training.config import backbone_options
 from archbench.training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects
-from archbench.training.ema import EMA
 from archbench.training.log import MetricsLog, peak_memory_mb
 from archbench.training.noise import example_losses
-from archbench.training.optim import build_optimizer, build_scheduler
 from archbench.training.resume_config import check_resume_config, record_config
 from archbench.training.rng_state import capture_rng, restore_rng
 from archbench.training.run_lock import run_dir_lock
-from archbench.training.setup import (  # noqa: F401  (build_model/build_objective/prepare_run_dir: public here too)
-    autocast_context,
-    build_model,
-    build_objective,
-    check_config,
-    compile_backend,
-    prepare_run_dir,
-    seed_everything,
-)
+from archbench.training.setup import autocast_context, build_run, find_resume, prepare_run, seed_everything
 from archbench.training.trackers import check_logger, open_tracker
 
 log = logging.getLogger("archbench.train")
@@ -76,64 +64,41 @@ def _params_finite(model: nn.Module) -> bool:
 
 
 class Trainer:
-    """Builds everything from a resolved config dict, then ``run()`` trains until done, interrupted or broken."""
+    """Steps, logs and saves one run. The caller checked the config and prepared ``run_dir`` once
+    (:func:`~archbench.training.setup.prepare_run`); the parts come from :func:`~archbench.training.setup.build_run`."""
 
-    def __init__(self, config: dict[str, Any], dist: DistInfo, stop: Any = None) -> None:
+    def __init__(self, config: dict[str, Any], dist: DistInfo, stop: Any = None, run_dir: Path | None = None) -> None:
         self.config = config
-        self.c = OmegaConf.create(config)
+        self.c = c = OmegaConf.create(config)
         self.dist = dist
         self.stop = stop
         self.device = dist.device
-        c = self.c
-        self.run_dir = prepare_run_dir(c.run_dir, dist.rank)
+        self.run_dir = Path(run_dir if run_dir is not None else c.run_dir)
         check_logger(str(c.train.logger))
-        self.resume_from = self._resume_path()
-        self.resume_state: dict[str, Any] | None = None
-        if self.resume_from is not None and str(c.train.resume) == "auto":
-            # read and check it before spending time on data and model; fall back past damaged newer files
-            found = ckpt.load_newest_good(self.run_dir, map_location="cpu")
-            self.resume_from, self.resume_state = found if found is not None else (None, None)
-        elif self.resume_from is not None:
-            self.resume_state = ckpt.load_checkpoint(self.resume_from, map_location="cpu")
+        # the checkpoint to resume from is read and checked before any time goes into data and model
+        self.resume_from, resume_state = find_resume(self.run_dir, c.train.resume)
         self.config_changes: dict[str, Any] = {}
-        if self.resume_state is not None:
-            ckpt.check_backbone(self.resume_state, *backbone_options(config), self.resume_from)
-            saved = ckpt.checkpoint_config(self.resume_state)
+        if resume_state is not None:
+            ckpt.check_backbone(resume_state, *backbone_options(config), self.resume_from)
+            saved = ckpt.checkpoint_config(resume_state)
             self.config_changes = check_resume_config(saved, config, self.resume_from)
 
-        check_config(c, dist.world_size)
         self.accum = int(c.train.grad_accum)
         self.global_batch = int(c.train.batch_size)
         self.micro_batch = self.global_batch // (dist.world_size * self.accum)
         self.total_steps = int(c.train.steps)
         self.seed = int(c.seed)
         self.autocast = autocast_context(str(c.train.precision), self.device)
-
         if self.device.type == "cuda":  # as DiT: TF32 matmuls/convolutions on Ampere and newer
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.dataset = self._build_dataset()
-        seed_everything(self.seed)  # identical initial weights on every rank
-        self.model = build_model(config).to(self.device)
-        if bool(c.train.grad_checkpoint):
-            self.model.set_grad_checkpointing(True)
-        self.objective = build_objective(config)
+
+        parts = build_run(c, dist, self.micro_batch)
+        self.dataset, self.model, self.objective, self.ema = parts.dataset, parts.model, parts.objective, parts.ema
+        self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
+        self.loader, self.sampler, self.loader_generator = parts.loader, parts.sampler, parts.loader_generator
+        self.train_model = parts.train_model
         self.conditional = int(getattr(self.model, "num_classes", 0) or 0) > 0
-        self.ema = EMA(self.model, decay=float(c.train.ema_decay), warmup=bool(c.train.ema_warmup))
-        self.optimizer, self.scheduler = self._build_optimisation()
-        try:
-            self.loader, self.sampler, self.loader_generator = build_loader(
-                self.dataset,
-                global_batch=self.global_batch,
-                micro_batch=self.micro_batch,
-                rank=dist.rank,
-                world_size=dist.world_size,
-                seed=self.seed,
-                num_workers=int(c.data.num_workers),
-                pin_memory=self.device.type == "cuda",
-            )
-        except ValueError as exc:  # fewer examples than one global batch
-            raise ConfigError(str(exc)) from None
         self.steps_per_epoch = self.sampler.steps_per_epoch
 
         self.step = 0
@@ -145,9 +110,8 @@ class Trainer:
         self.train_seconds = 0.0  # all finished steps, across resumes: the study's wall-clock axis
         self.last_checkpoint: Path | None = None
         self.last_grid: tuple | None = None
-        if self.resume_state is not None:
-            self._load(self.resume_state, self.resume_from)
-            self.resume_state = None
+        if resume_state is not None:
+            self._load(resume_state, self.resume_from)
         else:
             seed_everything(self.seed + 1_000_003 * (dist.rank + 1))  # per-rank stream for in-model dropout
 
@@ -158,78 +122,6 @@ class Trainer:
                 str(c.train.logger), self.run_dir, start_step=self.step, config=config, project=str(c.train.project)
             )
             self.metrics = MetricsLog(self.run_dir, start_step=self.step, tracker=tracker)
-        self.train_model: nn.Module = self.model
-        if dist.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        backend = compile_backend(c.train.compile)
-        if backend is not None:  # EMA, sampling and checkpoints keep using the eager module (same weights)
-            self.train_model = torch.compile(self.train_model, backend=backend)
-
-    # ----- setup helpers -----------------------------------------------------------------------------------
-    def _build_optimisation(self) -> tuple[torch.optim.Optimizer, Any]:
-        t = self.c.train
-        try:
-            optimizer = build_optimizer(
-                self.model.parameters(),
-                lr=float(t.lr),
-                weight_decay=float(t.weight_decay),
-                betas=(float(t.betas[0]), float(t.betas[1])),
-                eps=float(t.adam_eps),
-                device=self.device,
-            )
-            scheduler = build_scheduler(
-                optimizer,
-                warmup_steps=int(t.warmup_steps),
-                total_steps=self.total_steps,
-                kind=str(t.lr_schedule),
-                lr=float(t.lr),
-                min_lr=float(t.min_lr),
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        return optimizer, scheduler
-
-    def _resume_path(self) -> Path | None:
-        resume = self.c.train.resume
-        fresh = resume is None or resume is False or str(resume).lower() in ("none", "null", "false", "")
-        try:
-            path = None if fresh else ckpt.resolve_resume(str(resume), self.run_dir)
-        except ckpt.CheckpointError as exc:
-            raise ConfigError(str(exc)) from None
-        if fresh and (newest := ckpt.latest_checkpoint(self.run_dir)) is not None:
-            raise ConfigError(
-                f"run_dir {self.run_dir} already holds checkpoints ({newest.name}); continue it with "
-                "train.resume=auto or start fresh in a new run_dir"
-            )
-        return path
-
-    def _build_dataset(self) -> Any:
-        from archbench.data import build_dataset
-
-        d = self.c.data
-        kwargs = dict(
-            root=d.root, split=d.split, image_size=d.image_size, download=bool(d.download), resize_mode=d.resize_mode
-        )
-        if self.dist.is_main:
-            dataset = build_dataset(d.name, **kwargs)
-            barrier()
-        else:
-            barrier()  # let rank 0 download first
-            dataset = build_dataset(d.name, **kwargs)
-        shape = tuple(dataset[0][0].shape)
-        expected = (int(d.channels), int(d.image_size), int(d.image_size))
-        if shape != expected:
-            raise ConfigError(f"data {d.name} yields examples of shape {shape}, the config expects {expected}")
-        log.info(
-            "data: %s (%s split, %d examples, %dx%dx%d, %s)",
-            d.name,
-            d.split,
-            len(dataset),
-            *shape,
-            f"{d.num_classes} classes" if d.num_classes else "unconditional",
-        )
-        return dataset
 
     def _load(self, state: dict[str, Any], path: Path) -> None:
         try:
@@ -506,11 +398,14 @@ class Trainer:
         return path
 
 
-def train(config: dict[str, Any], dist: DistInfo, stop: Any = None) -> TrainResult:
+def train(config: dict[str, Any], dist: DistInfo, stop: Any = None, run_dir: Path | None = None) -> TrainResult:
     """Train from a resolved config dict (see ``archbench.training.config.compose_config``).
 
-    The run_dir is locked for the whole run (one writer per run_dir; see :mod:`archbench.training.run_lock`).
+    ``run_dir``: the folder :func:`~archbench.training.setup.prepare_run` returned, when the caller already checked
+    the config and prepared it (the command does, to log into it); otherwise both happen here, once. The run_dir is
+    locked for the whole run (one writer per run_dir; see :mod:`archbench.training.run_lock`).
     """
-    run_dir = prepare_run_dir(config["run_dir"], dist.rank)
+    if run_dir is None:
+        run_dir = prepare_run(config, dist.rank, dist.world_size)
     with run_dir_lock(run_dir, enabled=dist.is_main):
-        return Trainer(config, dist, stop).run()
+        return Trainer(config, dist, stop, run_dir).run()

@@ -1,18 +1,28 @@
-"""Building blocks of a training run that do not depend on the loop: run folder, seeds, model, objective,
-precision, and the sanity checks that must fail before any data is loaded."""
+"""A training run's set-up, apart from the loop: the checks that must fail before any data is loaded, the run
+folder, seeds and precision, and :func:`build_run`, which builds the run's parts in reading order."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from archbench.diffusion import Objective
 from archbench.training.config import ConfigError, backbone_options
+from archbench.training.data_order import build_loader
+from archbench.training.distributed import DistInfo, barrier
+from archbench.training.ema import EMA
+from archbench.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("archbench.train")
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -46,7 +56,7 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
+def build_model(config: Any) -> nn.Module:
     """The configured backbone; a bad build option becomes a one-line ConfigError."""
     from backbones.registry import build
 
@@ -57,7 +67,7 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         raise ConfigError(f"cannot build backbone {name}: {exc}") from None
 
 
-def build_objective(config: dict[str, Any]) -> Any:
+def build_objective(config: Any) -> Objective:
     """``archbench.diffusion.create_diffusion`` from the ``diffusion`` section."""
     from archbench.diffusion import create_diffusion
 
@@ -127,3 +137,119 @@ def check_config(config: Any, world_size: int) -> None:
         check_structure(name, options)
     except ValueError as exc:
         raise ConfigError(f"cannot build backbone {exc}") from None
+
+
+def prepare_run(config: dict[str, Any], rank: int = 0, world_size: int = 1) -> Path:
+    """Once per run, before anything is built: check every value that needs no data or model, and create a
+    writable run folder. Returns the folder."""
+    from omegaconf import OmegaConf
+
+    check_config(OmegaConf.create(config), world_size)
+    return prepare_run_dir(config["run_dir"], rank)
+
+
+@dataclass
+class RunParts:
+    """What a run trains with, built by :func:`build_run` in the order a reader meets them."""
+
+    dataset: Any
+    model: nn.Module  # the eager module: EMA, sampling and checkpoints use it
+    objective: Objective
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: Any
+    sampler: Any
+    loader_generator: torch.Generator
+    train_model: nn.Module  # what the step calls: the model, under DDP and/or torch.compile when asked
+
+
+def build_run(c: Any, dist: DistInfo, micro_batch: int) -> RunParts:
+    """Data, model, objective, EMA, optimiser and LR schedule, loader, then DDP and compile: a run's parts in
+    reading order, from the checked config ``c`` (attribute access). Every rank builds identical initial weights
+    (seeded from ``seed``)."""
+    t = c.train
+    dataset = build_training_data(c.data, dist)
+    seed_everything(int(c.seed))
+    model = build_model(c).to(dist.device)
+    if bool(t.grad_checkpoint):
+        model.set_grad_checkpointing(True)
+    objective = build_objective(c)
+    ema = EMA(model, decay=float(t.ema_decay), warmup=bool(t.ema_warmup))
+    try:
+        optimizer = build_optimizer(
+            model.parameters(), lr=float(t.lr), weight_decay=float(t.weight_decay),
+            betas=(float(t.betas[0]), float(t.betas[1])), eps=float(t.adam_eps), device=dist.device,
+        )
+        scheduler = build_scheduler(
+            optimizer, warmup_steps=int(t.warmup_steps), total_steps=int(t.steps), kind=str(t.lr_schedule),
+            lr=float(t.lr), min_lr=float(t.min_lr),
+        )
+        loader, sampler, loader_generator = build_loader(
+            dataset, global_batch=int(t.batch_size), micro_batch=micro_batch, rank=dist.rank,
+            world_size=dist.world_size, seed=int(c.seed), num_workers=int(c.data.num_workers),
+            pin_memory=dist.device.type == "cuda",
+        )
+    except ValueError as exc:  # a bad schedule setting, or fewer examples than one global batch
+        raise ConfigError(str(exc)) from None
+    train_model: nn.Module = model
+    if dist.enabled:
+        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=device_ids)
+    backend = compile_backend(t.compile)
+    if backend is not None:
+        train_model = torch.compile(train_model, backend=backend)
+    return RunParts(
+        dataset, model, objective, ema, optimizer, scheduler, loader, sampler, loader_generator, train_model
+    )
+
+
+def build_training_data(data: Any, dist: DistInfo) -> Any:
+    """The training set (rank 0 first, so a download happens once), checked against the configured shape."""
+    from archbench.data import build_dataset
+
+    kwargs = dict(
+        root=data.root, split=data.split, image_size=data.image_size, download=bool(data.download),
+        resize_mode=data.resize_mode,
+    )
+    if dist.is_main:
+        dataset = build_dataset(data.name, **kwargs)
+        barrier()
+    else:
+        barrier()  # let rank 0 download first
+        dataset = build_dataset(data.name, **kwargs)
+    shape = tuple(dataset[0][0].shape)
+    expected = (int(data.channels), int(data.image_size), int(data.image_size))
+    if shape != expected:
+        raise ConfigError(f"data {data.name} yields examples of shape {shape}, the config expects {expected}")
+    classes = f"{data.num_classes} classes" if data.num_classes else "unconditional"
+    log.info("data: %s (%s split, %d examples, %dx%dx%d, %s)", data.name, data.split, len(dataset), *shape, classes)
+    return dataset
+
+
+def find_resume(run_dir: Path, resume: Any) -> tuple[Path | None, dict[str, Any] | None]:
+    """(checkpoint path, its state) to resume from per ``train.resume``, or (None, None) for a fresh run.
+
+    ``auto`` takes the newest checkpoint that loads (falling back past damaged newer files); a path must load.
+    A fresh run (``null``) into a folder that already holds checkpoints is refused: the two would mix.
+    """
+    from archbench.training import checkpoint as ckpt
+
+    fresh = resume is None or resume is False or str(resume).lower() in ("none", "null", "false", "")
+    if fresh:
+        if (newest := ckpt.latest_checkpoint(run_dir)) is not None:
+            raise ConfigError(
+                f"run_dir {run_dir} already holds checkpoints ({newest.name}); continue it with "
+                "train.resume=auto or start fresh in a new run_dir"
+            )
+        return None, None
+    try:
+        path = ckpt.resolve_resume(str(resume), run_dir)
+    except ckpt.CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
+    if path is None:
+        return None, None
+    if str(resume) == "auto":
+        found = ckpt.load_newest_good(run_dir, map_location="cpu")
+        return found if found is not None else (None, None)
+    return path, ckpt.load_checkpoint(path, map_location="cpu")

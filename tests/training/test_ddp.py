@@ -26,12 +26,13 @@ def _rank_main(rank: int, world: int, port: int, run_dir: str, overrides: list[s
     from archbench.training.config import compose_config, to_container
     from archbench.training.distributed import cleanup, init_distributed
     from archbench.training.loop import Trainer
+    from archbench.training.setup import prepare_run
 
     config = to_container(compose_config([*QUICK, f"run_dir={run_dir}", *overrides]))
     dist = init_distributed("cpu")
     assert dist.world_size == world and torch.distributed.get_backend() == "gloo"
     try:
-        trainer = Trainer(config, dist)
+        trainer = Trainer(config, dist, None, prepare_run(config, dist.rank, dist.world_size))
         trainer.run()
         torch.save(trainer.model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
