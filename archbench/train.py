@@ -1,4 +1,4 @@
-"""``python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=ddpm|flow] [key=value ...] [--cfg]``
+"""``python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=NAME] [key=value ...] [--cfg]``
 
 With no arguments: the embedded default recipe, a small DiS on Fashion-MNIST (or scikit-learn digits when
 the Debian package is absent) for a few CPU minutes, writing sample grids under ``runs/default-fashion_mnist-dis_t4``.
@@ -20,11 +20,12 @@ from archbench.console import fail, interruptible, one_line, setup_logging
 log = logging.getLogger("archbench.train")
 
 USAGE = """\
-usage: python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=ddpm|flow] [KEY=VALUE ...] [--cfg]
+usage: python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=NAME] [KEY=VALUE ...] [--cfg]
 
   recipe=NAME      {recipes}
   backbone=NAME    any registry name (python -m archbench.zoo lists them), e.g. dis_s2, dit_b2, uvit_s2, unet_ddpm
-  diffusion=NAME   ddpm | flow
+  diffusion=NAME   {objectives}  (diffusion.KEY: that objective's settings, python -m archbench.train
+                   diffusion=NAME --cfg shows them)
   KEY=VALUE        any key of the resolved config, Hydra override grammar: train.lr=2e-4 backbone.depth=6
                    run_dir=runs/x train.resume=auto|<path>|null data.root=/data
   --cfg            print the resolved config (YAML) and exit
@@ -34,14 +35,19 @@ usage: python -m archbench.train [recipe=NAME] [backbone=NAME] [diffusion=ddpm|f
 @interruptible("archbench.train")
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, compose, train; every expected failure is reported as one line with exit code 1."""
-    from archbench.training.config import compose_config, recipe_names, to_yaml
+    from archbench.diffusion import OBJECTIVES
+    from archbench.training.config import compose_config, recipe_names, to_container, to_yaml
     from archbench.training.launch import EXPECTED_ERRORS, train_from_overrides
+    from archbench.training.schema import key_rows, run_config
     from archbench.training.setup import check_config
 
     started = time.perf_counter()
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
-        print(USAGE.format(recipes=" | ".join(recipe_names())))
+        print(USAGE.format(recipes=" | ".join(recipe_names()), objectives=" | ".join(OBJECTIVES)))
+        print("keys (type, default):")
+        for key, kind, default, doc in key_rows():
+            print(f"  {key:24s} {kind} = {default}: {doc}")
         return 0
     show_cfg = "--cfg" in args
     overrides = [a for a in args if a != "--cfg"]
@@ -52,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if show_cfg:
             cfg = compose_config(overrides)
-            check_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # --cfg and the run agree
+            check_config(run_config(to_container(cfg)), int(os.environ.get("WORLD_SIZE", "1")))  # as the run does
             print(to_yaml(cfg), end="")
             return 0
         result = train_from_overrides(overrides)

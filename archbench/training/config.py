@@ -24,12 +24,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from archbench.training.schema import DEFAULT_BACKBONE, ConfigError, RunConfig  # noqa: F401  (public here too)
+
 log = logging.getLogger("archbench.config")
 
 RECIPES_ENV = "ARCHBENCH_RECIPES"
 PRIMARY = "archbench_train"
 GROUPS = ("backbone", "diffusion", "recipe")
-DEFAULT_BACKBONE = "dis_t2"
 
 # Backbone build options that follow the data and the diffusion setting (interpolations), so a recipe
 # never names model sizes and a backbone never names datasets.
@@ -39,67 +40,6 @@ _DATA_DRIVEN = {
     "num_classes": "${data.num_classes}",
     "learn_sigma": "${diffusion.learn_sigma}",
 }
-
-BASE: dict[str, Any] = {
-    "defaults": ["_self_", {"backbone": DEFAULT_BACKBONE}, {"diffusion": "ddpm"}, {"recipe": "default"}],
-    # The dataset is in the name, so digits and Fashion-MNIST runs of one recipe never share a run_dir.
-    "run_dir": "runs/${recipe}-${data.name}-${backbone.name}",
-    "seed": 0,
-    "device": "auto",  # auto = cuda:<local rank> when available, else cpu
-    "data": {
-        "name": "auto",  # auto = fashion_mnist when its Debian files exist, else digits
-        "root": None,
-        "split": "train",
-        "image_size": None,  # None = the dataset's native size
-        "resize_mode": "resize",  # resize | pad (array datasets only)
-        "download": False,
-        "class_cond": True,  # False trains unconditionally (backbone.num_classes = 0)
-        "random_flip": False,  # horizontal flips, drawn from the per-sample seeds
-        "num_workers": 0,
-        "channels": None,  # filled from the dataset
-        "num_classes": None,  # filled from the dataset (0 when class_cond is false)
-    },
-    "train": {
-        "steps": 1000,
-        "batch_size": 64,  # global: split across ranks and gradient-accumulation micro-batches
-        "grad_accum": 1,
-        "lr": 1e-4,
-        "weight_decay": 0.0,
-        "betas": [0.9, 0.999],
-        "adam_eps": 1e-8,
-        "warmup_steps": 0,
-        "lr_schedule": "constant",  # constant | cosine (after warmup)
-        "min_lr": 0.0,
-        "grad_clip": None,  # max global grad norm; None = no clipping (the norm is still logged)
-        "precision": "auto",  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
-        "grad_checkpoint": False,  # recompute each block in the backward pass: less memory, same results
-        "compile": None,  # torch.compile the backbone: true (inductor), null/false (eager) or a backend name
-        "ema_decay": 0.9999,
-        "ema_warmup": False,  # decay min(ema_decay, (1+n)/(10+n)): lets short runs sample from the EMA
-        "log_every": 10,
-        "ckpt_every": 1000,
-        "sample_every": 1000,
-        "keep_last": 3,
-        "resume": "auto",  # auto = newest checkpoint in run_dir (if any) | a path | None
-        "progress": True,
-        "logger": "auto",  # tracker beside metrics.jsonl: auto (tensorboard if installed) | tensorboard | wandb | none
-        "project": "archbench",  # the W&B project (train.logger=wandb)
-    },
-    "sample": {
-        "num_samples": 64,
-        "sampler": None,  # None = ddim (ddpm objective) / euler (flow)
-        "steps": 50,
-        "cfg_scale": 1.0,  # default guidance of python -m archbench.sample / archbench.eval
-        "grid_cfg_scale": None,  # guidance of the grids drawn during training; None = cfg_scale
-        "guide_channels": None,  # guide only the first N output channels (DiT's sample.py: 3); None = all
-        "seed": 0,
-    },
-}
-
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration, reported as one line (no traceback)."""
-
 
 def recipes_dir() -> Path:
     """``$ARCHBENCH_RECIPES`` or the repository's ``recipes/`` folder."""
@@ -143,7 +83,7 @@ def _register(store: Any) -> None:
     from archbench.diffusion import OBJECTIVES
     from backbones.registry import list_backbones
 
-    store.store(name=PRIMARY, node=BASE)
+    store.store(name=PRIMARY, node=RunConfig)
     for objective in OBJECTIVES:
         store.store(group="diffusion", name=objective, node=diffusion_node(objective))
     for name in list_backbones():
@@ -333,8 +273,11 @@ def to_yaml(cfg: DictConfig | dict[str, Any]) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
-def backbone_options(cfg: DictConfig | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def backbone_options(cfg: Any) -> tuple[str, dict[str, Any]]:
     """(registry name, build overrides) for ``archbench.build``."""
-    node = to_container(cfg)["backbone"] if isinstance(cfg, DictConfig) else dict(cfg["backbone"])
+    if isinstance(cfg, DictConfig):
+        node = to_container(cfg)["backbone"]
+    else:
+        node = dict(cfg["backbone"] if isinstance(cfg, dict) else cfg.backbone)
     node = dict(node)
     return node.pop("name"), node

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from archbench.sampling.grid import generate, grid_columns, grid_labels, save_grid
@@ -36,6 +35,7 @@ from archbench.training.noise import example_losses
 from archbench.training.resume_config import check_resume_config, record_config
 from archbench.training.rng_state import capture_rng, restore_rng
 from archbench.training.run_lock import run_dir_lock
+from archbench.training.schema import run_config
 from archbench.training.setup import autocast_context, build_run, find_resume, prepare_run, seed_everything
 from archbench.training.trackers import check_logger, open_tracker
 
@@ -69,12 +69,12 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], dist: DistInfo, stop: Any = None, run_dir: Path | None = None) -> None:
         self.config = config
-        self.c = c = OmegaConf.create(config)
+        self.c = c = run_config(config)  # typed view; ``config`` stays the record
         self.dist = dist
         self.stop = stop
         self.device = dist.device
         self.run_dir = Path(run_dir if run_dir is not None else c.run_dir)
-        check_logger(str(c.train.logger))
+        check_logger(c.train.logger)
         # the checkpoint to resume from is read and checked before any time goes into data and model
         self.resume_from, resume_state = find_resume(self.run_dir, c.train.resume)
         self.config_changes: dict[str, Any] = {}
@@ -83,12 +83,12 @@ class Trainer:
             saved = ckpt.checkpoint_config(resume_state)
             self.config_changes = check_resume_config(saved, config, self.resume_from)
 
-        self.accum = int(c.train.grad_accum)
-        self.global_batch = int(c.train.batch_size)
+        self.accum = c.train.grad_accum
+        self.global_batch = c.train.batch_size
         self.micro_batch = self.global_batch // (dist.world_size * self.accum)
-        self.total_steps = int(c.train.steps)
-        self.seed = int(c.seed)
-        self.autocast = autocast_context(str(c.train.precision), self.device)
+        self.total_steps = c.train.steps
+        self.seed = c.seed
+        self.autocast = autocast_context(c.train.precision, self.device)
         if self.device.type == "cuda":  # as DiT: TF32 matmuls/convolutions on Ampere and newer
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -119,7 +119,7 @@ class Trainer:
             resumed = self.step if self.resume_from is not None else None
             record_config(self.run_dir, config, resumed, self.config_changes)
             tracker = open_tracker(
-                str(c.train.logger), self.run_dir, start_step=self.step, config=config, project=str(c.train.project)
+                c.train.logger, self.run_dir, start_step=self.step, config=config, project=c.train.project
             )
             self.metrics = MetricsLog(self.run_dir, start_step=self.step, tracker=tracker)
 
@@ -172,12 +172,12 @@ class Trainer:
                 with self.autocast:
                     losses = example_losses(
                         self.objective, self.train_model, x, index, seed=self.seed, step=self.step,
-                        random_flip=bool(self.c.data.random_flip), model_kwargs=kwargs,
+                        random_flip=self.c.data.random_flip, model_kwargs=kwargs,
                     )
                 loss = losses["loss"].float().mean()
                 (loss / self.accum).backward()
             loss_sum += loss.detach()
-        max_norm = float(self.c.train.grad_clip) if self.c.train.grad_clip else math.inf
+        max_norm = self.c.train.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         loss_value, norm_value = torch.stack([loss_sum / self.accum, grad_norm.float()]).tolist()
         bad = not (math.isfinite(loss_value) and math.isfinite(norm_value))
@@ -207,7 +207,7 @@ class Trainer:
             return self._finish(None)
         log.info(
             "training %s on %s for %d steps (global batch %d = %d rank(s) x %d accumulation x %d, device %s)",
-            c.backbone.name,
+            c.backbone["name"],
             c.data.name,
             self.total_steps,
             self.global_batch,
@@ -228,7 +228,7 @@ class Trainer:
         if signum is None:
             if self.last_checkpoint != ckpt.checkpoint_path(self.run_dir, self.step):
                 self._save()
-            if not c.train.sample_every or self.step % int(c.train.sample_every):
+            if not c.train.sample_every or self.step % c.train.sample_every:
                 self._sample_grid()
         elif self.dist.is_main:
             log.warning("stopped by signal %s at step %d; checkpoint %s", signum, self.step, self.last_checkpoint)
@@ -270,13 +270,13 @@ class Trainer:
     def _after_step(self, lr: float, grad_norm: float, progress: Any) -> None:
         """Periodic work: a metrics row, a sample grid, a checkpoint."""
         c = self.c
-        on_interval = self.step % int(c.train.log_every) == 0
+        on_interval = self.step % c.train.log_every == 0
         if on_interval or self.step == self.total_steps:
             # A last, off-interval row keeps its sums, so a later resume still logs whole intervals.
             self._log_row(lr, grad_norm, progress, reset=on_interval)
-        if c.train.sample_every and self.step % int(c.train.sample_every) == 0:
+        if c.train.sample_every and self.step % c.train.sample_every == 0:
             self._sample_grid()
-        if c.train.ckpt_every and self.step % int(c.train.ckpt_every) == 0:
+        if c.train.ckpt_every and self.step % c.train.ckpt_every == 0:
             self._save()
 
     def _finish(self, signum: int | None) -> TrainResult:
@@ -285,17 +285,17 @@ class Trainer:
         barrier()
         return TrainResult(
             run_dir=self.run_dir, step=self.step, signum=signum, checkpoint=self.last_checkpoint,
-            dataset=str(self.c.data.name), grid=self.last_grid,
+            dataset=self.c.data.name, grid=self.last_grid,
         )
 
     def _progress_bar(self) -> Any:
         from tqdm.auto import tqdm
 
-        enabled = self.dist.is_main and bool(self.c.train.progress)
+        enabled = self.dist.is_main and self.c.train.progress
         return tqdm(
             total=self.total_steps,
             initial=self.step,
-            desc=f"{self.c.backbone.name}",
+            desc=self.c.backbone["name"],
             unit="step",
             dynamic_ncols=True,
             disable=not enabled,
@@ -336,22 +336,22 @@ class Trainer:
         if not self.dist.is_main:
             return None
         s, d = self.c.sample, self.c.data
-        n = int(s.num_samples)
+        n = s.num_samples
         num_classes = int(getattr(self.ema.model, "num_classes", 0) or 0)
-        cfg_scale = float(s.cfg_scale if s.grid_cfg_scale is None else s.grid_cfg_scale)
+        cfg_scale = s.cfg_scale if s.grid_cfg_scale is None else s.grid_cfg_scale
         if cfg_scale != 1.0 and getattr(self.ema.model, "null_class", None) is None:
             cfg_scale = 1.0  # unconditional, or no class dropout: nothing to guide with
         samples = generate(
             self.ema.model,
             self.objective,
             num_samples=n,
-            shape=(int(d.channels), int(d.image_size), int(d.image_size)),
+            shape=(d.channels, d.image_size, d.image_size),
             labels=grid_labels(n, num_classes),
             sampler=s.sampler,
             steps=s.steps,
             cfg_scale=cfg_scale,
             guide_channels=s.guide_channels,
-            seed=int(s.seed),
+            seed=s.seed,
             batch_size=min(n, 256),
             device=self.device,
         )
@@ -392,7 +392,7 @@ class Trainer:
                 raise ckpt.CheckpointSaveError(
                     f"{exc}; the last good checkpoint is {last or 'none (no checkpoint was written yet)'}"
                 ) from None
-            ckpt.prune_checkpoints(self.run_dir, int(self.c.train.keep_last))
+            ckpt.prune_checkpoints(self.run_dir, self.c.train.keep_last)
         barrier()
         self.last_checkpoint = path
         return path

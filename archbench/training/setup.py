@@ -21,6 +21,7 @@ from archbench.training.data_order import build_loader
 from archbench.training.distributed import DistInfo, barrier
 from archbench.training.ema import EMA
 from archbench.training.optim import build_optimizer, build_scheduler
+from archbench.training.schema import DataConfig, RunConfig, TrainConfig, run_config
 
 log = logging.getLogger("archbench.train")
 
@@ -56,6 +57,11 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
+def _section(config: Any, name: str) -> Any:
+    """``config[name]`` of a dict, or the attribute of a typed or OmegaConf config."""
+    return config[name] if isinstance(config, dict) else getattr(config, name)
+
+
 def build_model(config: Any) -> nn.Module:
     """The configured backbone; a bad build option becomes a one-line ConfigError."""
     from backbones.registry import build
@@ -72,34 +78,34 @@ def build_objective(config: Any) -> Objective:
     from archbench.diffusion import create_diffusion
 
     try:
-        return create_diffusion(**config["diffusion"])
+        return create_diffusion(**_section(config, "diffusion"))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid diffusion settings: {exc}") from None
 
 
-def check_train_settings(train: Any, world_size: int) -> None:
-    """Reject impossible ``train`` settings before any data or model is built."""
-    accum, batch = int(train.grad_accum), int(train.batch_size)
+def check_train_settings(train: TrainConfig, world_size: int) -> None:
+    """Reject impossible ``train`` settings before any data or model is built (types are the schema's job)."""
+    accum, batch = train.grad_accum, train.batch_size
     if accum < 1 or batch < 1 or batch % (world_size * accum):
         raise ConfigError(
             f"train.batch_size={batch} must be a positive multiple of world size ({world_size}) "
             f"x train.grad_accum ({accum})"
         )
     for key in ("steps", "log_every"):
-        if int(train[key]) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {train[key]}")
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(train, key)}")
     for key in ("ckpt_every", "sample_every", "keep_last", "warmup_steps"):
-        if train[key] is not None and int(train[key]) < 0:
-            raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {train[key]}")
+        if getattr(train, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {getattr(train, key)}")
     if len(train.betas) != 2:
         raise ConfigError(f"train.betas must hold two numbers, got {list(train.betas)}")
-    if not float(train.lr) > 0:
+    if not train.lr > 0:
         raise ConfigError(f"train.lr must be > 0, got {train.lr}")
-    if float(train.weight_decay) < 0 or float(train.min_lr) < 0:
+    if train.weight_decay < 0 or train.min_lr < 0:
         raise ConfigError(f"train.weight_decay and train.min_lr must be >= 0, got {train.weight_decay}, {train.min_lr}")
-    if not 0.0 <= float(train.ema_decay) <= 1.0:
+    if not 0.0 <= train.ema_decay <= 1.0:
         raise ConfigError(f"train.ema_decay must lie in [0, 1], got {train.ema_decay}")
-    if train.grad_clip is not None and not float(train.grad_clip) > 0:
+    if train.grad_clip is not None and not train.grad_clip > 0:
         raise ConfigError(f"train.grad_clip must be > 0 (or null: no clipping), got {train.grad_clip}")
     compile_backend(train.compile)
 
@@ -120,17 +126,17 @@ def compile_backend(setting: Any) -> str | None:
     return str(setting)
 
 
-def check_config(config: Any, world_size: int) -> None:
+def check_config(config: RunConfig, world_size: int) -> None:
     """Every value check that needs no data and no model: ``--cfg`` and the run refuse the same configs."""
     from backbones.registry import check_structure
 
     check_train_settings(config.train, world_size)
     data = config.data
     for key in ("image_size", "channels"):
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        value = getattr(data, key)
+        if value is None or value < 1:
             raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
-    if isinstance(data.num_workers, bool) or not isinstance(data.num_workers, int) or data.num_workers < 0:
+    if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be an integer >= 0, got {data.num_workers!r}")
     name, options = backbone_options(config)
     try:
@@ -142,9 +148,7 @@ def check_config(config: Any, world_size: int) -> None:
 def prepare_run(config: dict[str, Any], rank: int = 0, world_size: int = 1) -> Path:
     """Once per run, before anything is built: check every value that needs no data or model, and create a
     writable run folder. Returns the folder."""
-    from omegaconf import OmegaConf
-
-    check_config(OmegaConf.create(config), world_size)
+    check_config(run_config(config), world_size)
     return prepare_run_dir(config["run_dir"], rank)
 
 
@@ -164,30 +168,29 @@ class RunParts:
     train_model: nn.Module  # what the step calls: the model, under DDP and/or torch.compile when asked
 
 
-def build_run(c: Any, dist: DistInfo, micro_batch: int) -> RunParts:
+def build_run(c: RunConfig, dist: DistInfo, micro_batch: int) -> RunParts:
     """Data, model, objective, EMA, optimiser and LR schedule, loader, then DDP and compile: a run's parts in
-    reading order, from the checked config ``c`` (attribute access). Every rank builds identical initial weights
-    (seeded from ``seed``)."""
+    reading order, from the checked config. Every rank builds identical initial weights (seeded from ``seed``)."""
     t = c.train
     dataset = build_training_data(c.data, dist)
-    seed_everything(int(c.seed))
+    seed_everything(c.seed)
     model = build_model(c).to(dist.device)
-    if bool(t.grad_checkpoint):
+    if t.grad_checkpoint:
         model.set_grad_checkpointing(True)
     objective = build_objective(c)
-    ema = EMA(model, decay=float(t.ema_decay), warmup=bool(t.ema_warmup))
+    ema = EMA(model, decay=t.ema_decay, warmup=t.ema_warmup)
     try:
         optimizer = build_optimizer(
-            model.parameters(), lr=float(t.lr), weight_decay=float(t.weight_decay),
-            betas=(float(t.betas[0]), float(t.betas[1])), eps=float(t.adam_eps), device=dist.device,
+            model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]),
+            eps=t.adam_eps, device=dist.device,
         )
         scheduler = build_scheduler(
-            optimizer, warmup_steps=int(t.warmup_steps), total_steps=int(t.steps), kind=str(t.lr_schedule),
-            lr=float(t.lr), min_lr=float(t.min_lr),
+            optimizer, warmup_steps=t.warmup_steps, total_steps=t.steps, kind=t.lr_schedule, lr=t.lr,
+            min_lr=t.min_lr,
         )
         loader, sampler, loader_generator = build_loader(
-            dataset, global_batch=int(t.batch_size), micro_batch=micro_batch, rank=dist.rank,
-            world_size=dist.world_size, seed=int(c.seed), num_workers=int(c.data.num_workers),
+            dataset, global_batch=t.batch_size, micro_batch=micro_batch, rank=dist.rank,
+            world_size=dist.world_size, seed=c.seed, num_workers=c.data.num_workers,
             pin_memory=dist.device.type == "cuda",
         )
     except ValueError as exc:  # a bad schedule setting, or fewer examples than one global batch
@@ -204,12 +207,12 @@ def build_run(c: Any, dist: DistInfo, micro_batch: int) -> RunParts:
     )
 
 
-def build_training_data(data: Any, dist: DistInfo) -> Any:
+def build_training_data(data: DataConfig, dist: DistInfo) -> Any:
     """The training set (rank 0 first, so a download happens once), checked against the configured shape."""
     from archbench.data import build_dataset
 
     kwargs = dict(
-        root=data.root, split=data.split, image_size=data.image_size, download=bool(data.download),
+        root=data.root, split=data.split, image_size=data.image_size, download=data.download,
         resize_mode=data.resize_mode,
     )
     if dist.is_main:
@@ -219,7 +222,7 @@ def build_training_data(data: Any, dist: DistInfo) -> Any:
         barrier()  # let rank 0 download first
         dataset = build_dataset(data.name, **kwargs)
     shape = tuple(dataset[0][0].shape)
-    expected = (int(data.channels), int(data.image_size), int(data.image_size))
+    expected = (data.channels, data.image_size, data.image_size)
     if shape != expected:
         raise ConfigError(f"data {data.name} yields examples of shape {shape}, the config expects {expected}")
     classes = f"{data.num_classes} classes" if data.num_classes else "unconditional"
