@@ -134,7 +134,8 @@ def from_pretrained(
     device: torch.device | str = "cpu",
     **overrides: Any,
 ) -> nn.Module:
-    """Rebuild a backbone from a pretrained folder or Hub repo id and load its weights strictly.
+    """Rebuild a backbone from a pretrained folder or Hub repo id and load its weights strictly, in eval mode
+    (call ``.train()`` to fine-tune).
 
     ``overrides`` change build options that do not touch the weights' shapes (e.g. ``scan="reference"``);
     anything that does is refused by the strict load, naming the mismatched tensors.
@@ -153,7 +154,7 @@ def from_pretrained(
             f"unexpected {sorted(unexpected)[:5]}"
         )
     model.pretrained_extra = config["extra"]
-    return model.to(device)
+    return model.to(device).eval()  # ready for inference, as the Hub convention has it: no drop path, no dropout
 
 
 def push_to_hub(

@@ -89,3 +89,15 @@ def test_weights_file_holds_no_pickle(tmp_path):
     header = json.loads((tmp_path / "dis" / WEIGHTS_FILE).read_bytes()[8 : 8 + header_len])
     assert "in_blocks.0.mixer.A_log" in header
     assert not list((tmp_path / "dis").glob("*.tmp")) and folder
+
+
+def test_from_pretrained_is_ready_for_inference(tmp_path):
+    """Two identical calls on one loaded model agree: eval mode, so DiS's drop path and dropout are off."""
+    archbench.build("dis_t2", image_size=8, in_channels=1, num_classes=10).save_pretrained(tmp_path / "dis")
+    model = archbench.from_pretrained(tmp_path / "dis")
+    assert not model.training
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 500.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        for p in model.parameters():  # zero-initialised layers would hide any randomness
+            p.add_(0.01 * torch.randn_like(p))
+        assert torch.equal(model(x, t, y), model(x, t, y))
