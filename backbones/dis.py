@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
-from backbones.layers.long_skip import build_long_skip, run_long_skip
+from backbones.layers.long_skip import build_long_skip, long_skip_blocks, run_long_skip
 from backbones.layers.mixers import SSM_MIXERS, build_mixer, check_mixer_options, default_heads
 from backbones.registry import register_backbone
 
@@ -103,7 +103,7 @@ class DiS(TokenBackbone):
                 return build_mixer(
                     mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=self.extras,
                     num_heads=heads, scan_order=scan_order, attention_every=attention_every, scan=scan,
-                    backward_dt_init=backward_dt_init, merge=bimamba_merge,
+                    backward_dt_init=backward_dt_init, merge=bimamba_merge, layers=long_skip_blocks(depth),
                 )
 
             return DiSBlock(width, rates[index], has_skip, make_mixer)
@@ -172,7 +172,8 @@ register_backbone(
 VARIANTS = {
     "zigzag": (dict(scan_order="zigzag"), "a zigzag (snake) scan, one of the 8 per layer"),
     "cross": (dict(scan_order="cross"), "a four-direction cross scan"),
-    "alternate": (dict(scan_order="alternate"), "row and column scans alternating by layer"),
+    "alternate": (dict(scan_order="alternate"), "two-way scans, row-major in even layers, column-major in odd"),
+    "dim": (dict(scan_order="dim"), "DiM's one-way scans, row/column cycle mirrored over the stack"),
     "hybrid": (dict(attention_every=4), "attention in every 4th block"),
     "mamba2": (dict(mixer="mamba2"), "a bidirectional Mamba-2 (SSD) mixer"),
 }

@@ -91,7 +91,7 @@ class DiT(TokenBackbone):
             return lambda: build_mixer(
                 mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=0, num_heads=num_heads,
                 scan_order=scan_order, attention_every=attention_every, qkv_bias=True, scan=scan,
-                merge=bimamba_merge,
+                merge=bimamba_merge, layers=depth,
             )
 
         self.blocks = nn.ModuleList(DiTBlock(width, mlp_ratio, make_mixer(i)) for i in range(depth))

@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.layers import Mlp, trunc_normal_
 
 from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
-from backbones.layers.long_skip import build_long_skip, run_long_skip
+from backbones.layers.long_skip import build_long_skip, long_skip_blocks, run_long_skip
 from backbones.layers.mixers import MIXERS, build_mixer, check_mixer_options, reset_ssm_mixers
 from backbones.registry import register_backbone
 
@@ -86,7 +86,7 @@ class UViT(TokenBackbone):
             return build_mixer(
                 mixer, width, layer=index, grid=(self.grid_size, self.grid_size), extras=self.extras,
                 num_heads=num_heads, scan_order=scan_order, attention_every=attention_every, qkv_bias=qkv_bias,
-                upcast=True, scan=scan, merge=bimamba_merge,
+                upcast=True, scan=scan, merge=bimamba_merge, layers=long_skip_blocks(depth),
             )
 
         self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(

@@ -277,11 +277,21 @@ def example_inputs(model: nn.Module, batch: int = 1, device: str | torch.device 
 
 
 def token_count(model: nn.Module) -> int:
-    """Sequence length the mixer sees: patches plus extra tokens; pixels for non-token backbones."""
+    """Sequence length the mixer sees: patches plus extra tokens; pixels for non-token backbones.
+
+    With DiM's padding tokens (``scan_order="dim_pad"``) the state-space mixers scan the padded sequence,
+    and that is the length counted (the trace prices their projections, conv and scan at it too).
+    """
+    from backbones.layers.scan_order import DIM_PAD_TOKENS, PADDED_ORDERS, padded_length
+
     patches = getattr(model, "num_patches", None)
     if patches is None:
         return model.image_size**2
-    return int(patches) + int(getattr(model, "extras", 0))
+    extras = int(getattr(model, "extras", 0))
+    if getattr(model, "scan_order", None) in PADDED_ORDERS and getattr(model, "mixer_kind", None) != "attention":
+        side = int(getattr(model, "grid_size", math.isqrt(int(patches))))
+        return padded_length(side, side, extras, DIM_PAD_TOKENS)
+    return int(patches) + extras
 
 
 def build_for_counting(name: str, real_weights: bool = False, **overrides: Any) -> nn.Module:

@@ -8,6 +8,11 @@ from typing import Any
 import torch.nn as nn
 
 
+def long_skip_blocks(depth: int) -> int:
+    """Blocks in the stack :func:`build_long_skip` builds for ``depth`` (what a depth-aware scan order needs)."""
+    return 2 * (depth // 2) + 1
+
+
 def build_long_skip(depth: int, make_block: Callable[[int, bool], nn.Module]):
     """``depth // 2`` in-blocks, one mid block and ``depth // 2`` out-blocks (``depth + 1`` in all
     for even depth).  ``make_block(index, has_skip)`` builds block ``index``; out-blocks get

@@ -41,9 +41,11 @@ class BiMamba(nn.Module):
         backward_dt_init: str = "official",
         directions: list[torch.Tensor] | None = None,
         merge: str = "sum",
+        padding: nn.Module | None = None,
     ):
         """``directions``: one token permutation per scan direction (see ``scan_order.sequence_permutation``);
-        None is DiS's pair, the sequence as it is and flipped.  ``merge``: sum (DiS) or mean of the directions."""
+        None is DiS's pair, the sequence as it is and flipped.  ``merge``: sum (DiS) or mean of the directions.
+        ``padding``: a :class:`~backbones.layers.directions.PadTokens` (DiM's pads) around the scans, or None."""
         super().__init__()
         check_merge(merge)
         self.merge = merge
@@ -59,6 +61,7 @@ class BiMamba(nn.Module):
         self.dt_range = (dt_min, dt_max, dt_init_floor)
         self.scan = scan
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
+        self.padding = padding
         self.directions = ScanDirections(directions)
         self.suffixes = self.directions.suffixes
         for suffix in self.suffixes:
@@ -133,6 +136,8 @@ class BiMamba(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.padding is not None:
+            hidden = self.padding.insert(hidden)
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # token layout (B, L, d_inner) each
         total = None
         for index, suffix in enumerate(self.suffixes):
@@ -143,4 +148,6 @@ class BiMamba(nn.Module):
             total = out if total is None else total + out
         if self.merge == "mean":
             total = total / len(self.suffixes)
+        if self.padding is not None:
+            total = self.padding.remove(total)
         return self.out_proj(total)

@@ -5,7 +5,9 @@ step dt, all from the token itself (Mamba-2's "parallel" projection: no x_proj b
 Each scan direction has its own depthwise causal conv over (x, B, C), its own scalar decay A per head,
 dt bias and D skip, and runs ``backbones.ssm.ssd_scan`` in its token order (see ``ScanDirections``).
 The directions' outputs are summed, gated and normalised together (Mamba-2's gated RMSNorm:
-``norm(y * silu(z))``), then projected out, as BiMamba sums its directions before ``out_proj``.
+``norm(y * silu(z))``), then projected out, as BiMamba sums its directions before ``out_proj``.  With
+``groups`` > 1 B/C groups the norm works per group of the inner width (``d_inner / groups`` channels
+each), as the official ``Mamba2`` builds its ``RMSNormGated`` with ``group_size = d_ssm // ngroups``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,27 @@ def default_head_dim(d_inner: int) -> int:
     raise ValueError(f"Mamba-2 needs an inner width divisible by 8 (2 x width), got {d_inner}")
 
 
+class GroupRMSNorm(nn.RMSNorm):
+    """RMSNorm over each of ``groups`` equal slices of the last dimension, with one weight over all of it.
+
+    Mamba-2's gated norm with several B/C groups: each group of channels is normalised by its own RMS,
+    so one group's scale does not leak into another's.  With one group it is ``nn.RMSNorm`` exactly.
+    """
+
+    def __init__(self, width: int, groups: int = 1, eps: float = 1e-5):
+        if groups < 1 or width % groups:
+            raise ValueError(f"cannot split width {width} into {groups} norm groups")
+        super().__init__(width, eps=eps)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:
+            return super().forward(x)
+        size = x.shape[-1] // self.groups
+        normed = F.rms_norm(x.unflatten(-1, (self.groups, size)), (size,), eps=self.eps).flatten(-2)
+        return normed * self.weight
+
+
 class BiMamba2(nn.Module):
     """(B, L, D) -> (B, L, D) sequence mixer with Mamba-2 SSD scans, linear in L."""
 
@@ -47,7 +70,10 @@ class BiMamba2(nn.Module):
         scan: str = "auto",
         directions: list[torch.Tensor] | None = None,
         merge: str = "sum",
+        padding: nn.Module | None = None,
     ):
+        """``directions`` and ``merge`` as :class:`~backbones.layers.mamba.BiMamba`; ``padding``: DiM's pads
+        (:class:`~backbones.layers.directions.PadTokens`) around the scans, or None."""
         super().__init__()
         check_merge(merge)
         self.merge = merge
@@ -64,6 +90,7 @@ class BiMamba2(nn.Module):
         self.a_init_range = a_init_range
         self.conv_dim = self.d_inner + 2 * groups * d_state
         self.in_proj = nn.Linear(dim, self.d_inner + self.conv_dim + self.heads, bias=False)
+        self.padding = padding
         self.directions = ScanDirections(directions)
         self.suffixes = self.directions.suffixes
         for suffix in self.suffixes:
@@ -72,7 +99,7 @@ class BiMamba2(nn.Module):
             self.register_parameter(f"dt_bias{suffix}", nn.Parameter(torch.empty(self.heads)))
             self.register_parameter(f"A{suffix}_log", nn.Parameter(torch.empty(self.heads)))
             self.register_parameter(f"D{suffix}", nn.Parameter(torch.empty(self.heads)))
-        self.norm = nn.RMSNorm(self.d_inner, eps=1e-5)
+        self.norm = GroupRMSNorm(self.d_inner, groups=groups, eps=1e-5)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
         self.reset_ssm_parameters()
 
@@ -110,6 +137,8 @@ class BiMamba2(nn.Module):
         return y.reshape(batch, length, self.d_inner)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.padding is not None:
+            hidden = self.padding.insert(hidden)
         z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.heads], dim=-1)
         total = None
         for index, suffix in enumerate(self.suffixes):
@@ -120,4 +149,6 @@ class BiMamba2(nn.Module):
         if self.merge == "mean":
             total = total / len(self.suffixes)
         gated = total * F.silu(z)
+        if self.padding is not None:
+            gated = self.padding.remove(gated)
         return self.out_proj(self.norm(gated.to(self.norm.weight.dtype)))

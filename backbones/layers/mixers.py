@@ -11,7 +11,16 @@ import torch
 import torch.nn as nn
 
 from backbones.layers.attention import Attention
-from backbones.layers.scan_order import SCAN_ORDERS, patch_paths, sequence_permutation
+from backbones.layers.directions import PadTokens
+from backbones.layers.scan_order import (
+    DIM_PAD_TOKENS,
+    PADDED_ORDERS,
+    SCAN_ORDERS,
+    padded_grid,
+    patch_paths,
+    sequence_permutation,
+    split_pads,
+)
 
 MIXERS = ("attention", "bimamba", "mamba2")
 SSM_MIXERS = ("bimamba", "mamba2")
@@ -42,11 +51,22 @@ def default_heads(width: int, head_dim: int = 64) -> int:
     return min(divisors, key=lambda d: (abs(d - target), -d))
 
 
-def scan_directions(scan_order: str, grid: tuple[int, int], extras: int, layer: int) -> list[torch.Tensor] | None:
-    """Token permutations of block ``layer``'s scan directions; None is DiS's own pair (as is, flipped)."""
+def scan_directions(
+    scan_order: str, grid: tuple[int, int], extras: int, layer: int, layers: int | None = None
+) -> list[torch.Tensor] | None:
+    """Token permutations of block ``layer``'s scan directions; None is DiS's own pair (as is, flipped).
+
+    For a padded order the permutations are of the padded sequence (the split pads stay in front with the
+    time/label tokens; the paths run over the padded grid).
+    """
     if scan_order == "bidirectional":
         return None
-    return [sequence_permutation(path, extras, reverse) for path, reverse in patch_paths(scan_order, *grid, layer)]
+    if scan_order in PADDED_ORDERS:
+        grid, extras = padded_grid(*grid, DIM_PAD_TOKENS), extras + split_pads(extras, DIM_PAD_TOKENS)
+    return [
+        sequence_permutation(path, extras, reverse)
+        for path, reverse in patch_paths(scan_order, *grid, layer, layers=layers)
+    ]
 
 
 def build_mixer(
@@ -64,18 +84,23 @@ def build_mixer(
     scan: str = "auto",
     backward_dt_init: str = "official",
     merge: str = "sum",
+    layers: int | None = None,
 ) -> nn.Module:
-    """The mixer of block ``layer`` on a ``grid`` of patches behind ``extras`` time/label tokens."""
+    """The mixer of block ``layer`` (of ``layers`` in the stack) on a ``grid`` of patches behind ``extras``
+    time/label tokens.  ``layers`` is needed by the scan orders that depend on the depth (``dim``)."""
     if is_attention_block(mixer, layer, attention_every):
         return Attention(width, num_heads, qkv_bias=qkv_bias, upcast=upcast)
-    directions = scan_directions(scan_order, grid, extras, layer)
+    directions = scan_directions(scan_order, grid, extras, layer, layers)
+    padding = PadTokens(width, grid, extras, DIM_PAD_TOKENS) if scan_order in PADDED_ORDERS else None
     if mixer == "mamba2":
         from backbones.layers.mamba2 import BiMamba2
 
-        return BiMamba2(width, scan=scan, directions=directions, merge=merge)
+        return BiMamba2(width, scan=scan, directions=directions, merge=merge, padding=padding)
     from backbones.layers.mamba import BiMamba
 
-    return BiMamba(width, scan=scan, backward_dt_init=backward_dt_init, directions=directions, merge=merge)
+    return BiMamba(
+        width, scan=scan, backward_dt_init=backward_dt_init, directions=directions, merge=merge, padding=padding
+    )
 
 
 def reset_ssm_mixers(model: nn.Module) -> None:

@@ -149,27 +149,33 @@ def _chunked_scan_fake(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 
 @torch.library.custom_op("backbones::chunked_scan_backward", mutates_args=())
 def chunked_scan_backward(
-    gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, starts: Tensor, chunk: int
+    gy: Tensor, g_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, starts: Tensor,
+    chunk: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of u, delta, A, B, C (the adjoint of :func:`chunked_scan`), as a registered op."""
+    """Gradients of u, delta, A, B, C (the adjoint of :func:`chunked_scan`) given those of y and of the last
+    state, as a registered op."""
     with torch.autocast(device_type=gy.device.type, enabled=False):
-        return _chunked_scan_backward(gy.to(u.dtype), u, delta, A, B, C, starts, chunk)
+        return _chunked_scan_backward(gy.to(u.dtype), g_last.to(u.dtype), u, delta, A, B, C, starts, chunk)
 
 
 @chunked_scan_backward.register_fake
-def _chunked_scan_backward_fake(gy, u, delta, A, B, C, starts, chunk):
+def _chunked_scan_backward_fake(gy, g_last, u, delta, A, B, C, starts, chunk):
     return tuple(t.new_empty(t.shape) for t in (u, delta, A, B, C))  # contiguous, as the real gradients
 
 
 def _setup_chunked_scan(ctx, inputs, output) -> None:
     u, delta, A, B, C, chunk = inputs
     ctx.save_for_backward(u, delta, A, B, C, output[1])
-    ctx.mark_non_differentiable(output[1], output[2])  # the checkpoints and the last state
+    ctx.mark_non_differentiable(output[1])  # the checkpoints; the last state is differentiable
     ctx.chunk = chunk
 
 
-def _chunked_scan_grad(ctx, gy: Tensor, _g_starts: Tensor, _g_last: Tensor):
-    return (*chunked_scan_backward(gy, *ctx.saved_tensors, ctx.chunk), None)
+def _chunked_scan_grad(ctx, gy: Tensor, _g_starts: Tensor, g_last: Tensor | None):
+    """The last state's gradient seeds the adjoint recurrence at the end of the sequence (zeros if unused)."""
+    u, delta, A, B, C, starts = ctx.saved_tensors
+    if g_last is None:
+        g_last = starts.new_zeros(starts.shape[1:])
+    return (*chunked_scan_backward(gy, g_last, u, delta, A, B, C, starts, ctx.chunk), None)
 
 
 def _no_double_backward(ctx, *grads: Tensor):
@@ -184,9 +190,13 @@ chunked_scan_backward.register_autograd(_no_double_backward, setup_context=lambd
 
 
 def _chunked_scan_backward(
-    gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, starts: Tensor, chunk: int
+    gy: Tensor, g_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, starts: Tensor,
+    chunk: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Adjoint of :func:`chunked_scan_forward`, chunk by chunk from the end of the sequence."""
+    """Adjoint of :func:`chunked_scan_forward`, chunk by chunk from the end of the sequence.
+
+    ``g_last`` (batch, d_inner, N) is dLoss/d(last state): the adjoint's value past the last step.
+    """
     L, N, G = u.shape[1], A.shape[1], B.shape[2]
     du = delta * u
     ws = _Workspace(u, chunk, N, G, adjoint=True)
@@ -195,8 +205,9 @@ def _chunked_scan_backward(
     g_B, g_C = B.new_empty(B.shape), C.new_empty(C.shape)
     g_A = A.new_zeros(A.shape)
     ones = A.new_ones(N)
-    # dLoss/dh_{t1-1} contributed through h_{t1}: exp(delta_{t1} A) * g_{t1}, carried leftwards.
-    carry = starts.new_zeros(starts.shape[1:])
+    # dLoss/dh_{t1-1} contributed through h_{t1}: exp(delta_{t1} A) * g_{t1}, carried leftwards; at the
+    # end of the sequence, what the loss takes through the returned last state.
+    carry = g_last
     A_log2 = A * LOG2E
     for i, (t0, t1) in reversed(list(enumerate(_chunks(L, chunk)))):
         delta_c, du_c = _steps(delta, t0, t1), _steps(du, t0, t1)

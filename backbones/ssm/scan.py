@@ -30,8 +30,9 @@ Implementations (``impl``):
   and the first ``auto`` call logs its choice once.
 
 All paths accumulate in (at least) fp32 and return ``u``'s dtype, also under autocast.
-``return_last_state=True`` also returns the state after the last step, ``(batch, d_inner, N)`` in fp32
-(not differentiable on the ``fast`` path).
+``return_last_state=True`` also returns the state after the last step, ``(batch, d_inner, N)`` in fp32,
+differentiable on every path but ``mamba_ssm``: the fused kernel ignores a gradient arriving through the
+last state, so a backward pass that needs it raises instead of dropping it silently.
 """
 
 from __future__ import annotations
@@ -161,7 +162,11 @@ def selective_scan(
     if impl == "auto":
         _announce(chosen, u.device)
     if chosen == "mamba_ssm":
-        return mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        out = mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        if return_last_state:
+            y, last = out
+            return y, _NoGradThroughKernelState.apply(last)
+        return out
     if chosen == "triton":
         return triton_selective_scan(
             u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, delta_softplus, return_last_state
@@ -176,6 +181,22 @@ def selective_scan(
             y, last = _fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute)
     y = y.to(out_dtype)
     return (y, last.float()) if return_last_state else y
+
+
+class _NoGradThroughKernelState(torch.autograd.Function):
+    """Identity on mamba_ssm's last state whose backward refuses: that kernel's backward takes the output's
+    gradient only, so a loss on the last state would otherwise lose its gradient without a word."""
+
+    @staticmethod
+    def forward(ctx, last: Tensor) -> Tensor:
+        return last.view_as(last)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        raise RuntimeError(
+            "selective_scan(impl='mamba_ssm', return_last_state=True): mamba_ssm's kernel does not "
+            "differentiate through the last state; use impl='triton' or impl='fast', which do"
+        )
 
 
 def _reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute) -> tuple[Tensor, Tensor]:

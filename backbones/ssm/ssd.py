@@ -8,7 +8,9 @@ Triton kernel and the pure-PyTorch paths without reshaping anything::
     head h reads group h // (heads // groups) of B and C
 
     dt    <- softplus(dt + dt_bias)                     (bias/softplus optional)
-    h_t    = exp(dt_t * A) * h_{t-1} + dt_t * x_t B_t^T  (per head, h: head_dim x state)
+    dt    <- clamp(dt, *dt_limit)                       (mamba-ssm's dt_limit, default (0, inf))
+    h_t    = exp(dt_t * A) * h_{t-1} + dt_t * x_t B_t^T  (per head, h: head_dim x state; h_{-1} =
+                                                          initial_states, or zero)
     y_t    = h_t C_t + D * x_t
     out    = y * silu(z)                                (if z is given; D is inside the gate)
 
@@ -27,12 +29,14 @@ Implementations (``impl``):
   once ``dt * A`` is large), so large ``dt`` underflows to zero instead of giving inf or NaN. Lengths
   need not be a multiple of ``chunk_size``: the last chunk is simply shorter.
 * ``mamba_ssm``: ``mamba_chunk_scan_combined`` (Triton), when it imports and the tensors live on CUDA.
-  Note that kernel clamps the effective ``dt`` to ``[0, inf)`` (its ``dt_limit`` default); the other
-  paths do not, so they agree for non-negative effective ``dt`` (always true with ``dt_softplus``).
 * ``triton``: the sequential Triton kernel pair of :mod:`backbones.ssm.triton_ssd` (CUDA, no mamba-ssm
-  build needed; on CPU only under ``TRITON_INTERPRET=1``, for tests); no ``return_final_states``.
+  build needed; on CPU only under ``TRITON_INTERPRET=1``, for tests).
 * ``auto``: on CUDA ``mamba_ssm`` when it imports, else ``triton`` when it imports, else ``fast``; off CUDA
   ``fast``.
+
+Every implementation clamps the effective ``dt`` by ``dt_limit`` as mamba-ssm does (gradient zero where
+it clamps; the default ``(0, inf)`` only turns a negative ``dt`` into 0), starts from ``initial_states``
+when given (differentiable), and returns the final states with ``return_final_states``.
 
 The PyTorch paths compute in (at least) fp32 with autocast off and return ``x``'s dtype.
 """
@@ -40,6 +44,7 @@ The PyTorch paths compute in (at least) fp32 with autocast off and return ``x``'
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +55,7 @@ from backbones.ssm.softplus import softplus
 
 SSD_IMPLS = ("auto", "reference", "fast", "triton", "mamba_ssm")
 DEFAULT_SSD_CHUNK = 64  # Mamba-2's default chunk size
+DEFAULT_DT_LIMIT = (0.0, math.inf)  # mamba-ssm's default dt_limit: only a negative dt is clamped (to 0)
 
 
 def _chunk_lengths(L: int, chunk_size: int) -> list[int]:
@@ -79,9 +85,9 @@ def ssd_scan_macs(
     * per chunk: the scores ``C B^T`` (G T^2 N: B and C are shared by a group's heads), the decay
       mask applied to them (H T^2), ``scores @ (dt x)`` (H T^2 P), the decay-to-chunk-end weighting
       (H T P) and the chunk state ``B^T (dt x)`` (H T P N);
-    * for every chunk but the first (the state entering the first one is zero): the state passed in
-      (``exp(sum dt A) * h + state``, H P N), its read-out ``C h`` (H T P N) and the
-      decay-from-chunk-start scaling of that read-out (H T P).
+    * for every chunk but the first (the state entering the first one is zero: no ``initial_states``, as
+      the mixers call it): the state passed in (``exp(sum dt A) * h + state``, H P N), its read-out
+      ``C h`` (H T P N) and the decay-from-chunk-start scaling of that read-out (H T P).
 
     exp, softplus, silu, the cumulative sums of ``dt * A`` and plain additions are not counted, as in
     fvcore. This is the cost of the chunked algorithm, not of the per-token recurrence (``reference``).
@@ -120,14 +126,20 @@ def _check_inputs(
     z: Tensor | None,
     dt_bias: Tensor | None,
     chunk_size: int,
+    initial_states: Tensor | None = None,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
 ) -> None:
     """Reject wrong shapes and dtypes early with one message naming the tensor and the expected layout."""
-    named = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias}
+    named = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias,
+             "initial_states": initial_states}
     for name, t in named.items():
         if t is not None and not t.is_floating_point():
             raise ValueError(f"ssd_scan: {name} must be a real floating-point tensor, got dtype {t.dtype}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"ssd_scan: chunk_size must be a positive int, got {chunk_size!r}")
+    if (not isinstance(dt_limit, tuple | list) or len(dt_limit) != 2 or math.isnan(dt_limit[0])
+            or math.isnan(dt_limit[1]) or dt_limit[0] > dt_limit[1]):
+        raise ValueError(f"ssd_scan: dt_limit must be (low, high) with low <= high, got {dt_limit!r}")
     if x.dim() != 4:
         raise _shape_error("x", "(batch, length, heads, head_dim)", x)
     batch, L, heads, head_dim = x.shape
@@ -148,14 +160,20 @@ def _check_inputs(
         raise _shape_error("z", f"(batch, length, heads, head_dim) = {tuple(x.shape)} like x", z)
     if dt_bias is not None and dt_bias.shape != (heads,):
         raise _shape_error("dt_bias", f"(heads,) = ({heads},)", dt_bias)
+    state_shape = (batch, heads, head_dim, B.shape[-1])
+    if initial_states is not None and initial_states.shape != state_shape:
+        raise _shape_error("initial_states", f"(batch, heads, head_dim, state) = {state_shape}", initial_states)
 
 
-def _reference_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
-    """Literal per-token recurrence over (batch, heads, head_dim, state) states; returns (y, last state)."""
+def _reference_ssd(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Literal per-token recurrence over (batch, heads, head_dim, state) states from ``h0`` (or zero);
+    returns (y, last state)."""
     batch, L, heads, head_dim = x.shape
     per_group = heads // B.shape[2]
     B_h, C_h = B.repeat_interleave(per_group, dim=2), C.repeat_interleave(per_group, dim=2)
-    h = x.new_zeros(batch, heads, head_dim, B.shape[-1])
+    h = x.new_zeros(batch, heads, head_dim, B.shape[-1]) if h0 is None else h0
     ys = []
     for t in range(L):
         decay = torch.exp(dt[:, t] * A)[:, :, None, None]
@@ -203,9 +221,10 @@ def _chunk_terms(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, T: int) -> tuple[
 
 
 def _fast_ssd(
-    xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, final: bool
+    xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, h0: Tensor | None, chunk_size: int, final: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """Exact chunked SSD on heads-per-group inputs (see :func:`_chunk_terms`); returns (y, last state)."""
+    """Exact chunked SSD on heads-per-group inputs (see :func:`_chunk_terms`) from the state ``h0``
+    ``(b, G, R, P, N)`` (None: zero); returns (y, last state)."""
     L = xdt.shape[1]
     T = min(chunk_size, L)
     n_full = L // T
@@ -217,26 +236,22 @@ def _fast_ssd(
     log_totals = torch.cat([t[2] for t in terms], dim=1)
     n_chunks = states.shape[1]
 
-    # Across chunks: h_in[k] is the state entering chunk k (k >= 1; chunk 0 starts from zero).
-    h_in: list[Tensor] = []
-    for k in range(1, n_chunks):
+    # Across chunks: h_in[k] is the state entering chunk k (None: zero, only possible for chunk 0).
+    h_in: list[Tensor | None] = [h0]
+    for k in range(1, n_chunks + int(final)):
         h_prev = states[:, k - 1]
-        if k > 1:
+        if h_in[-1] is not None:
             h_prev = h_prev + torch.exp(log_totals[:, k - 1])[..., None, None] * h_in[-1]
         h_in.append(h_prev)
-    last = None
-    if final:
-        last = states[:, -1]
-        if h_in:
-            last = last + torch.exp(log_totals[:, -1])[..., None, None] * h_in[-1]
+    last = h_in.pop() if final else None  # the state "entering" the chunk after the last
 
     # Off-diagonal blocks: the incoming state read out by C, decayed from the chunk start.
     ys, k0 = [], 0
     for (y_diag, _, _, from_start, Cs), (t0, t1, _) in zip(terms, runs, strict=True):
         n = y_diag.shape[1]
-        lo = max(k0, 1)
+        lo = k0 if h_in[k0] is not None else k0 + 1
         if lo < k0 + n:
-            h = torch.stack(h_in[lo - 1 : k0 + n - 1], dim=1)  # (b, m, G, R, P, N)
+            h = torch.stack(h_in[lo : k0 + n], dim=1)  # (b, m, G, R, P, N)
             y_off = torch.einsum("bclgn,bcgrpn->bclgrp", Cs[:, lo - k0 :], h)
             y_off = y_off * from_start[:, lo - k0 :].permute(0, 1, 4, 2, 3)[..., None]
             y_diag = torch.cat([y_diag[:, : lo - k0], y_diag[:, lo - k0 :] + y_off], dim=1)
@@ -255,22 +270,23 @@ class ChunkedSSD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, final: bool):
-        y, last = _fast_ssd(xdt, a, B, C, chunk_size, final)
-        ctx.save_for_backward(xdt, a, B, C)
+    def forward(ctx, xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, h0: Tensor | None, chunk_size: int, final: bool):
+        y, last = _fast_ssd(xdt, a, B, C, h0, chunk_size, final)
+        ctx.save_for_backward(xdt, a, B, C, h0)
         ctx.chunk_size, ctx.final = chunk_size, final
         return (y, last) if final else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grad_out: Tensor):
-        inputs = [t.detach().requires_grad_() for t in ctx.saved_tensors]
-        with torch.enable_grad(), torch.autocast(device_type=inputs[0].device.type, enabled=False):
+        inputs = [None if t is None else t.detach().requires_grad_() for t in ctx.saved_tensors]
+        given = [t for t in inputs if t is not None]
+        with torch.enable_grad(), torch.autocast(device_type=given[0].device.type, enabled=False):
             y, last = _fast_ssd(*inputs, ctx.chunk_size, ctx.final)
             outs = (y, last) if ctx.final else (y,)
             # Unused outputs arrive as zeros (materialize_grads), so every output has a gradient here.
-            got = torch.autograd.grad(outs, inputs, [g.to(o.dtype) for o, g in zip(outs, grad_out, strict=True)])
-        return (*got, None, None)
+            got = iter(torch.autograd.grad(outs, given, [g.to(o.dtype) for o, g in zip(outs, grad_out, strict=True)]))
+        return (*(None if t is None else next(got) for t in inputs), None, None)
 
 
 def _mamba_ssm_ssd(
@@ -285,6 +301,8 @@ def _mamba_ssm_ssd(
     dt_softplus: bool,
     chunk_size: int,
     return_final_states: bool,
+    initial_states: Tensor | None,
+    dt_limit: tuple[float, float],
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Dispatch to the Triton kernel, refusing with an actionable message when it cannot run."""
     if not ssd_kernel_available():
@@ -300,8 +318,8 @@ def _mamba_ssm_ssd(
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
     return mamba_chunk_scan_combined(
-        x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-        return_final_states=return_final_states,
+        x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
+        dt_softplus=dt_softplus, dt_limit=tuple(dt_limit), return_final_states=return_final_states,
     )
 
 
@@ -329,50 +347,58 @@ def ssd_scan(
     chunk_size: int = DEFAULT_SSD_CHUNK,
     impl: str = "auto",
     return_final_states: bool = False,
+    initial_states: Tensor | None = None,
+    dt_limit: tuple[float, float] = DEFAULT_DT_LIMIT,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run the Mamba-2 SSD scan; see the module docstring for layouts and the recurrence.
 
     Returns ``y`` with ``x``'s shape and dtype, or ``(y, last_state)`` with ``return_final_states``,
     the state after the last token as ``(batch, heads, head_dim, state)`` in fp32 (fp64 for fp64
-    inputs), ungated and without the ``D`` skip, ready to seed step-by-step decoding.
+    inputs), ungated and without the ``D`` skip, ready to seed step-by-step decoding or the next segment
+    (``initial_states``, same layout: the state before the first token; gradients flow into it).
+    ``dt_limit``: the effective ``dt`` (after bias and softplus) is clamped to it, as mamba-ssm does.
     ``chunk_size`` only changes how ``fast`` and ``mamba_ssm`` split the work, never the result.
     """
     if impl not in SSD_IMPLS:
         raise ValueError(f"ssd_scan: unknown impl {impl!r}; valid choices are {SSD_IMPLS}")
-    _check_inputs(x, dt, A, B, C, D, z, dt_bias, chunk_size)
+    _check_inputs(x, dt, A, B, C, D, z, dt_bias, chunk_size, initial_states, dt_limit)
+    dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
     if impl == "auto":
         impl = resolve_ssd_impl(impl, x.device)
     if impl == "triton":
         from backbones.ssm.triton_ssd import triton_ssd
 
-        if return_final_states:
-            raise ValueError("ssd_scan(impl='triton') does not return final states; use impl='fast' or 'mamba_ssm'")
-        return triton_ssd(x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        return triton_ssd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_states=initial_states,
+                          dt_limit=dt_limit, return_final_states=return_final_states)
     if impl == "mamba_ssm":
-        return _mamba_ssm_ssd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk_size, return_final_states)
+        return _mamba_ssm_ssd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk_size, return_final_states,
+                              initial_states, dt_limit)
 
     out_dtype = x.dtype
-    given = [t for t in (x, dt, A, B, C, D, z, dt_bias) if t is not None]
+    given = [t for t in (x, dt, A, B, C, D, z, dt_bias, initial_states) if t is not None]
     compute = functools.reduce(torch.promote_types, (t.dtype for t in given), torch.float32)
     batch, L, heads, head_dim = x.shape
     groups = B.shape[2]
     # Autocast off, so the matmuls inside stay in fp32 even when the caller runs under bf16 autocast.
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, dt, A, B, C = (t.to(compute) for t in (x, dt, A, B, C))
+        h0 = None if initial_states is None else initial_states.to(compute)
         if dt_bias is not None:
             dt = dt + dt_bias.to(compute)
         if dt_softplus:
             dt = F.softplus(dt) if impl == "reference" else softplus(dt)
+        dt = dt.clamp(*dt_limit)  # mamba-ssm's clamp; its gradient is zero where it clamps, as the kernel's
         if impl == "reference":
-            y, last = _reference_ssd(x, dt, A, B, C)
+            y, last = _reference_ssd(x, dt, A, B, C, h0)
         else:
             split = (batch, L, groups, heads // groups)
             xdt = (x * dt[..., None]).view(*split, head_dim)
+            h0 = None if h0 is None else h0.view(batch, groups, heads // groups, head_dim, -1)
             if torch.compiler.is_compiling():  # traced as plain ops: the compiler derives the backward itself
-                out = _fast_ssd(xdt, (dt * A).view(split), B, C, chunk_size, return_final_states)
+                out = _fast_ssd(xdt, (dt * A).view(split), B, C, h0, chunk_size, return_final_states)
                 out = out if return_final_states else out[0]
             else:
-                out = ChunkedSSD.apply(xdt, (dt * A).view(split), B, C, chunk_size, return_final_states)
+                out = ChunkedSSD.apply(xdt, (dt * A).view(split), B, C, h0, chunk_size, return_final_states)
             y, last = out if return_final_states else (out, None)
             y = y.reshape(x.shape)
             if last is not None:

@@ -16,7 +16,7 @@ import torch.nn as nn
 import archbench
 from backbones import registry
 from backbones.layers.mixers import is_attention_block
-from backbones.layers.scan_order import num_directions
+from backbones.layers.scan_order import DIM_PAD_TOKENS, num_directions
 
 
 def count(name: str, **overrides) -> int:
@@ -51,8 +51,8 @@ def dit_formula(cfg) -> int:
     if cfg["num_classes"]:
         total += (cfg["num_classes"] + (cfg["class_dropout_prob"] > 0)) * d
     hidden = int(d * cfg["mlp_ratio"])
-    blocks = sum(mixer_formula(cfg, i, qkv_bias=True) + linear(d, hidden) + linear(hidden, d) + linear(d, 6 * d)
-                 for i in range(cfg["depth"]))
+    mlp_and_ada = linear(d, hidden) + linear(hidden, d) + linear(d, 6 * d)
+    blocks = sum(mixer_formula(cfg, i, qkv_bias=True, extras=0) + mlp_and_ada for i in range(cfg["depth"]))
     return total + blocks + linear(d, 2 * d) + linear(d, p * p * out)
 
 
@@ -70,13 +70,15 @@ def mamba2_formula(d: int, n: int = 64, k: int = 4, directions: int = 2) -> int:
     return linear(d, inner + conv_dim + heads, False) + directions * direction + inner + linear(inner, d, False)
 
 
-def mixer_formula(cfg, layer: int, qkv_bias: bool) -> int:
-    """Block ``layer``'s mixer: attention (qkv + proj) or a Mamba mixer with one set per scan direction."""
+def mixer_formula(cfg, layer: int, qkv_bias: bool, extras: int = 1) -> int:
+    """Block ``layer``'s mixer: attention (qkv + proj) or a Mamba mixer with one set per scan direction,
+    plus, for ``dim_pad``, DiM's pad tokens (``pad`` lateral ones, and ``pad`` split ones behind extras)."""
     d, mixer = cfg["width"], cfg.get("mixer", "bimamba")
     if is_attention_block(mixer, layer, cfg.get("attention_every", 0)):
         return linear(d, 3 * d, qkv_bias) + linear(d, d)
-    directions = num_directions(cfg.get("scan_order", "bidirectional"))
-    return (mamba2_formula if mixer == "mamba2" else bimamba_formula)(d, directions=directions)
+    order = cfg.get("scan_order", "bidirectional")
+    pads = DIM_PAD_TOKENS * d * (1 + (extras > 0)) if order == "dim_pad" else 0
+    return (mamba2_formula if mixer == "mamba2" else bimamba_formula)(d, directions=num_directions(order)) + pads
 
 
 def token_stem(cfg, time_mlp_hidden) -> int:
@@ -215,7 +217,9 @@ def test_a_family_without_a_closed_form_fails():
 
 @pytest.mark.parametrize("options", [dict(scan_order="cross"), dict(scan_order="raster"), dict(attention_every=3),
                                      dict(scan_order="zigzag", attention_every=2), dict(mixer="mamba2"),
-                                     dict(mixer="mamba2", scan_order="cross", attention_every=2)])
+                                     dict(mixer="mamba2", scan_order="cross", attention_every=2),
+                                     dict(scan_order="dim"), dict(scan_order="dim_pad"),
+                                     dict(mixer="mamba2", scan_order="dim_pad", attention_every=2)])
 @pytest.mark.parametrize("name", ["dis_t2", "uvit_bimamba_t2", "dit_bimamba_t2"])
 def test_every_axis_counts_as_its_closed_form(name, options):
     cfg = archbench.backbone_config(name, **options)

@@ -12,7 +12,7 @@ from backbones import registry
 def test_list_backbones_patterns_are_sorted_and_complete():
     dis = archbench.list_backbones("dis_*")
     assert dis == sorted(dis)
-    kinds = ("zigzag", "cross", "alternate", "hybrid", "mamba2")
+    kinds = ("zigzag", "cross", "alternate", "dim", "hybrid", "mamba2")
     variants = {f"dis_{v}_{size}" for v in kinds for size in ("s2", "t2")}
     expected = {f"dis_{s}{p}" for s in "sbmlh" for p in (2, 4)} | {"dis_t2", "dis_t4"} | variants
     assert set(dis) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from unittest import mock
 
@@ -45,19 +46,25 @@ def make_inputs(
     return {k: None if v is None else v.to(dtype) for k, v in x.items()}
 
 
-def loop_truth(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, final=False):
-    """Float64 per-token loop, one head at a time, written from the recurrence alone."""
+def loop_truth(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, final=False, initial_states=None,
+               dt_limit=None):
+    """Float64 per-token loop, one head at a time, written from the recurrence alone: the state starts at
+    ``initial_states`` (or zero); ``dt_limit`` clamps the effective dt (after bias and softplus)."""
     x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
     if dt_bias is not None:
         dt = dt + dt_bias.double()
     if dt_softplus:
         dt = F.softplus(dt)
+    if dt_limit is not None:
+        dt = torch.minimum(torch.maximum(dt, torch.tensor(dt_limit[0])), torch.tensor(dt_limit[1]))
     batch, L, heads, head_dim = x.shape
     groups, N = B.shape[2:]
     outs, lasts = [], []
     for head in range(heads):
         grp = head // (heads // groups)
         h = torch.zeros(batch, head_dim, N, dtype=torch.float64)
+        if initial_states is not None:
+            h = initial_states[:, head].double()
         ys = []
         for t in range(L):
             a = torch.exp(dt[:, t, head] * A[head])  # (batch,)
@@ -254,3 +261,71 @@ def test_macs_match_the_contractions_fast_runs(L):
         elementwise += b * (H * T * T + H * T * P + (H * P * N + H * T * P if i else 0))
     macs = ssd_scan_macs(b, L, H, P, N, G, Q, has_z=False, has_D=False)
     assert counter.get_total_flops() == 2 * (macs - elementwise)
+
+
+# --- initial / final states and dt_limit, as mamba-ssm's mamba_chunk_scan_combined offers them ---------------
+
+
+def with_initial_states(x: dict, seed: int = 11) -> dict:
+    batch, _, heads, head_dim = x["x"].shape
+    g = torch.Generator().manual_seed(seed)
+    h0 = torch.randn(batch, heads, head_dim, x["B"].shape[-1], generator=g, dtype=torch.float64)
+    return {**x, "initial_states": h0.to(x["x"].dtype)}
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize(("L", "chunk"), [(1, 4), (9, 4), (16, 4), (23, 64)])
+def test_initial_states_seed_the_recurrence_and_get_gradients(impl, L, chunk):
+    x = with_initial_states(make_inputs(2, L, 4, 3, 5, 2, seed=L, D="h", softplus=True))
+    expected = values_and_grads(partial(loop_truth, dt_softplus=True, final=True), x)  # includes d/d h0
+    fn = partial(ssd_scan, dt_softplus=True, chunk_size=chunk, impl=impl, return_final_states=True)
+    assert_rel_close(values_and_grads(fn, x), expected, 1e-4, f"{impl} with initial states, L={L}")
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_two_segments_chained_by_their_states_are_one_scan(impl):
+    x = make_inputs(1, 21, 2, 3, 4, 1, seed=2, D="hp", softplus=True)
+    fn = partial(ssd_scan, dt_softplus=True, chunk_size=4, impl=impl, return_final_states=True)
+    whole, last = fn(**x)
+    per_token = ("x", "dt", "B", "C", "z")
+    first, mid = fn(**{k: v[:, :13] if k in per_token else v for k, v in x.items()})
+    second, end = fn(**{k: v[:, 13:] if k in per_token else v for k, v in x.items()}, initial_states=mid)
+    assert torch.allclose(torch.cat([first, second], dim=1), whole, atol=1e-5)
+    assert torch.allclose(end, last, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("softplus", [True, False])
+def test_dt_limit_clamps_the_effective_dt_and_its_gradient(impl, softplus):
+    x = make_inputs(2, 19, 2, 3, 4, 1, seed=4, softplus=softplus)
+    limit = (0.2, 0.6)
+    expected = values_and_grads(partial(loop_truth, dt_softplus=softplus, final=True, dt_limit=limit), x)
+    fn = partial(ssd_scan, dt_softplus=softplus, chunk_size=4, impl=impl, return_final_states=True, dt_limit=limit)
+    got = values_and_grads(fn, x)
+    assert_rel_close(got, expected, 1e-4, f"{impl} dt_limit")
+    effective = x["dt"] + x["dt_bias"]
+    effective = F.softplus(effective) if softplus else effective
+    outside = (effective < limit[0]) | (effective > limit[1])
+    assert outside.any() and (~outside).any()
+    grad_dt = got[2 + list(k for k, v in x.items() if v is not None).index("dt")]
+    assert torch.all(grad_dt[outside] == 0) and torch.all(grad_dt[~outside] != 0)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_default_dt_limit_turns_a_negative_dt_into_zero_as_mamba_ssm(impl):
+    x = make_inputs(1, 12, 2, 3, 4, 1, seed=6, with_bias=False)
+    x["dt"] = x["dt"] - 0.5  # some effective dt < 0: mamba-ssm's default (0, inf) clamps them to 0
+    assert (x["dt"] < 0).any()
+    clamped = {**x, "dt": x["dt"].clamp(min=0)}
+    assert torch.allclose(ssd_scan(**x, impl=impl), ssd_scan(**clamped, impl=impl), atol=1e-6)
+    unclamped = ssd_scan(**x, impl=impl, dt_limit=(-math.inf, math.inf))
+    assert not torch.allclose(unclamped, ssd_scan(**x, impl=impl), atol=1e-3)
+
+
+def test_bad_initial_states_and_dt_limit():
+    x = make_inputs(1, 3, 2, 2, 2, 1)
+    with pytest.raises(ValueError, match=r"initial_states must have shape \(batch, heads, head_dim, state\) "
+                                         r"= \(1, 2, 2, 2\)"):
+        ssd_scan(**x, initial_states=torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match="dt_limit must be"):
+        ssd_scan(**x, dt_limit=(1.0, 0.5))

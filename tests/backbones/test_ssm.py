@@ -276,3 +276,48 @@ def test_shape_errors_name_the_grouped_layout():
     x["B"] = torch.randn(1, 3, 2, 5, dtype=torch.float64)  # 3 groups do not divide d_inner = 4
     with pytest.raises(ValueError, match=r"B must have shape .*\(batch, groups, N, L\) with groups dividing"):
         selective_scan(**x)
+
+
+def last_state_truth(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Float64 closed form of the state after the last step: h = sum_s exp(sum_{s<r<L} delta_r A) delta_s B_s u_s."""
+    u, delta, A, B = (t.double() for t in (u, delta, A, B))
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    log_decay = delta[:, :, None, :] * A[None, :, :, None]  # (b, d, n, L)
+    after = log_decay.flip(-1).cumsum(-1).flip(-1) - log_decay  # sum over r > s
+    return torch.einsum("bdns,bns,bds->bdn", torch.exp(after), B, delta * u)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("chunk", [4, None])
+def test_the_last_state_carries_its_gradient(impl, chunk, monkeypatch):
+    """A loss on y and on the last state: the fast path dropped the last state's share silently (issue 20)."""
+    monkeypatch.setattr(ssm_scan, "DEFAULT_CHUNK", chunk)  # 4: the gradient must cross chunk boundaries
+    x = make_inputs(2, 3, 4, 21, seed=8, dtype=torch.float64)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    g = torch.Generator().manual_seed(3)
+    w_y, w_h = torch.randn(2, 3, 21, generator=g, dtype=torch.float64), torch.randn(2, 3, 4, generator=g,
+                                                                                      dtype=torch.float64)
+    y, last = selective_scan(**leaves, delta_softplus=True, impl=impl, return_last_state=True)
+    got = torch.autograd.grad((y * w_y).sum() + (last.double() * w_h).sum(), list(leaves.values()))
+    truth_leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    loss = (truth(**truth_leaves, delta_softplus=True) * w_y).sum()
+    loss = loss + (last_state_truth(**truth_leaves, delta_softplus=True) * w_h).sum()
+    expected = torch.autograd.grad(loss, list(truth_leaves.values()))
+    assert_rel_close(list(got), list(expected), 1e-5, f"{impl} gradients with the last state")
+    # the last state alone: its gradient must reach u, delta, A and B (C does not enter it)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    _, last = selective_scan(**leaves, delta_softplus=True, impl=impl, return_last_state=True)
+    last.sum().backward()
+    assert all(leaves[k].grad is not None and leaves[k].grad.abs().sum() > 0 for k in ("u", "delta", "A", "B"))
+
+
+def test_mamba_ssm_last_state_refuses_a_gradient_it_cannot_give():
+    """mamba_ssm's kernel ignores the last state's gradient; the wrapper says so instead of dropping it."""
+    state = torch.randn(2, 3, requires_grad=True)
+    guarded = ssm_scan._NoGradThroughKernelState.apply(state)
+    assert torch.equal(guarded, state)
+    with pytest.raises(RuntimeError, match=r"does not differentiate through the last state; use impl='triton'"):
+        guarded.sum().backward()

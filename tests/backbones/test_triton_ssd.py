@@ -7,13 +7,14 @@ programs per head, whose partial sums the wrapper adds up.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from functools import partial
 
 import pytest
 import torch
-from test_ssd import make_inputs, rel_errors, values_and_grads
+from test_ssd import loop_truth, make_inputs, rel_errors, values_and_grads, with_initial_states
 
 from backbones.ssm import ssd_scan
 
@@ -114,13 +115,16 @@ def test_double_backward_says_use_reference():
 def test_opcheck():
     x = make_inputs(1, 5, 2, 3, 4, 1, seed=2, D="hp", softplus=True)
     args = tuple(x[k].requires_grad_() for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias"))
-    torch.library.opcheck(triton_ssd_op, (*args, True, 2, 2))
-    bare = (*args[:5], None, None, None, False, 4, 0)
+    h0 = torch.randn(1, 2, 3, 4, requires_grad=True)
+    limits = (0.0, math.inf)
+    torch.library.opcheck(triton_ssd_op, (*args, h0, True, *limits, 2, 2))
+    bare = (*args[:5], None, None, None, None, False, 0.1, 0.5, 4, 0)
     torch.library.opcheck(triton_ssd_op, bare, test_utils=("test_schema", "test_faketensor"))
     # The backward op alone, on tensors that do not require grad (its own derivative is the clear error).
     plain = tuple(t.detach() for t in args)
-    y, states = triton_ssd_op(*plain, True, 2, 2)
-    torch.library.opcheck(triton_ssd_backward_op, (torch.randn_like(y), *plain, states, True, 2, 2))
+    y, states, final = triton_ssd_op(*plain, h0.detach(), True, *limits, 2, 2)
+    backward_args = (torch.randn_like(y), torch.randn_like(final), *plain, h0.detach(), states, True, *limits, 2, 2)
+    torch.library.opcheck(triton_ssd_backward_op, backward_args)
 
 
 def test_fullgraph_compile_matches_eager():
@@ -183,3 +187,62 @@ def test_compiled_kernels_on_cuda(monkeypatch):
     x16 = {k: v if k in ("A", "D", "dt_bias") else v.to(torch.bfloat16) for k, v in x.items()}
     ref = values_and_grads(on_cpu(ssd_scan, impl="fast"), {k: v.double() for k, v in x16.items()})
     assert_close(values_and_grads(on_cpu(triton_ssd), x16), ref, 3e-2, "cuda bf16")
+
+
+@pytest.mark.parametrize(("chunk", "block_p"), [(4, 2), (64, 0)])
+def test_initial_and_final_states_match_the_float64_loop(chunk, block_p):
+    # Values and gradients of y and of the final state, and the initial state's gradient (issue 20: the
+    # Triton path returned no final state and took no initial one).
+    x = with_initial_states(make_inputs(2, 10, 4, 6, 5, 2, seed=12, D="h", softplus=True))
+    expected = values_and_grads(partial(loop_truth, dt_softplus=True, final=True), x)
+    fn = partial(triton_ssd, dt_softplus=True, chunk=chunk, block_p=block_p, return_final_states=True)
+    got = values_and_grads(fn, x)
+    assert len(got) == len(expected) == 2 + 9
+    assert_close(got, expected, 1e-5, "triton states")
+    via_dispatch = partial(ssd_scan, dt_softplus=True, impl="triton", return_final_states=True)
+    assert_close(values_and_grads(via_dispatch, x), expected, 1e-5, "ssd_scan(impl='triton')")
+
+
+def test_final_state_alone_without_initial_state():
+    x = make_inputs(1, 7, 2, 3, 4, 1, seed=13, D=None, with_z=False, softplus=True)
+    expected = values_and_grads(partial(loop_truth, dt_softplus=True, final=True), x)
+    got = values_and_grads(partial(triton_ssd, dt_softplus=True, chunk=4, return_final_states=True), x)
+    assert_close(got, expected, 1e-5, "final state")
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+def test_dt_limit_matches_the_float64_loop(softplus):
+    x = make_inputs(2, 9, 2, 3, 4, 1, seed=14, softplus=softplus)
+    limit = (0.2, 0.6)
+    expected = values_and_grads(partial(loop_truth, dt_softplus=softplus, final=True, dt_limit=limit), x)
+    fn = partial(triton_ssd, dt_softplus=softplus, chunk=4, dt_limit=limit, return_final_states=True)
+    assert_close(values_and_grads(fn, x), expected, 1e-5, "dt_limit")
+    x["dt"] = x["dt"] - 0.8  # negative effective dt without softplus: the default (0, inf) clamps it to 0
+    clamp = (0.0, math.inf)
+    expected = values_and_grads(partial(loop_truth, dt_softplus=softplus, dt_limit=clamp), x)
+    assert_close(values_and_grads(partial(triton_ssd, dt_softplus=softplus, chunk=4), x), expected, 1e-5, "default")
+
+
+@pytest.mark.parametrize("options", [True, False])
+def test_kernels_compile_for_a_gpu_without_one(options, monkeypatch):
+    """The interpreter skips triton's compiler; compiling for sm_90 here catches compiled-only errors (the
+    initial/final state tiles and the dt_limit clamp included)."""
+    import inspect
+
+    monkeypatch.delenv("TRITON_INTERPRET")  # the compiled kernels, not the interpreted ones
+
+    triton = pytest.importorskip("triton")
+    pytest.importorskip("triton.backends.nvidia")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    consts = dict(CHUNK=64, BLOCK_P=16, BLOCK_N=64, HAS_D=options, HAS_Z=options, HAS_BIAS=options,
+                  SOFTPLUS=options, HAS_H0=options)
+    kernels = mod._kernels(False)
+    for kern in (kernels.forward, kernels.backward):
+        names = list(inspect.signature(kern.fn).parameters)
+        sig = {n: "constexpr" if n in consts else "*fp32" if n.endswith("_ptr") else
+               "fp32" if n in ("dt_min", "dt_max") else "i32" for n in names}
+        src = ASTSource(kern, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        assert ".entry" in compiled.asm["ptx"]

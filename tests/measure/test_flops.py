@@ -163,3 +163,21 @@ def test_scan_order_permutations_cost_nothing():
     assert alternate["macs"] == base["macs"]
     cross = backbone_flops("dis_cross_t2")  # twice the directions: twice the scans
     assert cross["by_operator"]["selective_scan"] == 2 * base["by_operator"]["selective_scan"]
+
+
+def test_dim_padding_tokens_are_priced_at_the_padded_length():
+    """DiM's pads lengthen what every SSM mixer projects, convolves and scans; out_proj sees only real tokens."""
+    from backbones.layers.scan_order import DIM_PAD_TOKENS, padded_length
+    from backbones.ssm import selective_scan_macs
+    from backbones.ssm.causal_conv import causal_conv1d_macs
+
+    plain, padded = backbone_flops("dis_t2", scan_order="dim"), backbone_flops("dis_t2", scan_order="dim_pad")
+    length, long = 2 + 256, padded_length(16, 16, 2, DIM_PAD_TOKENS)
+    assert (plain["tokens"], padded["tokens"]) == (length, long) == (258, 2 + 4 + 20 * 20)
+    mixers, width, inner, state, rank = 5, 64, 128, 16, 4  # dis_t2: 5 blocks, one scan direction each
+    assert padded["by_operator"]["selective_scan"] == mixers * selective_scan_macs(1, inner, long, state, False, False)
+    per_token = width * 2 * inner + inner * (rank + 2 * state) + rank * inner  # in_proj, x_proj, dt_proj
+    assert padded["by_operator"]["linear"] - plain["by_operator"]["linear"] == mixers * (long - length) * per_token
+    conv = causal_conv1d_macs(1, long, inner, 4) - causal_conv1d_macs(1, length, inner, 4)
+    assert padded["by_operator"]["conv"] - plain["by_operator"]["conv"] == mixers * conv
+    assert padded["unsupported"] == {}
