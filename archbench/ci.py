@@ -1,8 +1,8 @@
-"""``python -m archbench.ci fid``: the command line of :mod:`archbench.study.regression`."""
+"""``python -m archbench.ci``: see :mod:`archbench.commands.ci`, where every command lives."""
 
 import sys
 
-from archbench.study.regression import main
+from archbench.commands.ci import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,8 @@
-"""``python -m archbench.eval``: the command line of :mod:`archbench.evaluation.evaluate`."""
+"""``python -m archbench.eval``: see :mod:`archbench.commands.eval`, where every command lives."""
 
 import sys
 
-from archbench.evaluation.evaluate import main
+from archbench.commands.eval import main
 
 if __name__ == "__main__":
     sys.exit(main())

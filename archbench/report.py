@@ -1,8 +1,8 @@
-"""``python -m archbench.report``: the command line of :mod:`archbench.measure.report`."""
+"""``python -m archbench.report``: see :mod:`archbench.commands.report`, where every command lives."""
 
 import sys
 
-from archbench.measure.report import main
+from archbench.commands.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

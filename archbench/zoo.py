@@ -1,8 +1,8 @@
-"""``python -m archbench.zoo``: the command line of :mod:`archbench.measure.zoo`."""
+"""``python -m archbench.zoo``: see :mod:`archbench.commands.zoo`, where every command lives."""
 
 import sys
 
-from archbench.measure.zoo import main
+from archbench.commands.zoo import main
 
 if __name__ == "__main__":
     sys.exit(main())

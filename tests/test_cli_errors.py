@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from train_support import one_thread, run_train  # noqa: F401
 
 from archbench import ci, export, report, sample, train, zoo
-from archbench import eval as evaluate
+from archbench.commands import eval as evaluate
 
 WORDS = st.text(alphabet=string.ascii_letters + "-_.:", min_size=1, max_size=10).filter(
     lambda s: s.lower() not in ("true", "false", "none", "null", "nan", "inf", "infinity", "auto")
@@ -94,11 +94,11 @@ def test_zoo_readme_elsewhere_is_one_line(capsys, tmp_path):
 
 
 @FUZZ
-@given(flag=st.sampled_from(["--steps", "--num-samples", "--sample-steps", "--seed"]), value=WORDS)
+@given(flag=st.sampled_from(["--steps", "--num-samples", "--sample-steps", "--seed", "train_steps=", "num_samples=",
+                             "sample_steps=", "seed="]), value=WORDS)
 def test_ci_flags(capsys, flag, value):
-    with pytest.raises(SystemExit) as stop:
-        ci.main(["fid", flag, value])
-    assert _one_line_failure(capsys, int(stop.value.code)).startswith("python -m archbench.ci fid: error: ")
+    argv = ["fid", flag + value] if flag.endswith("=") else ["fid", flag, value]
+    assert _one_line_failure(capsys, ci.main(argv)).startswith("archbench.ci: error: ")
 
 
 def test_ci_unknown_backbone(capsys, tmp_path):
@@ -128,15 +128,22 @@ def test_not_a_checkpoint_is_named_and_never_deleted(capsys, tmp_path):
 def test_bench_flags(capsys, flag, value):
     from archbench import bench
 
-    with pytest.raises(SystemExit) as stop:
-        bench.main(["scan", flag, value])
-    assert _one_line_failure(capsys, int(stop.value.code)).startswith("python -m archbench.bench scan: error: ")
+    assert _one_line_failure(capsys, bench.main(["scan", flag, value])).startswith("archbench.bench: error: ")
+
+
+@FUZZ
+@given(key=st.sampled_from(["batch", "image_size", "timed_steps", "steps", "rounds", "precision", "diffusion"]),
+       value=st.one_of(WORDS, NON_POSITIVE.map(lambda v: v - 1)))
+def test_bench_step_values(capsys, key, value):
+    from archbench import bench
+
+    assert _one_line_failure(capsys, bench.main(["step", f"{key}={value}"])).startswith("archbench.bench: error: ")
 
 
 @FUZZ
 @given(key=WORDS, value=WORDS)
 def test_data_keys(capsys, key, value):
-    from archbench.data.cli import main as data_main
+    from archbench.commands.data import main as data_main
 
     line = _one_line_failure(capsys, data_main(["encode", f"{key}={value}"]))
     assert line.startswith("archbench.data: error: ")
@@ -148,7 +155,7 @@ def test_data_keys(capsys, key, value):
                             "ckpt_every", "arms"]),
        value=st.one_of(WORDS, NON_POSITIVE.map(lambda v: v - 1)))
 def test_study_values(capsys, key, value):
-    from archbench.study.__main__ import main as study_main
+    from archbench.commands.study import main as study_main
 
     line = _one_line_failure(capsys, study_main(["ci", f"{key}={value}", "--plan"]))
     assert line.startswith("archbench.study: error: ")
@@ -158,7 +165,7 @@ def test_study_values(capsys, key, value):
 @given(key=WORDS.filter(lambda k: k.split(".")[0] not in ("name", "study_dir", "recipe", "device", "threads")),
        value=WORDS)
 def test_study_unknown_keys(capsys, key, value):
-    from archbench.study.__main__ import main as study_main
+    from archbench.commands.study import main as study_main
 
     line = _one_line_failure(capsys, study_main(["ci", f"{key}={value}", "--plan"]))
     assert line.startswith("archbench.study: error: ") and ("unknown" in line or "cannot" in line or "must" in line

@@ -1,5 +1,6 @@
-"""``python -m archbench.data ...``: see ``archbench.data.cli``."""
+"""``python -m archbench.data``: see :mod:`archbench.commands.data`, where every command lives."""
 
-from archbench.data.cli import main
+from archbench.commands.data import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

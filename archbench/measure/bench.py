@@ -1,42 +1,35 @@
-"""Micro-benchmarks, one subcommand each: ``python -m archbench.bench scan|mixers [options]``
-(``step``, a whole training step, is :mod:`archbench.training.step_bench`).
+"""Micro-benchmarks of the backbones' building blocks (``python -m archbench.bench scan|mixers``, see
+:mod:`archbench.commands.bench`; ``step``, a whole training step, is :mod:`archbench.training.step_bench`).
 
-``mixers`` times each sequence mixer (attention, DiS's bidirectional Mamba, bidirectional Mamba-2) as a
-layer on (batch, L, width) tokens: forward, forward+backward and peak memory per length, every
-(mixer, L) in a fresh process, ``--rounds`` interleaved passes over all of them (median), with the
-ratios to attention from the same run.
+:func:`mixer_bench` times each sequence mixer (attention, DiS's bidirectional Mamba, bidirectional Mamba-2) as
+a layer on (batch, L, width) tokens: forward, forward+backward and peak memory per length, every (mixer, L) in
+a fresh process, several interleaved rounds over all of them (median).
 
-``scan`` times the selective-scan implementations on Mamba-sized inputs (defaults: batch 2,
-d_inner 736, N 16) and reports forward time (no grad), forward+backward time (median of
-``--repeats`` after one warm-up) and peak memory, then the ratios ``fast/pscan`` and
-``fast/reference`` from the same run.
+:func:`scan_bench` times the selective-scan implementations on Mamba-sized inputs (batch 2, d_inner 736, N 16
+by default): forward time (no grad), forward+backward time (median of the repeats after one warm-up) and
+peak memory.
 
-Each (impl, L) runs in a fresh spawned process. Peak memory is the growth over what is in use
+Each measurement runs in a fresh spawned process. Peak memory is the growth over what is in use
 after a warm-up call: the resident-set high-water mark on CPU (needs Linux's /proc), or
 ``torch.cuda.max_memory_allocated`` on CUDA. So allocator caches and lazily loaded library code
 do not count, and nothing leaks between measurements.
 
 The reference loop runs at every length by default: its autograd backward takes tens of seconds
-at L=4097 on a 2-core CPU, so the full default run takes several minutes;
-``--skip-reference-above L`` drops it for longer sequences.
+at L=4097 on a 2-core CPU, so the full default run takes several minutes; ``skip_reference_above``
+drops it for longer sequences.
 """
-
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
 import multiprocessing
 import statistics
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import torch
-
-from archbench.console import ArgumentParser
 
 SCAN_BENCH_IMPLS = ("reference", "fast", "pscan", "triton", "mamba_ssm")
 
@@ -217,32 +210,24 @@ def _measure_mixer(mixer: str, L: int, cfg: MixerConfig) -> dict[str, float]:
     return {"fwd": fwd, "train": train, "fwd_peak": fwd_peak, "train_peak": train_peak}
 
 
-def cmd_mixers(args: argparse.Namespace) -> int:
-    """Time every mixer at each length, interleaved, with ratios to attention."""
-    cfg = MixerConfig(args.batch, args.width, args.heads, args.repeats, args.device, args.threads, args.timer)
-    mixers = args.mixers or list(MIXER_BENCH)
-    print(f"mixers: batch={cfg.batch} width={cfg.width} heads={cfg.heads} device={cfg.device} threads={cfg.threads} "
-          f"timer={cfg.timer} (median of {cfg.repeats} after 1 warm-up, then of {args.rounds} interleaved rounds)")
+def mixer_bench(cfg: MixerConfig, lengths: Sequence[int], mixers: Sequence[str], rounds: int
+                ) -> dict[int, dict[str, dict[str, float]]]:
+    """Every (mixer, L) measured ``rounds`` times, interleaved, each in a fresh process: L -> mixer -> medians."""
     spawn = multiprocessing.get_context("spawn")
     runs: dict[tuple[str, int], list[dict]] = {}
-    for _ in range(args.rounds):
-        for L in args.lengths:
+    for _ in range(rounds):
+        for L in lengths:
             for mixer in mixers:
                 with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
                     runs.setdefault((mixer, L), []).append(pool.submit(_measure_mixer, mixer, L, cfg).result())
-    print(f"{'L':>6} {'mixer':>10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd MiB':>9} {'fwd+bwd MiB':>12} "
-          f"{'fwd/attn':>9} {'fwd+bwd/attn':>13}")
-    for L in args.lengths:
-        medians = {m: {k: statistics.median(r[k] for r in runs[(m, L)]) for k in runs[(m, L)][0]} for m in mixers}
-        base = medians.get("attention")
-        for mixer, r in medians.items():
-            print(f"{L:>6} {mixer:>10} {r['fwd'] * 1e3:>10.1f} {r['train'] * 1e3:>11.1f} "
-                  f"{r['fwd_peak'] / 2**20:>9.1f} {r['train_peak'] / 2**20:>12.1f} "
-                  f"{_ratio(r, base, 'fwd'):>9} {_ratio(r, base, 'train'):>13}")
-    return 0
+    return {
+        L: {m: {k: statistics.median(r[k] for r in runs[(m, L)]) for k in runs[(m, L)][0]} for m in mixers}
+        for L in lengths
+    }
 
 
-def _available_impls(device: str) -> list[str]:
+def available_impls(device: str) -> list[str]:
+    """The scan implementations worth timing on ``device`` with what is installed here."""
     from backbones.ssm import mamba_ssm_available, triton_available
 
     impls = ["reference", "fast"]
@@ -256,89 +241,14 @@ def _available_impls(device: str) -> list[str]:
     return impls
 
 
-def _ratio(num: dict | None, den: dict | None, key: str) -> str:
-    return f"{num[key] / den[key]:.3f}x" if num and den else "n/a"
-
-
-def cmd_scan(args: argparse.Namespace) -> int:
-    """Time every available selective-scan implementation at each length."""
-    if args.timer == "cpu" and args.device.startswith("cuda"):
-        raise SystemExit("--timer cpu measures host CPU time; use --timer wall on CUDA")
-    cfg = ScanConfig(
-        args.batch, args.d_inner, args.state, args.repeats, args.device, args.threads, args.timer
-    )
-    impls = [i for i in _available_impls(cfg.device) if not args.impls or i in args.impls]
-    print(
-        f"selective scan: batch={cfg.batch} d_inner={cfg.d_inner} N={cfg.state} device={cfg.device} "
-        f"threads={cfg.threads} timer={cfg.timer} (median of {cfg.repeats} after 1 warm-up)"
-    )
-    print(f"{'L':>6} {'impl':>10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd MiB':>9} {'fwd+bwd MiB':>12}")
+def scan_bench(cfg: ScanConfig, lengths: Sequence[int], impls: Sequence[str],
+               skip_reference_above: int | None = None) -> Iterator[tuple[int, str, dict[str, float]]]:
+    """(L, impl, result) for every length and implementation, each measured in a fresh process, yielded as it
+    finishes (a long run shows progress); the reference loop is skipped above ``skip_reference_above``."""
     spawn = multiprocessing.get_context("spawn")
-    for L in args.lengths:
-        results: dict[str, dict] = {}
+    for L in lengths:
         for impl in impls:
-            too_long = args.skip_reference_above is not None and L > args.skip_reference_above
-            if impl == "reference" and too_long:
+            if impl == "reference" and skip_reference_above is not None and L > skip_reference_above:
                 continue
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                r = results[impl] = pool.submit(_measure_scan, impl, L, cfg).result()
-            print(
-                f"{L:>6} {impl:>10} {r['fwd'] * 1e3:>10.1f} {r['train'] * 1e3:>11.1f} "
-                f"{r['fwd_peak'] / 2**20:>9.1f} {r['train_peak'] / 2**20:>12.1f}",
-                flush=True,
-            )
-        if "triton" in results and "mamba_ssm" in results:
-            r = results
-            print(f"{L:>6} triton/mamba_ssm: fwd {_ratio(r['triton'], r['mamba_ssm'], 'fwd')}, "
-                  f"fwd+bwd {_ratio(r['triton'], r['mamba_ssm'], 'train')}")
-        fast = results.get("fast")
-        for other in ("pscan", "reference"):
-            fwd = _ratio(fast, results.get(other), "fwd")
-            print(f"{L:>6} fast/{other}: fwd {fwd}, fwd+bwd {_ratio(fast, results.get(other), 'train')}")
-    return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m archbench.bench", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    scan = sub.add_parser("scan", help="selective-scan implementations: time and peak memory")
-    scan.add_argument("--lengths", type=int, nargs="+", default=[257, 1025, 4097])
-    scan.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
-    scan.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    scan.add_argument("--batch", type=int, default=2)
-    scan.add_argument("--d-inner", type=int, default=736)
-    scan.add_argument("--state", type=int, default=16, help="SSM state size N")
-    scan.add_argument(
-        "--skip-reference-above", type=int, default=None, metavar="L",
-        help="skip the (slow) per-timestep reference loop for sequences longer than L (default: never)",
-    )
-    scan.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    scan.add_argument(
-        "--timer", choices=("wall", "cpu"), default="wall",
-        help="cpu: process CPU time, steadier than wall time on a busy machine (use with --threads 1)",
-    )
-    scan.add_argument("--impls", nargs="+", choices=SCAN_BENCH_IMPLS, help="subset to run (default: all)")
-    scan.set_defaults(func=cmd_scan)
-    mixers = sub.add_parser("mixers", help="sequence mixers as layers: time, peak memory, ratios to attention")
-    mixers.add_argument("--lengths", type=int, nargs="+", default=[257, 1025, 4097])
-    mixers.add_argument("--width", type=int, default=384)
-    mixers.add_argument("--heads", type=int, default=6, help="attention heads (DiT-S's 6 at width 384)")
-    mixers.add_argument("--batch", type=int, default=2)
-    mixers.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median)")
-    mixers.add_argument("--rounds", type=int, default=2, help="interleaved passes over every (mixer, L)")
-    mixers.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    mixers.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    mixers.add_argument("--timer", choices=("wall", "cpu"), default="wall")
-    mixers.add_argument("--mixers", nargs="+", choices=MIXER_BENCH, help="subset to run (default: all)")
-    mixers.set_defaults(func=cmd_mixers)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and dispatch to the subcommand's ``cmd_*`` function."""
-    args = _parser().parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                yield L, impl, pool.submit(_measure_scan, impl, L, cfg).result()

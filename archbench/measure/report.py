@@ -1,15 +1,9 @@
-"""Command-line reports on registered backbones, all counted and measured the same way.
+"""Reports on registered backbones, all counted and measured the same way (``python -m archbench.report``,
+see :mod:`archbench.commands.report`): FLOP tables, the DiT paper reproduction, torchinfo summaries, scaling
+sweeps and which scan kernel ``auto`` runs.
 
-    python -m archbench.report flops backbones=dit_s2,dis_* [build overrides] [format=md|csv|json]
-    python -m archbench.report flops preset=paper [format=md|csv|json]
-    python -m archbench.report summary backbone=dis_s2 [depth=3] [build overrides]
-    python -m archbench.report scaling backbones=dis_s2,dit_s2 resolutions=16,32,64 out=DIR [...]
-    python -m archbench.report kernels      # which scan implementation `auto` runs here, per device
-
-Arguments are ``key=value`` (Hydra-like).  Values parse as int, float, bool (true/false),
-None (none/null) or string; a comma-separated value is a tuple (``channel_mult=1,2,2``).
-Build overrides (``image_size``, ``in_channels``, ``num_classes``, ``learn_sigma``, ...) must be
-accepted by every selected backbone, so one command never mixes settings across backbones.
+Build overrides (``image_size``, ``in_channels``, ``num_classes``, ``learn_sigma``, ...) must be accepted by
+every selected backbone (:func:`check_overrides`), so one report never mixes settings across backbones.
 """
 
 from __future__ import annotations
@@ -19,37 +13,12 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from archbench.console import fail
+from archbench.console.errors import UsageError
 from backbones.registry import backbone_config, get_spec, list_backbones
-
-COMMANDS: dict[str, dict[str, str]] = {
-    "flops": {
-        "backbones": "names or fnmatch patterns, comma-separated",
-        "format": "md (default), csv or json",
-        "preset": "paper: the DiT paper table and the DiS family at 32x32x4 latents, 1000 classes",
-    },
-    "summary": {
-        "backbone": "one registered name",
-        "depth": "module nesting shown by torchinfo (default 3)",
-        "batch": "batch size of the summary's example input (default 1)",
-    },
-    "scaling": {
-        "backbones": "names or fnmatch patterns (default dis_s2,dit_s2,uvit_s2)",
-        "resolutions": "input sizes, comma-separated (default 16,32,64,128)",
-        "out": "output directory for scaling.csv and scaling.png (default scaling_out)",
-        "device": "cpu (default) or cuda",
-        "batch": "images per pass (default 1); times and memory are reported per image",
-        "repeats": "timed passes per measurement; the median is reported (default 5)",
-        "warmup": "untimed passes first (default 1)",
-        "threads": "torch CPU threads (default: torch's choice)",
-        "memory": "measure peak memory (default true)",
-    },
-    "kernels": {},
-}
 
 FORMATS = ("md", "csv", "json")
 PAPER_SETTING = {"image_size": 32, "in_channels": 4, "num_classes": 1000, "learn_sigma": True}
@@ -77,41 +46,6 @@ THOP_NOTE = (
     "embeddings, long-skip linears and head only. The column estimates it from our trace (Linear/Conv MACs "
     "outside the Mamba mixers) x 2."
 )
-
-
-class UsageError(Exception):
-    """A user mistake on the command line: reported as one line, exit status 2."""
-
-
-def parse_value(text: str) -> Any:
-    """``"32"`` -> 32, ``"0.1"`` -> 0.1, ``"true"`` -> True, ``"none"`` -> None, ``"1,2"`` -> (1, 2)."""
-    if "," in text:
-        return tuple(parse_value(part) for part in text.split(",") if part)
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
-    """Split ``COMMAND key=value ...`` into the command and its raw (unparsed) values."""
-    if not argv or argv[0] not in COMMANDS:
-        got = f" {argv[0]!r}" if argv else ""
-        raise UsageError(f"expected a command{got}: one of {', '.join(COMMANDS)} (see --help)")
-    args: dict[str, str] = {}
-    for item in argv[1:]:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{argv[0]}: arguments are key=value, got {item!r}")
-        args[key] = value
-    return argv[0], args
 
 
 def resolve_backbones(spec: str) -> list[str]:
@@ -142,27 +76,26 @@ def build_keys(names: Sequence[str]) -> set[str]:
     return set.intersection(*keys) if keys else set()
 
 
-def split_overrides(
-    command: str, args: dict[str, str], names: Sequence[str], exclude: dict[str, str] | None = None
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """Command options and parsed build overrides; an unknown key is a UsageError naming the valid ones.
+def check_overrides(
+    names: Sequence[str], overrides: dict[str, Any], own_keys: Sequence[str], exclude: dict[str, str] | None = None
+) -> None:
+    """Every override must be a build argument all of ``names`` accept; otherwise a UsageError naming the
+    command's own keys (``own_keys``) and the build overrides that would work.
 
-    ``exclude`` maps build keys the command sets itself to a hint on what to use instead.
+    ``exclude`` maps build keys the report sets itself to a hint on what to use instead.
     """
     exclude = exclude or {}
-    own = {k: v for k, v in args.items() if k in COMMANDS[command]}
     allowed = build_keys(names) - set(exclude)
-    unknown = sorted(set(args) - set(own) - allowed)
+    unknown = sorted(set(overrides) - allowed)
     if unknown:
         fixed = [k for k in unknown if k in exclude]
         partial = [k for k in unknown if k not in exclude and any(k in build_keys([n]) for n in names)]
         why = f" ({', '.join(partial)}: not accepted by every selected backbone)" if partial else ""
         why += "".join(f" ({k}: {exclude[k]})" for k in fixed)
         raise UsageError(
-            f"{command}: unknown key(s) {', '.join(unknown)}{why}; valid keys: "
-            f"{', '.join(COMMANDS[command])}; build overrides: {', '.join(sorted(allowed)) or '(none)'}"
+            f"unknown key(s) {', '.join(unknown)}{why}; valid keys: "
+            f"{', '.join(own_keys)}; build overrides: {', '.join(sorted(allowed)) or '(none)'}"
         )
-    return own, {k: parse_value(v) for k, v in args.items() if k not in own}
 
 
 def _cell(value: Any) -> str:
@@ -202,31 +135,16 @@ def _csv_cell(value: Any) -> Any:
 FLOP_COLUMNS = ("name", "family", "params", "tokens", "gmacs", "gflops", "unsupported")
 
 
-def cmd_flops(args: dict[str, str]) -> str:
+def flops_table(names: Sequence[str], overrides: dict[str, Any], fmt: str = "md") -> str:
+    """FLOPs and parameters of each backbone at the given build overrides, as a table in ``fmt``."""
     from archbench.measure.flops import backbone_flops
 
-    fmt = args.get("format", "md")
-    if fmt not in FORMATS:
-        raise UsageError(f"flops: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if "preset" in args:
-        extra = sorted(set(args) - {"preset", "format"})
-        if extra:
-            raise UsageError(f"flops: preset=paper fixes the setting; drop {', '.join(extra)}")
-        if args["preset"] != "paper":
-            raise UsageError(f"flops: unknown preset {args['preset']!r}; valid presets: paper")
-        return paper_report(fmt)
-    if "backbones" not in args:
-        raise UsageError("flops: give backbones=NAME[,PATTERN...] or preset=paper")
-    names = resolve_backbones(args["backbones"])
-    _, overrides = split_overrides("flops", args, names)
     rows = [_checked(backbone_flops, name, **overrides) for name in names]
     return format_rows(rows, FLOP_COLUMNS, fmt)
 
 
-def cmd_kernels(args: dict[str, str]) -> str:
+def kernels_table() -> str:
     """What ``scan="auto"`` / ``impl="auto"`` picks on each device of this machine, and what is installed."""
-    if args:
-        raise UsageError(f"kernels takes no keys, got {', '.join(sorted(args))}")
     import torch
 
     from backbones.ssm import mamba_ssm_available, resolve_impl, resolve_ssd_impl, triton_available
@@ -245,14 +163,6 @@ def cmd_kernels(args: dict[str, str]) -> str:
     if not torch.cuda.is_available():
         lines.append("(on a CUDA machine auto picks mamba_ssm when it imports, else triton, else fast)")
     return "\n".join(lines)
-
-
-def _positive_int(own: dict[str, str], key: str, default: int) -> int:
-    """An integer option (``warmup`` may be 0); anything else is a UsageError, not a traceback."""
-    value = parse_value(own[key]) if key in own else default
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "warmup" else 1):
-        raise UsageError(f"{key} must be a {'non-negative' if key == 'warmup' else 'positive'} integer, got {value!r}")
-    return value
 
 
 def _checked(fn: Any, name: str, **overrides: Any) -> Any:
@@ -326,39 +236,38 @@ def _pairing_note(dit: list[dict[str, Any]], dis: list[dict[str, Any]]) -> str:
     )
 
 
-def cmd_summary(args: dict[str, str]) -> str:
+def summary_table(name: str, overrides: dict[str, Any], depth: int = 3, batch: int = 1) -> str:
+    """torchinfo's layer table of one backbone, then archbench's own FLOP count (torchinfo's is not one)."""
     import torchinfo
 
     from archbench.measure.flops import backbone_flops, example_inputs
     from backbones.registry import build
 
-    if "backbone" not in args:
-        raise UsageError("summary: give backbone=NAME")
-    name = resolve_backbones(args["backbone"])
-    if len(name) != 1:
-        raise UsageError(f"summary: backbone= takes one name, got {', '.join(name)}")
-    own, overrides = split_overrides("summary", args, name)
-    model = _checked(build, name[0], **overrides).eval()
-    x, t, y = example_inputs(model, _positive_int(own, "batch", 1))
+    model = _checked(build, name, **overrides).eval()
+    x, t, y = example_inputs(model, batch)
     stats = torchinfo.summary(
         model,
         input_data=[x, t] if y is None else [x, t, y],
-        depth=_positive_int(own, "depth", 3),
+        depth=depth,
         col_names=("output_size", "num_params", "mult_adds"),
         verbose=0,
         device="cpu",
     )
-    counted = backbone_flops(name[0], **overrides)
+    counted = backbone_flops(name, **overrides)
     return "\n".join(
         [
             str(stats),
             "note: torchinfo's Mult-Adds are not a FLOP count: like thop it only sees nn.Module layers (no "
             "scaled_dot_product_attention, no selective scan), and it prices a Linear applied to a (B, L, D) "
             "token sequence as if L were 1. archbench's count (as `report flops`):",
-            f"{name[0]}: {counted['gmacs']:.3f} GMACs = {counted['gflops']:.3f} GFLOPs per image; by operator (GMACs): "
+            f"{name}: {counted['gmacs']:.3f} GMACs = {counted['gflops']:.3f} GFLOPs per image; by operator (GMACs): "
             + ", ".join(f"{op} {macs / 1e9:.4f}" for op, macs in counted["by_operator"].items()),
         ]
     )
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 SCALING_COLUMNS = (
@@ -366,30 +275,32 @@ SCALING_COLUMNS = (
 )
 
 
-def cmd_scaling(args: dict[str, str]) -> str:
+def scaling_report(
+    names: Sequence[str],
+    resolutions: Sequence[int],
+    overrides: dict[str, Any],
+    out: str | Path,
+    device: str = "cpu",
+    memory: bool = True,
+    options: dict[str, int] | None = None,
+    log: Callable[[str], None] = _stderr_log,
+) -> str:
+    """Time and memory per image over input sizes (``options``: batch, repeats, warmup, threads), written to
+    ``out``/scaling.csv, crossover.csv and scaling.png; returns the table and the crossovers as text."""
     import torch
 
     from archbench.measure import scaling
 
-    names = resolve_backbones(args.get("backbones", "dis_s2,dit_s2,uvit_s2"))
-    own, overrides = split_overrides("scaling", args, names, exclude={"image_size": "use resolutions="})
-    resolutions = parse_value(own.get("resolutions", "16,32,64,128"))
-    resolutions = [resolutions] if isinstance(resolutions, int) else list(resolutions)
-    if not resolutions or not all(isinstance(r, int) and r > 0 for r in resolutions):
-        raise UsageError(f"scaling: resolutions must be positive integers, got {own['resolutions']!r}")
-    device = own.get("device", "cpu")
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise UsageError(f"scaling: device must be cpu or cuda (with a GPU present), got {device!r}")
-    options = {k: _positive_int(own, k, 0) for k in ("batch", "repeats", "warmup", "threads") if k in own}
-    memory = parse_value(own.get("memory", "true"))
-    out = Path(own.get("out", "scaling_out"))
+        raise UsageError(f"device must be cpu or cuda (with a GPU present), got {device!r}")
+    options = dict(options or {})
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in names:  # fail on a bad override before any measurement, not halfway through
         _checked(backbone_config, name, **overrides)
-    log = _stderr_log
     log(_scaling_header(device, options))
     rows = scaling.measure_scaling(
-        names, resolutions, device=device, memory=bool(memory), overrides=overrides, log=log, **options
+        names, list(resolutions), device=device, memory=memory, overrides=overrides, log=log, **options
     )
     scaling.write_csv(rows, out / "scaling.csv")
     found = [item for mode in scaling.MODES for item in scaling.crossovers(rows, mode)]
@@ -417,38 +328,3 @@ def _scaling_header(device: str, options: dict[str, int]) -> str:
         f"batch {options.get('batch', 1)}, median of {options.get('repeats', 5)} after {options.get('warmup', 1)} "
         f"warm-up; {'bf16 autocast' if device == 'cuda' else 'fp32'}"
     )
-
-
-def _stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def usage() -> str:
-    lines = [__doc__.strip(), "", "Keys per command:"]
-    for command, keys in COMMANDS.items():
-        lines.append(f"  {command}:")
-        lines += [f"    {key:<12} {text}" for key, text in keys.items()]
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or any(a in ("-h", "--help", "help") for a in argv):
-        print(usage())
-        return 0 if argv else 1
-    try:
-        command, args = parse_args(argv)
-        handler = {"flops": cmd_flops, "summary": cmd_summary, "scaling": cmd_scaling, "kernels": cmd_kernels}[command]
-        print(handler(args))
-        sys.stdout.flush()
-    except BrokenPipeError:  # e.g. piped into `head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except UsageError as error:
-        return fail("archbench.report", str(error))
-    except OSError as error:  # an output folder that cannot be written, a missing file
-        return fail("archbench.report", f"{error.strerror or error}: {error.filename or ''}".strip(": "))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The table of registered backbones (README and ``python -m archbench.zoo``), built from the registry."""
+"""The table of registered backbones (README and ``python -m archbench.zoo``, see :mod:`archbench.commands.zoo`),
+built from the registry."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from archbench.console import ArgumentParser, fail
+from archbench.console.files import write_text_atomic
 from backbones.registry import backbone_config, build, get_spec, list_backbones
 
 
@@ -51,30 +52,14 @@ def zoo_markdown(pattern: str = "*") -> str:
 README_BEGIN, README_END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 
 
+def has_markers(path: Path) -> bool:
+    """Whether ``path`` is a file holding the zoo markers :func:`update_readme` writes between."""
+    return path.is_file() and README_BEGIN in path.read_text() and README_END in path.read_text()
+
+
 def update_readme(path: Path) -> None:
     """Rewrite the table between the zoo markers of a README in place."""
     text = path.read_text()
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
-    path.write_text(f"{head}{README_BEGIN}\n{zoo_markdown()}\n{README_END}{tail}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description="Print the table of registered backbones (Markdown).")
-    parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'dis_*'")
-    parser.add_argument("--readme", type=Path, nargs="?", const=Path("README.md"), help="update this README's table")
-    args = parser.parse_args(argv)
-    if args.readme:
-        if not args.readme.is_file() or README_BEGIN not in args.readme.read_text():
-            return fail(
-                "archbench.zoo", f"{args.readme} is not a README with the zoo markers {README_BEGIN} ... {README_END}; "
-                "run from the repository root or give --readme PATH"
-            )
-        update_readme(args.readme)
-    else:
-        print(zoo_markdown(args.pattern))
-    return 0
-
-
-if __name__ == "__main__":
-    main()
+    write_text_atomic(path, f"{head}{README_BEGIN}\n{zoo_markdown()}\n{README_END}{tail}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from archbench.diffusion import Objective
@@ -9,14 +10,27 @@ from archbench.diffusion import Objective
 SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "guide_channels")
 
 
-def sampling_settings(
-    requested: dict[str, Any], saved: dict[str, Any], objective: Objective
-) -> dict[str, Any]:
-    """``sampler``, ``steps``, ``cfg_scale`` and ``guide_channels``: each from ``requested`` when it is not None,
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The settings a set of samples is drawn with (the keys of :data:`SAMPLING_KEYS`)."""
+
+    sampler: str
+    steps: int | str | None = None  # None: the sampler's default; a string is a respacing such as "ddim25"
+    cfg_scale: float = 1.0
+    guide_channels: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain form a sample set's ``meta`` and an ``eval.json`` record store."""
+        return asdict(self)
+
+
+def sampling_settings(requested: dict[str, Any], saved: dict[str, Any], objective: Objective) -> SamplingSettings:
+    """Each of ``sampler``, ``steps``, ``cfg_scale`` and ``guide_channels`` from ``requested`` when it is not None,
     else from the run's ``sample`` section, else the objective's default; an unknown sampler raises ValueError."""
     chosen = {key: requested.get(key) if requested.get(key) is not None else saved.get(key) for key in SAMPLING_KEYS}
-    chosen["sampler"] = objective.check_sampler(chosen["sampler"])
-    chosen["cfg_scale"] = float(1.0 if chosen["cfg_scale"] is None else chosen["cfg_scale"])
-    if chosen["guide_channels"] is not None:
-        chosen["guide_channels"] = int(chosen["guide_channels"])
-    return chosen
+    return SamplingSettings(
+        sampler=objective.check_sampler(chosen["sampler"]),
+        steps=chosen["steps"],
+        cfg_scale=float(1.0 if chosen["cfg_scale"] is None else chosen["cfg_scale"]),
+        guide_channels=None if chosen["guide_channels"] is None else int(chosen["guide_channels"]),
+    )

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from archbench.console import one_line
+from archbench.console.errors import one_line
 from archbench.diffusion import Objective
 from archbench.sampling.grid import generate, save_npz
 from archbench.sampling.npz import Streamed, write_npz

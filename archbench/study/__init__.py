@@ -1,6 +1,6 @@
 """The study stage: run a like-for-like comparison of backbones (arms x sweep x seeds at matched compute).
 
-``python -m archbench.study STUDY`` (see ``archbench.study.__main__``); in code::
+``python -m archbench.study STUDY`` (see :mod:`archbench.commands.study`); in code::
 
     from archbench.study import load_study, run_study
     result = run_study(load_study("families_cpu", ["seeds=[0]"]))

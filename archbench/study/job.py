@@ -17,10 +17,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from archbench.console import write_text_atomic
+from archbench.console.files import write_text_atomic
 from archbench.study.plan import Job
+
+if TYPE_CHECKING:
+    from archbench.evaluation.evaluate import EvalRequest
 
 log = logging.getLogger("archbench.study")
 PR_SET_PDEATHSIG = 1
@@ -92,13 +95,13 @@ def default_feature_weights(features: str, dataset: str) -> str | None:
     return None if path is None else str(path)
 
 
-def evaluate_step(job: Job, step: int, cache: str | None) -> dict[str, Any]:
-    from archbench.evaluation.evaluate import RUN_ARGS, evaluate_run
+def eval_request(job: Job, step: int, cache: str | None) -> EvalRequest:
+    """The evaluation of ``job``'s checkpoint at ``step``, as the library call the eval command makes too."""
+    from archbench.evaluation.evaluate import EvalRequest
     from archbench.training.checkpoint import checkpoint_path
 
     settings = eval_settings(job)
-    args = {key: default for key, (_, default) in RUN_ARGS.items()}
-    args.update(
+    return EvalRequest(
         checkpoint=str(checkpoint_path(job.run_dir, step)),
         num_samples=settings["num_samples"],
         features=settings["features"],
@@ -115,8 +118,14 @@ def evaluate_step(job: Job, step: int, cache: str | None) -> dict[str, Any]:
         cache=cache,
         out=str(eval_path(job.run_dir, step)),
     )
-    record = evaluate_run(args)
-    record["study_eval"] = settings
+
+
+def evaluate_step(job: Job, step: int, cache: str | None) -> dict[str, Any]:
+    """Score one checkpoint; its record keeps the study's settings, so a re-run knows it is done."""
+    from archbench.evaluation.evaluate import evaluate
+
+    record = evaluate(eval_request(job, step, cache))
+    record["study_eval"] = eval_settings(job)
     write_text_atomic(eval_path(job.run_dir, step), json.dumps(record, indent=2, default=str) + "\n")
     return record
 
@@ -150,7 +159,7 @@ def prune(job: Job) -> None:
 
 
 def configure(threads: int | None) -> None:
-    from archbench.console import setup_logging
+    from archbench.console.logs import setup_logging
 
     if threads:
         import torch
@@ -161,6 +170,8 @@ def configure(threads: int | None) -> None:
 
 def run_job(job_data: dict[str, Any], cache: str | None = None) -> dict[str, Any]:
     """Train and evaluate one job (its dict form); returns ``{"run", "status", "seconds"}``."""
+    from archbench.evaluation.metrics import result_line
+
     job = Job.from_dict(job_data)
     configure(job.threads)
     start = time.perf_counter()
@@ -171,7 +182,7 @@ def run_job(job_data: dict[str, Any], cache: str | None = None) -> dict[str, Any
     for step in job.eval_steps:
         if read_eval(job.run_dir, step, eval_settings(job)) is None:
             record = evaluate_step(job, step, cache)
-            log.info("%s step %d: %s %.3f", job.run_name, step, record["score_name"], record["score"])
+            log.info("%s step %d: %s", job.run_name, step, result_line(record))
     prune(job)
     return {"run": job.run_name, "status": "done", "seconds": time.perf_counter() - start}
 

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from archbench.console import one_line
+from archbench.console.errors import one_line
 from archbench.study.job import die_with_parent, run_task
 from archbench.study.spec import StudyError
 

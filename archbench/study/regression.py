@@ -1,4 +1,5 @@
-"""``python -m archbench.ci fid``: catch a sample-quality regression on small training runs.
+"""The FD regression check (``python -m archbench.ci fid``, see :mod:`archbench.commands.ci`): catch a
+sample-quality regression on small training runs.
 
 A thin wrapper over the ``ci`` study (``recipes/studies/ci.yaml``, run by :func:`archbench.study.run_study`):
 every family's tiny member trains with the same recipe (``recipes/ci_fid.yaml``), seed and
@@ -6,34 +7,30 @@ step budget on real Fashion-MNIST, samples a fixed number of images with a fixed
 and is scored by the Fréchet distance on the project's own Fashion-MNIST CNN features
 (``FD-fashion_mnist_cnn``: no Inception weights can be downloaded in CI) against the real
 test set.  Each score is compared with ``recipes/baselines/<backbone>.json``; a score above
-``baseline * (1 + tolerance)`` is a regression and the command exits 1.
+``baseline * (1 + tolerance)`` is a regression.
 
 Every setting (backbones, steps, samples, sampler, seeds, threads, folder) comes from ``ci.yaml``, so editing
-that file changes what CI runs; a flag passed on the command line overrides its one setting for that run.
+that file changes what CI runs; :func:`ci_spec` replaces only the settings it is given.
 
-``--update-baselines`` rewrites the baselines deliberately.  With ``--seeds 0,1,2`` it trains
-every backbone once per seed and sets the tolerance from the measured run-to-run spread:
-``max(min_tolerance, 3 * std / mean)`` over the seeds, the baseline being the seed-0 score
-(the seed CI runs).
+``update_baselines`` rewrites the baselines deliberately.  With seeds 0, 1, 2 it trains every backbone once
+per seed and sets the tolerance from the measured run-to-run spread: ``max(min_tolerance, 3 * std / mean)``
+over the seeds, the baseline being the seed-0 score (the seed CI runs).
 """
-
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archbench.console import ArgumentParser, fail, one_line, setup_logging, write_text_atomic
+from archbench.console.errors import UsageError
+from archbench.console.files import write_text_atomic
 from archbench.study.job import eval_settings, read_eval
 
-PROGRAM = "archbench.ci"
 STUDY = "ci"  # recipes/studies/ci.yaml: the recipe, the arms (the registry's "tiny" tag), the evaluation, seeds
 FEATURES = "fashion_mnist_cnn"
 log = logging.getLogger("archbench.ci")
@@ -193,38 +190,56 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The study file with the flags the user passed (and only those) applied."""
-    names = [n.strip() for n in args.backbones.split(",") if n.strip()] if args.backbones is not None else None
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed] if args.seed is not None else None
-    return ci_spec(names, steps=args.steps, num_samples=args.num_samples, sampler=args.sampler,
-                   sample_steps=args.sample_steps, seeds=seeds, work_dir=args.work_dir, threads=args.threads,
-                   study=args.study)
+@dataclass
+class RegressionResult:
+    """One check: a row per backbone (scores, baseline, verdict), the seeds and evaluation settings it used."""
+
+    rows: list[dict[str, Any]]
+    seeds: list[int]
+    evaluation: dict[str, Any]
+    table_path: Path
+
+    @property
+    def failed(self) -> list[str]:
+        """Backbones whose verdict is not ok or better (a regression, a mismatch, no baseline)."""
+        return [r["backbone"] for r in self.rows if r["verdict"] not in ("ok", "better")]
 
 
-def run_fid(args: argparse.Namespace) -> int:
+def check_spec(spec: dict[str, Any], update_baselines: bool = False) -> None:
+    """What the check refuses before training anything: unknown or repeated backbones, several seeds outside
+    ``update_baselines``; a UsageError naming it."""
     from backbones.registry import list_backbones
 
-    spec = spec_from_args(args)
     names = [arm["backbone"] for arm in spec["arms"]]
     unknown = [n for n in names if n not in list_backbones()]
     if unknown:
-        return fail(PROGRAM, f"unknown backbone(s) {', '.join(unknown)}; e.g. {', '.join(list_backbones(tag='tiny'))}")
+        raise UsageError(f"unknown backbone(s) {', '.join(unknown)}; e.g. {', '.join(list_backbones(tag='tiny'))}")
     if len(set(names)) != len(names):
-        return fail(PROGRAM, f"each backbone is compared once, got {', '.join(names)}")
+        raise UsageError(f"each backbone is compared once, got {', '.join(names)}")
+    if not update_baselines and len(spec["seeds"]) > 1:
+        raise UsageError(f"CI compares one seed, got {spec['seeds']}; several seeds are for update_baselines")
+
+
+def run_regression(
+    spec: dict[str, Any],
+    *,
+    update_baselines: bool = False,
+    min_tolerance: float = 0.10,
+    baselines: str | Path | None = None,
+) -> RegressionResult:
+    """Train and score every arm of ``spec`` (from scratch), optionally rewrite the baselines from this run,
+    and give each backbone its verdict; the rows are also written to ``study_dir/ci_fid.json``."""
+    check_spec(spec, update_baselines)
+    names = [arm["backbone"] for arm in spec["arms"]]
     seeds = spec["seeds"]
-    if not args.update_baselines and len(seeds) > 1:
-        return fail(PROGRAM, f"CI compares one seed, got {seeds}; several seeds are for --update-baselines")
-    directory = Path(args.baselines) if args.baselines else baselines_dir()
-    work_dir = Path(spec["study_dir"])
-    ev = spec["eval"]
+    directory = Path(baselines) if baselines else baselines_dir()
     scored = run_ci_study(spec)
     rows = []
     for name in names:
         per_seed = [scored[(name, seed)] for seed in seeds]
         row = per_seed[0]
-        if args.update_baselines:
-            path = write_baseline(row, [r["fd"] for r in per_seed], args.min_tolerance, directory)
+        if update_baselines:
+            path = write_baseline(row, [r["fd"] for r in per_seed], min_tolerance, directory)
             log.info("wrote %s", path)
         baseline = load_baseline(name, directory)
         row["baseline_fd"] = baseline["fd"] if baseline else None
@@ -232,55 +247,5 @@ def run_fid(args: argparse.Namespace) -> int:
         row["verdict"] = verdict(row, baseline)
         rows.append(row)
         log.info("%s: %s %.3f -> %s", name, row["score_name"], row["fd"], row["verdict"])
-    print(f"\nFD regression ({rows[0]['score_name']}, {rows[0]['dataset']}, {ev['num_samples']} samples, "
-          f"{ev['sampler']} {ev['steps']} steps, seed {seeds[0]}):\n")
-    print(format_table(rows))
-    (work_dir / "ci_fid.json").write_text(json.dumps(rows, indent=2) + "\n")
-    failed = [r["backbone"] for r in rows if r["verdict"] not in ("ok", "better")]
-    if failed:
-        print(f"\n{PROGRAM}: FD regression check failed for {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=f"python -m {PROGRAM}", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fid = commands.add_parser("fid", help="train the tiny backbones, score FD, compare with the baselines")
-    # Every default is None: the study file's value (recipes/studies/ci.yaml) holds unless a flag is passed.
-    fid.add_argument("--study", default=STUDY,
-                     help="study preset or YAML file holding the settings (default: ci = recipes/studies/ci.yaml)")
-    fid.add_argument("--backbones", default=None,
-                     help="comma-separated registry names (default: the study's arms, the registry's tiny tag)")
-    fid.add_argument("--steps", type=int, default=None,
-                     help="training steps per backbone, the baselines' budget (default: the study's budget.steps)")
-    fid.add_argument("--num-samples", type=int, default=None,
-                     help="generated images scored per backbone (default: the study's eval.num_samples)")
-    fid.add_argument("--sampler", default=None, help="sampler for the scored images (default: the study's)")
-    fid.add_argument("--sample-steps", type=int, default=None, help="sampling steps (default: the study's eval.steps)")
-    fid.add_argument("--seed", type=int, default=None, help="training and sampling seed (default: the study's seeds)")
-    fid.add_argument("--work-dir", default=None,
-                     help="the study folder: runs, results.csv, plots, table (default: the study's study_dir)")
-    fid.add_argument("--baselines", default=None, help="baseline folder (default: recipes/baselines)")
-    fid.add_argument("--update-baselines", action="store_true", help="rewrite the baselines from this run")
-    fid.add_argument("--seeds", default=None, help="with --update-baselines: seeds whose spread sets the tolerance")
-    fid.add_argument("--min-tolerance", type=float, default=0.10, help="smallest relative tolerance allowed")
-    fid.add_argument(
-        "--threads", type=int, default=None,
-        help="torch threads (default: the study's; ci.yaml's 1 makes scores independent of the core count)",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()  # archbench's own handler: the root logger stays untouched
-    try:
-        return run_fid(args)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        print(f"{PROGRAM}: {one_line(exc)}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    table_path = write_text_atomic(Path(spec["study_dir"]) / "ci_fid.json", json.dumps(rows, indent=2) + "\n")
+    return RegressionResult(rows, list(seeds), dict(spec["eval"]), table_path)

@@ -14,18 +14,33 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from archbench.console import write_text_atomic
+from archbench.console.files import write_text_atomic
+from archbench.evaluation.metrics import csv_values, metric_columns
 from archbench.study.budget import train_gflops
 from archbench.study.job import eval_settings, read_eval
 from archbench.study.plan import Job
 
-COLUMNS = (
+# The run's columns; the metrics' columns come from the metrics table, between score_name and num_samples.
+RUN_COLUMNS = (
     "study", "arm", "label", "backbone", "seed", "step", "steps", "train_gflops", "wall_s", "s_per_step",
-    "peak_mem_mb", "params", "gmacs", "batch_size", "dataset", "score_name", "fd", "fid", "precision", "recall",
-    "cond_accuracy", "inception_score", "kid", "num_samples",
+    "peak_mem_mb", "params", "gmacs", "batch_size", "dataset", "score_name",
 )
-NUMERIC = ("train_gflops", "wall_s", "s_per_step", "peak_mem_mb", "gmacs", "fd", "fid", "precision", "recall",
-           "cond_accuracy", "inception_score", "kid")
+RUN_NUMERIC = ("train_gflops", "wall_s", "s_per_step", "peak_mem_mb", "gmacs")
+INTEGER = ("seed", "step", "steps", "params", "batch_size", "num_samples")
+
+
+def columns() -> tuple[str, ...]:
+    """results.csv's fixed columns, in order (``sweep.<key>`` columns follow them)."""
+    return (*RUN_COLUMNS, *metric_columns(), "num_samples")
+
+
+def numeric_columns() -> tuple[str, ...]:
+    """The columns read back as floats."""
+    return (*RUN_NUMERIC, *metric_columns())
+
+
+COLUMNS = columns()  # the table as it is at import; writers and readers ask columns() each time
+NUMERIC = numeric_columns()
 
 
 def _metrics_upto(rows: list[dict[str, Any]], step: int) -> dict[str, float]:
@@ -54,15 +69,12 @@ def job_rows(study: str, job: Job) -> list[dict[str, Any]]:
         record = read_eval(job.run_dir, step, settings)
         if record is None:
             continue
-        fid = record["score"] if record.get("feature_network") == "inception" else None
         row = {
             "study": study, "arm": job.arm, "label": job.label, "backbone": job.backbone, "seed": job.seed,
             "step": step, "steps": job.steps, "train_gflops": train_gflops(job.gmacs, job.batch_size, step),
             **_metrics_upto(metrics, step), "params": job.params, "gmacs": job.gmacs, "batch_size": job.batch_size,
-            "dataset": job.dataset, "score_name": record["score_name"], "fd": float(record["score"]), "fid": fid,
-            "precision": record.get("precision"), "recall": record.get("recall"),
-            "cond_accuracy": record.get("cond_accuracy"), "inception_score": record.get("inception_score"),
-            "kid": record.get("kid"), "num_samples": record.get("num_samples", settings["num_samples"]),
+            "dataset": job.dataset, "score_name": record["score_name"], **csv_values(record),
+            "num_samples": record.get("num_samples", settings["num_samples"]),
         }
         row.update({f"sweep.{k}": v for k, v in job.sweep.items()})
         rows.append(row)
@@ -84,27 +96,29 @@ def _cell(value: Any) -> str:
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write atomically: a reader never sees half a table."""
     path = Path(path)
-    extra = sorted({k for row in rows for k in row if k not in COLUMNS})
+    fixed = columns()
+    extra = sorted({k for row in rows for k in row if k not in fixed})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*COLUMNS, *extra])
+    writer.writerow([*fixed, *extra])
     for row in rows:
-        writer.writerow([_cell(row.get(k)) for k in (*COLUMNS, *extra)])
+        writer.writerow([_cell(row.get(k)) for k in (*fixed, *extra)])
     return write_text_atomic(path, buffer.getvalue())
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
     """Rows with numbers as numbers (empty cells as None)."""
     out = []
+    numeric = numeric_columns()
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
             parsed: dict[str, Any] = {}
             for key, value in row.items():
                 if value == "":
                     parsed[key] = None
-                elif key in NUMERIC:
+                elif key in numeric:
                     parsed[key] = float(value)
-                elif key in ("seed", "step", "steps", "params", "batch_size", "num_samples"):
+                elif key in INTEGER:
                     parsed[key] = int(value)
                 else:
                     parsed[key] = value

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from archbench.console import write_text_atomic
+from archbench.console.files import write_text_atomic
 from archbench.study import plan as planning
 from archbench.study.job import job_done
 from archbench.study.launchers import run_tasks

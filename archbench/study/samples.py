@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from archbench.console import write_text_atomic
+from archbench.console.files import write_text_atomic
 from archbench.study.job import trained_step
 from archbench.study.plan import Job
 
@@ -36,15 +36,14 @@ def _row(checkpoint: str, grid: dict[str, Any], eval_spec: dict[str, Any]) -> to
 
     device = torch.device("cpu")
     run = load_ema_model(None, checkpoint, device)
-    data = run["config"]["data"]
-    num_classes = int(getattr(run["net"], "num_classes", 0) or 0)
+    data, num_classes = run.data, run.num_classes
     columns = int(grid["columns"])
     labels = torch.arange(columns) % num_classes if num_classes else None
     cfg_scale = float(grid["cfg_scale"])
-    if cfg_scale != 1.0 and getattr(run["net"], "null_class", None) is None:
+    if cfg_scale != 1.0 and getattr(run.net, "null_class", None) is None:
         cfg_scale = 1.0
     samples = generate(
-        run["net"], run["objective"], num_samples=columns,
+        run.net, run.objective, num_samples=columns,
         shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])),
         labels=labels, sampler=eval_spec["sampler"], steps=int(eval_spec["steps"]), cfg_scale=cfg_scale,
         seed=int(grid["seed"]), batch_size=columns, device=device,

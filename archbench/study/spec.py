@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from archbench.console.errors import UsageError
+
 MATCH_MODES = ("steps", "train_flops", "wall_clock")
 LAUNCHERS = ("local", "submitit")
 CLUSTERS = ("slurm", "local", "debug")
@@ -68,6 +70,87 @@ DEFAULTS: dict[str, Any] = {
     "progress_every": 30.0,  # seconds between progress lines
     "study_dir": "studies/${name}",
 }
+# Every study key's one-line documentation: the one place it is written. ``python -m archbench.study --help`` and
+# the README's table are generated from it (:func:`key_rows`); a test fails when a key of DEFAULTS has none.
+KEY_DOCS: dict[str, str] = {
+    "name": "required: the study's name; `study_dir` defaults to `studies/${name}`",
+    "recipe": "the training recipe every arm shares (data, diffusion, optimiser)",
+    "overrides": "training overrides applied to every arm",
+    "arms": "what is compared: a list of arms, or `{tag: tiny}` (one arm per backbone with that registry tag)",
+    "arms[].backbone": "a registry name",
+    "arms[].name": "the arm's name (default: its backbone); names its runs and rows",
+    "arms[].overrides": "the arm's own training overrides",
+    "arms[].match_params": "resize the arm to the nearest valid size within 2% of this many parameters, or fail "
+    "saying how far the nearest is",
+    "arms[].match_by": "what `match_params` resizes: `width` (default) or `depth`",
+    "sweep": "`{training key: [values]}`, crossed with every arm; runs are named `<arm>-<key><value>`",
+    "seeds": "one run per seed per arm",
+    "budget.match": "`steps` (every arm `budget.steps`), `train_flops` (steps_arm = steps_ref x GMACs_ref x batch_ref "
+    "/ (GMACs_arm x batch_arm), rounded) or `wall_clock` (each arm timed first for `budget.timing_steps` steps after "
+    "2 warm-up steps, kept in `timing.json`; steps_arm = steps_ref x s/step_ref / s/step_arm)",
+    "budget.steps": "the reference arm's steps (at each sweep point, the reference arm at that point sets the budget)",
+    "budget.reference": "the arm whose steps set the budget (null: the first arm)",
+    "budget.timing_steps": "`wall_clock`: timed steps per arm",
+    "eval.every": "reference-arm steps between evaluations (0: only at the end); each arm is scored at the same "
+    "compute fractions",
+    "eval.num_samples": "samples scored at each evaluation point",
+    "eval.features": "`auto`, `inception`, `fashion_mnist_cnn` or `digits_cnn`",
+    "eval.weights": "feature weights (null: the committed CNN in recipes/baselines, or the usual lookup)",
+    "eval.sampler": "the sampler of the evaluation samples",
+    "eval.steps": "sampling steps of the evaluation samples",
+    "eval.cfg_scale": "guidance of the evaluation samples",
+    "eval.batch_size": "sampling and feature batch",
+    "eval.ref_split": "the real data's split the samples are compared with",
+    "eval.seed": "the evaluation samples' seed (null: the run's seed)",
+    "grid.cfg_scale": "guidance of the study's sample grid (a row per arm, same noise and labels)",
+    "grid.columns": "columns of the sample grid",
+    "grid.seed": "noise seed of the sample grid",
+    "launcher.name": "`local` or `submitit` (`launcher: local` is short for it)",
+    "launcher.workers": "local: runs at the same time, each its own process",
+    "launcher.cluster": "submitit: `slurm`, `local` (submitit's local executor) or `debug` (in-process)",
+    "launcher.partition": "SLURM partition",
+    "launcher.gpus_per_job": "GPUs per run; more than 1 trains through torchrun (DDP) inside the job",
+    "launcher.cpus_per_job": "SLURM CPUs per run",
+    "launcher.timeout_min": "SLURM time limit per run, minutes",
+    "launcher.mem_gb": "SLURM memory per run",
+    "launcher.slurm_args": "anything else submitit passes to sbatch (e.g. `{account: abc, qos: high}`)",
+    "device": "every run's device",
+    "threads": "torch threads per run (null: torch's default; 1 makes CPU numbers machine-independent)",
+    "ckpt_every": "arm steps between checkpoints (null: at each evaluation point)",
+    "progress_every": "seconds between progress lines",
+    "study_dir": "where the study writes (results, summary, plots, runs/)",
+}
+README_BEGIN, README_END = "<!-- study-keys:begin -->", "<!-- study-keys:end -->"
+
+
+def _flat_defaults(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key not in ("sweep",):
+            flat.update(_flat_defaults(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def key_rows() -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every study key, in the order :data:`KEY_DOCS` lists them."""
+    defaults = _flat_defaults(DEFAULTS)
+    rows = []
+    for key, doc in KEY_DOCS.items():
+        value = defaults.get(key, "")
+        shown = "null" if value is None else "" if value == "" else str(value)
+        rows.append((key, shown, doc))
+    return rows
+
+
+def key_table() -> str:
+    """The study keys as a Markdown table (the README's, regenerated by a test)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{key}` | {f'`{shown}`' if shown else ''} | {doc} |" for key, shown, doc in key_rows()]
+    return "\n".join(lines)
+
+
 ARM_KEYS = ("backbone", "name", "overrides", "match_params", "match_by")
 # An arm written as {tag: tiny, overrides?, match_params?, match_by?} stands for one arm per backbone with that tag.
 TAG_ARM_KEYS = ("tag", "overrides", "match_params", "match_by")
@@ -76,8 +159,9 @@ MANAGED_KEYS = ("run_dir", "seed", "train.steps", "train.resume", "train.ckpt_ev
                 "train.log_every", "device", "backbone", "recipe")
 
 
-class StudyError(ValueError):
-    """A mistake in a study file or its overrides, reported as one line before any training starts."""
+class StudyError(UsageError):
+    """A mistake in a study file or its overrides, reported as one line before any training starts (a bad
+    argument like any other: a :class:`~archbench.console.errors.UsageError`)."""
 
 
 def _suggest(key: str, valid: Sequence[str]) -> str:

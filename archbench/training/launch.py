@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from archbench.console import one_line, setup_logging
+from archbench.console.errors import one_line
+from archbench.console.logs import setup_logging
 from archbench.data import DatasetNotFoundError
 from archbench.training.checkpoint import CheckpointError
 from archbench.training.config import ConfigError, compose_config, to_container

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from archbench.console import write_text_atomic
+from archbench.console.files import write_text_atomic
 from archbench.training.trackers import Tracker
 
 log = logging.getLogger("archbench.train")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from archbench.console import write_text_atomic
+from archbench.console.files import write_text_atomic
 from archbench.training.config import ConfigError, to_yaml
 
 # Keys a resumed run may change (fnmatch patterns over dotted keys).

@@ -7,11 +7,14 @@ it here, from a run_dir (newest checkpoint), a checkpoint file, or a folder writ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from archbench.diffusion import Objective
 from archbench.training import checkpoint as ckpt
 from archbench.training.config import diffusion_node
 from archbench.training.ema import EMA
@@ -22,8 +25,49 @@ from backbones.hub import from_pretrained, is_pretrained_dir, save_pretrained
 EXPORTED_SECTIONS = ("diffusion", "data", "sample")
 
 
-def load_ema_model(run_dir: str | Path | None, checkpoint: str | Path | None, device: torch.device) -> dict[str, Any]:
-    """EMA network (eval mode, on ``device``), objective, config, step, source path and run folder.
+@dataclass(frozen=True)
+class LoadedRun:
+    """A trained model read back: the EMA network (eval mode), its objective, the run's config record, the step
+    it reached, the file or folder it came from, and the run folder."""
+
+    net: nn.Module
+    objective: Objective
+    config: dict[str, Any]
+    step: int
+    path: Path
+    run_dir: Path
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The run's ``data`` section (name, image_size, channels, ...)."""
+        return dict(self.config.get("data") or {})
+
+    @property
+    def sample(self) -> dict[str, Any]:
+        """The run's ``sample`` section: the sampling settings it was trained to preview with."""
+        return dict(self.config.get("sample") or {})
+
+    @property
+    def backbone(self) -> str | None:
+        """The registry name of the network."""
+        return (self.config.get("backbone") or {}).get("name")
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.net, "num_classes", 0) or 0)
+
+
+@dataclass(frozen=True)
+class ExportedRun:
+    """What :func:`export_pretrained` wrote: the run it read, the folder, and the folder's ``extra`` section."""
+
+    run: LoadedRun
+    folder: Path
+    extra: dict[str, Any]
+
+
+def load_ema_model(run_dir: str | Path | None, checkpoint: str | Path | None, device: torch.device) -> LoadedRun:
+    """The EMA network (eval mode, on ``device``) with its objective, config, step, source path and run folder.
 
     ``run_dir`` may be a training run (its newest checkpoint is used unless ``checkpoint`` names one) or a
     pretrained folder; everything needed to sample from a finished or running training run.
@@ -42,17 +86,17 @@ def load_ema_model(run_dir: str | Path | None, checkpoint: str | Path | None, de
         ema.load_state_dict(state["ema"])
     except (RuntimeError, KeyError) as exc:
         raise ckpt.CheckpointError(f"checkpoint {path}: EMA weights do not fit the stored config ({exc})") from None
-    return {
-        "net": ema.model.to(device).eval(),
-        "objective": build_objective(config),
-        "config": config,
-        "step": int(state["step"]),
-        "path": path,
-        "run_dir": Path(run_dir) if run_dir else path.parent.parent,
-    }
+    return LoadedRun(
+        net=ema.model.to(device).eval(),
+        objective=build_objective(config),
+        config=config,
+        step=int(state["step"]),
+        path=path,
+        run_dir=Path(run_dir) if run_dir else path.parent.parent,
+    )
 
 
-def _load_pretrained(folder: Path, device: torch.device) -> dict[str, Any]:
+def _load_pretrained(folder: Path, device: torch.device) -> LoadedRun:
     """A pretrained folder: the backbone from its config, the objective from the exported settings (or DDPM)."""
     net = from_pretrained(folder, device=device).eval()
     extra = getattr(net, "pretrained_extra", {}) or {}
@@ -60,23 +104,19 @@ def _load_pretrained(folder: Path, device: torch.device) -> dict[str, Any]:
     diffusion = extra.get("diffusion") or {**diffusion_node("ddpm"), "learn_sigma": bool(build.get("learn_sigma"))}
     data = extra.get("data") or {"name": None, "image_size": build["image_size"], "channels": build["in_channels"]}
     config = {"backbone": build, "diffusion": diffusion, "data": data, "sample": extra.get("sample", {})}
-    return {
-        "net": net,
-        "objective": build_objective(config),
-        "config": config,
-        "step": int(extra.get("step", 0)),
-        "path": folder,
-        "run_dir": folder,
-    }
+    return LoadedRun(
+        net=net, objective=build_objective(config), config=config, step=int(extra.get("step", 0)), path=folder,
+        run_dir=folder,
+    )
 
 
 def export_pretrained(
     run_dir: str | Path | None, out: str | Path, checkpoint: str | Path | None = None
-) -> dict[str, Any]:
+) -> ExportedRun:
     """Write the run's EMA backbone as a pretrained folder (safetensors + config.json with the run's diffusion,
     data and sample settings), so ``archbench.from_pretrained`` and the sample/eval commands can use it."""
     run = load_ema_model(run_dir, checkpoint, torch.device("cpu"))
-    extra = {key: run["config"][key] for key in EXPORTED_SECTIONS if key in run["config"]}
-    extra.update(step=run["step"], source=str(run["path"]))
-    folder = save_pretrained(run["net"], out, extra)
-    return {**run, "folder": folder, "extra": extra}
+    extra = {key: run.config[key] for key in EXPORTED_SECTIONS if key in run.config}
+    extra.update(step=run.step, source=str(run.path))
+    folder = save_pretrained(run.net, out, extra)
+    return ExportedRun(run=run, folder=Path(folder), extra=extra)

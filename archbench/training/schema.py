@@ -15,12 +15,15 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from archbench.console.errors import UsageError
+
 DEFAULT_BACKBONE = "dis_t2"
 README_BEGIN, README_END = "<!-- train-keys:begin -->", "<!-- train-keys:end -->"
 
 
-class ConfigError(ValueError):
-    """A user mistake in the configuration, reported as one line (no traceback)."""
+class ConfigError(UsageError):
+    """A user mistake in the configuration, reported as one line (no traceback); a bad argument like any
+    other (:class:`~archbench.console.errors.UsageError`)."""
 
 
 def key(default: Any = None, doc: str = "", *, factory: Any = None) -> Any:

@@ -1,24 +1,16 @@
-"""``python -m archbench.bench step``: training-step time, images/s and peak memory per backbone.
+"""Training-step time, images/s and peak memory per backbone (``python -m archbench.bench step``, see
+:mod:`archbench.commands.bench`).
 
 Memory (``step MiB``) is the peak growth during the timed steps over the steady state after warm-up
 (weights, optimiser state and allocator caches excluded): what one step's activations and gradients take.
 
 One step is what the training loop does, through the loop's own loss path (per-example draws, then the
-objective's loss; DDPM with learned sigma unless ``diffusion=`` names another objective), the backward pass
+objective's loss; DDPM with learned sigma unless ``diffusion`` names another objective), the backward pass
 and an AdamW update, under the requested precision, with ``torch.compile`` and activation
 checkpointing on request.  Every (backbone, round) runs in a fresh spawned process (nothing leaks between
 measurements), rounds are interleaved over the backbones (a busy machine slows them all alike), and the
-ratios to the first backbone come from the medians of the same run::
-
-    python -m archbench.bench step device=cpu    # default backbones: the registry's tag "tiny", one per family
-    python -m archbench.bench step backbones=dis_s2,dit_s2 device=cuda precision=bf16 image_size=32 in_channels=4
-
-Keys (``key=value``): backbones, device (cpu|cuda), precision (fp32|bf16), diffusion (an objective; ddpm), compile,
-grad_checkpoint, batch, image_size, in_channels, num_classes, threads (CPU intra-op threads; default 1),
-steps (timed steps per round, median), warmup, rounds, timer (cpu: process CPU time, the steadier clock on a
-shared CPU; wall), out (also write the table as JSON, next to a bar plot).
+ratios to the first backbone come from the medians of the same run.
 """
-
 from __future__ import annotations
 
 import json
@@ -26,98 +18,63 @@ import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from archbench.console import write_text_atomic
+from archbench.console.args import arg
+from archbench.console.errors import UsageError
+from archbench.console.files import write_text_atomic
 from archbench.measure.bench import PeakMemory
 from backbones.registry import list_backbones
 
-PRECISIONS = ("fp32", "bf16")
-TIMERS = ("cpu", "wall")
+
+def _tiny_backbones() -> tuple[str, ...]:
+    return tuple(list_backbones(tag="tiny"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepConfig:
-    """One ``bench step`` invocation; picklable, so it crosses into the spawned measuring process."""
+    """One ``bench step`` run; its fields are the command's keys. Picklable, so it crosses into the spawned
+    measuring process."""
 
-    backbones: tuple[str, ...] = field(default_factory=lambda: tuple(list_backbones(tag="tiny")))  # one per family
-    device: str = "cpu"
-    precision: str = "fp32"
-    diffusion: str = "ddpm"  # the objective whose loss the step computes
-    compile: bool = False
-    grad_checkpoint: bool = False
-    batch: int = 32
-    image_size: int = 16
-    in_channels: int = 1
-    num_classes: int = 10
-    threads: int = 1
-    steps: int = 5
-    warmup: int = 2
-    rounds: int = 3
-    timer: str = ""  # "" = cpu on CPU, wall on CUDA
-    out: str = ""
+    backbones: tuple[str, ...] = arg(default_factory=_tiny_backbones, shown="tag tiny",
+                                     doc="registry names, comma-separated (default: the tiny member of each family)")
+    device: str = arg("cpu", doc="cpu or cuda")
+    precision: Literal["fp32", "bf16"] = arg("fp32", doc="bf16: autocast the step to bfloat16")
+    diffusion: str = arg("ddpm", doc="the objective whose loss the step computes")
+    compile: bool = arg(False, doc="run the step through torch.compile")
+    grad_checkpoint: bool = arg(False, doc="recompute every block in the backward pass")
+    batch: int = arg(32, minimum=1, doc="images per step")
+    image_size: int = arg(16, minimum=1, doc="input side in pixels")
+    in_channels: int = arg(1, minimum=1, doc="input channels")
+    num_classes: int = arg(10, minimum=0, doc="classes of the conditional model (0: unconditional)")
+    threads: int = arg(1, minimum=1, doc="CPU intra-op threads")
+    timed_steps: int = arg(5, minimum=1, aliases=("steps",),
+                           doc="timed training steps per round, median (not sampling steps)")
+    warmup: int = arg(2, minimum=0, doc="untimed steps first")
+    rounds: int = arg(3, minimum=1, doc="interleaved rounds over the backbones, each in a fresh process")
+    timer: Literal["cpu", "wall"] | None = arg(None, shown="cpu on CPU, wall on CUDA",
+                                               doc="cpu: process CPU time, the steadier clock on a shared CPU")
+    out: str = arg("", doc="also write the table as JSON there, next to a bar plot")
 
+    def check(self) -> StepConfig:
+        """Settings the types cannot check (registered names, the objective, a CUDA device); UsageError if bad."""
+        known = set(list_backbones())
+        unknown = [b for b in self.backbones if b not in known]
+        if not self.backbones or unknown:
+            raise UsageError(f"unknown backbones {unknown}; python -m archbench.zoo lists the registered names")
+        from archbench.diffusion import OBJECTIVES
 
-def _parse_bool(key: str, text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{key}={text!r}: expected true or false")
-
-
-def parse_step_args(args: list[str]) -> StepConfig:
-    """``key=value`` arguments -> a checked :class:`StepConfig`; errors name the key and what is valid."""
-    cfg = StepConfig()
-    types = {f.name: f.type for f in fields(StepConfig)}
-    updates: dict[str, Any] = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in types:
-            raise ValueError(f"bench step: expected key=value with key one of {', '.join(types)}; got {arg!r}")
-        kind = types[key]
-        if key == "backbones":
-            updates[key] = tuple(v for v in value.split(",") if v)
-        elif kind == "bool":
-            updates[key] = _parse_bool(key, value)
-        elif kind == "int":
-            try:
-                updates[key] = int(value)
-            except ValueError:
-                raise ValueError(f"bench step: {key}={value!r} is not an integer") from None
-        else:
-            updates[key] = value
-    cfg = replace(cfg, **updates)
-    _check(cfg)
-    return cfg
-
-
-def _check(cfg: StepConfig) -> None:
-    from backbones.registry import list_backbones
-
-    known = set(list_backbones())
-    unknown = [b for b in cfg.backbones if b not in known]
-    if not cfg.backbones or unknown:
-        raise ValueError(f"bench step: unknown backbones {unknown}; python -m archbench.zoo lists the registered names")
-    from archbench.diffusion import OBJECTIVES
-
-    if cfg.diffusion not in OBJECTIVES:
-        raise ValueError(f"bench step: diffusion={cfg.diffusion!r}; valid: {', '.join(OBJECTIVES)}")
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"bench step: precision={cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
-    if cfg.timer not in ("", *TIMERS):
-        raise ValueError(f"bench step: timer={cfg.timer!r}; valid: {', '.join(TIMERS)}")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("bench step: device=cuda but torch sees no CUDA device")
-    if cfg.device.startswith("cuda") and cfg.timer == "cpu":
-        raise ValueError("bench step: timer=cpu measures host CPU time; use timer=wall on CUDA")
-    for key in ("batch", "image_size", "steps", "rounds", "threads"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"bench step: {key} must be >= 1, got {getattr(cfg, key)}")
+        if self.diffusion not in OBJECTIVES:
+            raise UsageError(f"diffusion must be one of {', '.join(OBJECTIVES)}, got {self.diffusion!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError("device=cuda but torch sees no CUDA device")
+        if self.device.startswith("cuda") and self.timer == "cpu":
+            raise UsageError("timer=cpu measures host CPU time; use timer=wall on CUDA")
+        return self
 
 
 def _training_step(name: str, cfg: StepConfig):
@@ -156,7 +113,8 @@ def _training_step(name: str, cfg: StepConfig):
 
 
 def measure_step(name: str, cfg: StepConfig) -> dict[str, float]:
-    """Runs in its own process: median step time over ``cfg.steps`` after ``cfg.warmup`` steps, and peak memory."""
+    """Runs in its own process: median step time over ``cfg.timed_steps`` after ``cfg.warmup`` steps, and peak
+    memory."""
     torch.set_num_threads(cfg.threads)
     cuda = cfg.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -171,7 +129,7 @@ def measure_step(name: str, cfg: StepConfig) -> dict[str, float]:
     # activations and gradients need, the part activation checkpointing reduces.
     memory = PeakMemory(cfg.device)
     times = []
-    for _ in range(cfg.steps):
+    for _ in range(cfg.timed_steps):
         t0 = clock()
         loss = step()
         sync()
@@ -212,7 +170,7 @@ def format_rows(cfg: StepConfig, rows: list[dict[str, Any]]) -> str:
         f"training step: batch={cfg.batch} image={cfg.in_channels}x{cfg.image_size}x{cfg.image_size} "
         f"classes={cfg.num_classes} device={cfg.device} precision={cfg.precision} compile={cfg.compile} "
         f"grad_checkpoint={cfg.grad_checkpoint} threads={cfg.threads} timer={timer} "
-        f"(median of {cfg.steps} steps after {cfg.warmup} warm-up, then of {cfg.rounds} interleaved rounds)",
+        f"(median of {cfg.timed_steps} steps after {cfg.warmup} warm-up, then of {cfg.rounds} interleaved rounds)",
         f"{'backbone':>16} {'step ms':>9} {'img/s':>8} {'step MiB':>9} {'time/first':>11} {'mem/first':>10}",
     ]
     for r in rows:
@@ -223,7 +181,7 @@ def format_rows(cfg: StepConfig, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,21 +203,10 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def main(args: list[str]) -> int:
-    """Parse ``key=value`` arguments, run, print the table (and write JSON + plot when ``out=`` is given)."""
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    try:
-        cfg = parse_step_args(args)
-    except ValueError as exc:
-        raise SystemExit(f"python -m archbench.bench: {exc}") from None
-    rows = run_step_bench(cfg)
-    table = format_rows(cfg, rows)
-    print(table)
-    if cfg.out:
-        out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, json.dumps({"config": asdict(cfg), "rows": rows}, indent=2) + "\n")
-        _plot(rows, out.with_suffix(".png"), table.splitlines()[0])
-    return 0
+def save_results(cfg: StepConfig, rows: list[dict[str, Any]], out: str | Path) -> Path:
+    """The settings and rows as JSON at ``out`` (atomically) and a bar plot beside it (``.png``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps({"config": asdict(cfg), "rows": rows}, indent=2) + "\n")
+    plot(rows, out.with_suffix(".png"), format_rows(cfg, rows).splitlines()[0])
+    return out

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 import archbench.data.fashion_mnist as fashion
 import archbench.data.latents as latents
+from archbench.commands.data import main as cli_main
 from archbench.data import (
     DATASETS,
     DatasetNotFoundError,
@@ -25,7 +26,6 @@ from archbench.data import (
     default_dataset,
     encode_to_shards,
 )
-from archbench.data.cli import main as cli_main
 from archbench.data.crops import celeba_crop, center_crop_arr
 
 needs_fashion = pytest.mark.skipif(
@@ -300,6 +300,10 @@ def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path
     assert "encode" in capsys.readouterr().out
     assert cli_main(["encode", "colour=red"]) == 1  # the project's exit code for an expected failure
     assert "unknown key 'colour'" in capsys.readouterr().err
+    assert cli_main(["encode", f"vae={tmp_path}"]) == 1
+    assert "missing out=..." in capsys.readouterr().err
+    assert cli_main(["encode", f"out={tmp_path}", f"vae={tmp_path}", "dtype=float64"]) == 1
+    assert "dtype must be one of float32, float16, bfloat16, got 'float64'" in capsys.readouterr().err
     assert cli_main(["encode", f"out={tmp_path}", f"vae={tmp_path / 'no-vae'}", "src=digits"]) == 1
     assert "huggingface-cli download" in capsys.readouterr().err
 

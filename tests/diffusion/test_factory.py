@@ -2,24 +2,9 @@
 
 import pytest
 import torch
-from torch import nn
+from tiny_net import TinyNet
 
 from archbench.diffusion import FlowObjective, GaussianObjective, create_diffusion
-
-
-class TinyNet(nn.Module):
-    """1x1 conv backbone obeying the contract model(x, t, y) -> [B, C_out, H, W]."""
-
-    def __init__(self, channels: int = 2, learn_sigma: bool = True, num_classes: int = 3):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, 2 * channels if learn_sigma else channels, 1)
-        self.embed = nn.Embedding(num_classes + 1, 1)
-
-    def forward(self, x, t, y=None):
-        h = self.conv(x) + 1e-4 * t.view(-1, 1, 1, 1)
-        if y is not None:
-            h = h + self.embed(y).view(-1, 1, 1, 1)
-        return torch.tanh(h)
 
 
 @pytest.mark.parametrize("objective", ["ddpm", "flow"])

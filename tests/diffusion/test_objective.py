@@ -7,24 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from tiny_net import TinyNet
 
 from archbench.diffusion import OBJECTIVES, Objective, create_diffusion, objective_class, objective_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class TinyNet(nn.Module):
-    def __init__(self, channels=2, learn_sigma=True, num_classes=3):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, 2 * channels if learn_sigma else channels, 1)
-        self.embed = nn.Embedding(num_classes + 1, 1)
-
-    def forward(self, x, t, y=None):
-        h = self.conv(x) + 1e-4 * t.view(-1, 1, 1, 1)
-        if y is not None:
-            h = h + self.embed(y).view(-1, 1, 1, 1)
-        return torch.tanh(h)
 
 
 @pytest.mark.parametrize("name", OBJECTIVES)

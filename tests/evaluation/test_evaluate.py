@@ -1,4 +1,5 @@
-"""``python -m archbench.eval``: argument errors as one line, train-features, and a run evaluated end to end."""
+"""``python -m archbench.eval``: argument errors as one line, train-features, a run evaluated end to end, and the
+library call ``evaluate(EvalRequest(...))`` the command makes (the same numbers either way)."""
 
 import json
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from archbench.evaluation import evaluate as ev
+from archbench.commands import eval as ev
 
 
 def _error_line(capsys) -> str:
@@ -16,21 +17,28 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
-def test_help(capsys):
+def test_help_lists_every_key_of_the_request(capsys):
+    from dataclasses import fields
+
+    from archbench.evaluation.evaluate import EvalRequest
+
     assert ev.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "run_dir=" in out and "train-features" in out and "features=" in out
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()}
+    assert {f.name for f in fields(EvalRequest)} <= listed and {f.name for f in fields(ev.TrainFeaturesArgs)} <= listed
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["bogus=1"], "unknown argument 'bogus'; valid: run_dir"),
-        (["num_samples=abc"], "num_samples must be int"),
-        (["num_samples=0"], "num_samples must be a positive integer"),
+        (["bogus=1"], "unknown key 'bogus'; valid keys: run_dir"),
+        (["num_sample=4"], "unknown key 'num_sample' (did you mean 'num_samples'?)"),
+        (["num_samples=abc"], "num_samples must be an integer"),
+        (["num_samples=0"], "num_samples must be >= 1, got 0"),
         (["run_dir"], "arguments are key=value"),
-        (["train-features", "dataset=digits", "epochs=-1"], "epochs must be a positive integer"),
-        (["train-features", "lr=1"], "unknown argument 'lr'"),
+        (["train-features", "dataset=digits", "epochs=-1"], "epochs must be >= 1"),
+        (["train-features", "lr=1"], "unknown key 'lr'"),
         (["train-features", "dataset=cifar10"], "train-features supports fashion_mnist, digits"),
         (["num_samples=4"], "give run_dir="),
     ],
@@ -51,7 +59,7 @@ def test_unknown_key_as_a_process():
     )
     assert proc.returncode != 0
     assert proc.stderr.strip() == proc.stderr.strip().splitlines()[0]
-    assert "unknown argument 'foo'" in proc.stderr
+    assert "unknown key 'foo'" in proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +147,53 @@ def test_eval_with_inception_and_no_weights_says_where_to_put_them(digits_run, t
     assert ev.main([f"run_dir={run_dir}", "num_samples=4", "features=inception", f"cache={cache}"]) == 1
     line = _error_line(capsys)
     assert inception.WEIGHTS_FILENAME in line and str(tmp_path / "hub" / "checkpoints") in line
+
+
+def test_the_command_parses_into_the_request_the_library_takes():
+    from archbench.console.args import parse_args
+    from archbench.evaluation.evaluate import EvalRequest
+
+    assert parse_args(EvalRequest, []) == EvalRequest()
+    argv = ["run_dir=r", "sampler=ddpm", "steps=7", "cfg_scale=2.5", "seed=3", "batch_size=9", "num_samples=11",
+            "ref_split=test", "features=digits_cnn", "progress=false"]
+    assert parse_args(EvalRequest, argv) == EvalRequest(
+        run_dir="r", num_samples=11, features="digits_cnn", ref_split="test", progress=False, sampler="ddpm",
+        steps=7, cfg_scale=2.5, seed=3, batch_size=9)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"num_samples": 0}, "num_samples must be an integer >= 1, got 0"),
+    ({"feature_batch_size": -2}, "feature_batch_size must be an integer >= 1, got -2"),
+    ({"steps": 2.5}, "steps must be an integer >= 1, got 2.5"),
+    ({"guide_channels": True}, "guide_channels must be an integer >= 1, got True"),
+])
+def test_a_bad_request_is_refused_before_any_work(kwargs, message):
+    from archbench.console.errors import UsageError
+    from archbench.evaluation.evaluate import EvalError, EvalRequest
+
+    with pytest.raises(EvalError, match=message) as info:
+        EvalRequest(run_dir="r", **kwargs)
+    assert isinstance(info.value, UsageError)  # the one "bad argument" every command reports in one line
+
+
+def test_evaluate_called_directly_gives_the_commands_numbers(digits_run, tmp_path, capsys):
+    from archbench.evaluation.evaluate import EvalRequest, evaluate
+    from archbench.evaluation.metrics import METRICS, result_line
+
+    run_dir, cache = digits_run
+    argv = [f"run_dir={run_dir}", "num_samples=12", "steps=2", "batch_size=6", "seed=5", f"cache={cache}",
+            "progress=false", f"out={tmp_path / 'command.json'}"]
+    assert ev.main(argv) == 0
+    printed = capsys.readouterr().out
+    command = json.loads((tmp_path / "command.json").read_text())
+    record = evaluate(EvalRequest(run_dir=str(run_dir), num_samples=12, steps=2, batch_size=6, seed=5,
+                                  cache=str(cache), progress=False, out=str(tmp_path / "library.json")))
+    assert record["path"] == str(tmp_path / "library.json")
+    assert json.loads((tmp_path / "library.json").read_text()) == {k: v for k, v in record.items() if k != "path"}
+    for metric in METRICS.values():
+        for key in metric.record_keys:
+            assert record[key] == command[key], key  # every number, to the last digit
+    same = {k: v for k, v in record.items() if k not in ("seconds", "path")}
+    assert same == {k: v for k, v in command.items() if k != "seconds"}
+    assert printed.strip() == f"{result_line(record)}; wrote {tmp_path / 'command.json'}"
+    assert (record["seed"], record["steps"], record["num_samples"]) == (5, 2, 12)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from train_support import one_thread  # noqa: F401
 
+from archbench.commands import eval as ev
 from archbench.data import build_dataset
-from archbench.evaluation import evaluate as ev
 from archbench.evaluation import inception as inc
 from archbench.evaluation.fidelity import inception_score, isc_splits, kernel_inception_distance
 from archbench.evaluation.train_cnn import load_tensors

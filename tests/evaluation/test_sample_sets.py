@@ -11,9 +11,9 @@ import pytest
 import torch
 from train_support import REPO, one_thread  # noqa: F401
 
+from archbench.commands import eval as ev
 from archbench.data import build_dataset
 from archbench.data.fashion_mnist import files_present
-from archbench.evaluation import evaluate as ev
 from archbench.evaluation import get_feature_extractor, reference_stats, train_dataset_cnn
 from archbench.evaluation.train_cnn import load_tensors
 from archbench.sampling.grid import to_uint8

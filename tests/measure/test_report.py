@@ -1,4 +1,4 @@
-"""The report CLI: argument parsing, output formats, clean errors, and a tiny scaling run."""
+"""The report command and library: argument parsing, output formats, clean errors, and a tiny scaling run."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import sys
 import pytest
 
 import archbench
+from archbench.commands import report as report_command
+from archbench.console.args import guess_value
+from archbench.console.errors import UsageError
 from archbench.measure import report, scaling
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = report.main(list(argv))
+    code = report_command.main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -25,13 +28,13 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     ("text", "value"),
     [("32", 32), ("0.1", 0.1), ("true", True), ("False", False), ("none", None), ("abc", "abc"), ("1,2,2", (1, 2, 2))],
 )
-def test_parse_value(text, value):
-    assert report.parse_value(text) == value
+def test_guess_value(text, value):
+    assert guess_value(text) == value
 
 
 def test_resolve_backbones_keeps_order_and_expands_patterns():
     assert report.resolve_backbones("dit_t2,dis_t*") == ["dit_t2", "dis_t2", "dis_t4"]
-    with pytest.raises(report.UsageError, match="no registered backbone matches"):
+    with pytest.raises(UsageError, match="no registered backbone matches"):
         report.resolve_backbones("nothing_*")
 
 
@@ -39,11 +42,14 @@ def test_help_lists_every_command(capsys):
     code, out, _ = run_main(capsys, "--help")
     assert code == 0
     assert all(command in out for command in ("flops", "summary", "scaling", "resolutions"))
+    code, out, _ = run_main(capsys, "scaling", "--help")  # one report's keys: name, type, default, doc
+    assert code == 0 and "flops keys" not in out
+    assert any(line.split()[:3] == ["resolutions", "int,...", "16,32,64,128"] for line in out.splitlines())
 
 
 @pytest.fixture(scope="module")
 def flop_outputs() -> dict[str, str]:
-    return {fmt: report.cmd_flops({"backbones": "dit_t2,dis_t2", "format": fmt}) for fmt in ("md", "csv", "json")}
+    return {fmt: report.flops_table(["dit_t2", "dis_t2"], {}, fmt) for fmt in ("md", "csv", "json")}
 
 
 def _params(name: str) -> int:
@@ -86,6 +92,13 @@ def test_flops_applies_build_overrides(capsys):
         (["flops", "backbones=dit_t9"], "unknown backbone"),
         (["flops"], "backbones="),
         (["frobnicate"], "expected a command"),
+        (["flops", "backbones=dit_t2", "format=xml"], "format must be one of md, csv, json, got 'xml'"),
+        (["flops", "preset=paper", "image_size=16"], "preset=paper fixes the setting; drop image_size"),
+        (["summary", "depth=2"], "missing backbone="),
+        (["summary", "backbone=dit_t2", "depth=0"], "depth must be >= 1, got 0"),
+        (["scaling", "resolutions=16,x"], "resolutions must be an integer, got 'x'"),
+        (["scaling", "backbones=dit_t2", "image_size=16"], "image_size: use resolutions="),
+        (["kernels", "device=cpu"], "unknown key 'device'"),
     ],
 )
 def test_usage_errors_are_one_line(capsys, argv, message):

@@ -44,7 +44,7 @@ def test_single_class_and_default_output(trained):
     [
         (["num_samples=4", "class=10"], "labels must be integers in [0, 9]"),
         (["sampler=euler"], "unknown sampler 'euler'"),
-        (["bogus=1"], "unknown argument 'bogus'"),
+        (["bogus=1"], "unknown key 'bogus'"),
         (["labels=1", "class=2"], "not both"),
     ],
 )
@@ -89,4 +89,4 @@ def test_guide_channels_is_a_sampling_option(trained, tmp_path, capsys):
     assert main([*base, "guide_channels=1", f"out={tmp_path / 'one.png'}"]) == 0  # 1 of 1 channel: the same
     assert np.array_equal(np.load(tmp_path / "all.npz")["arr_0"], np.load(tmp_path / "one.npz")["arr_0"])
     assert main([*base, "guide_channels=0"]) == 1
-    assert "guide_channels must be a positive channel count" in capsys.readouterr().err
+    assert "guide_channels must be >= 1, got 0" in capsys.readouterr().err

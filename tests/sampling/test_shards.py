@@ -192,7 +192,7 @@ def test_spec_and_world_size_errors(tiny, tmp_path):
         (["format=png", "out=x.npz"], "give out=<name>.png"),
         (["out=x.npz", "batch_size=8"], "batch_size does not apply to an .npz sample set"),
         (["format=tiff"], "format must be one of auto, png, npz"),
-        (["out=x.npz", "chunk_size=0"], "chunk_size must be a positive integer"),
+        (["out=x.npz", "chunk_size=0"], "chunk_size must be >= 1, got 0"),
         (["out=x.npz", "keep_parts=maybe"], "keep_parts must be true or false"),
     ],
 )

@@ -6,6 +6,8 @@ import pytest
 import torch
 import yaml
 
+from archbench.commands import ci as ci_command
+from archbench.console.args import parse_args
 from archbench.study import regression as ci
 from archbench.study.job import eval_path
 from archbench.training import checkpoint as ckpt
@@ -59,7 +61,7 @@ def test_cli_exits_nonzero_on_regression(tmp_path, capsys):
     stored["dataset"] = default_dataset()
     stored["feature_checksum"] = sha256_file(ci.feature_weights())
     (tmp_path / "dit_t2.json").write_text(json.dumps(stored))
-    assert ci.main(args) == 1
+    assert ci_command.main(args) == 1
     out = capsys.readouterr()
     assert "REGRESSED" in out.out and "FD regression check failed for dit_t2" in out.err
 
@@ -83,7 +85,7 @@ def test_the_ci_recipe_grid_uses_enough_sampling_steps_to_show_samples():
 
 
 def _spec(*flags: str) -> dict:
-    return ci.spec_from_args(ci.build_parser().parse_args(["fid", *flags]))
+    return ci_command.fid_spec(parse_args(ci_command.FidArgs, flags))
 
 
 def _edited_ci_yaml(tmp_path, **changes) -> str:
@@ -130,6 +132,11 @@ def test_ci_yaml_settings_take_effect_and_flags_override_them(tmp_path):
     one_flag = _spec("--study", study, "--steps", "7")  # one flag changes one setting; the file keeps the rest
     assert one_flag["budget"]["steps"] == 7 and one_flag["eval"]["num_samples"] == 77 and one_flag["seeds"] == [3]
 
+    keys = _spec(f"study={study}", "backbones=dit_t2,dis_t2", "train_steps=5", "num_samples=8", "sampler=ddim",
+                 "sample_steps=4", "seed=1", "threads=1", "work_dir=w")  # the key=value grammar: the same spec
+    assert keys == _spec(f"--study={study}", "--backbones", "dit_t2,dis_t2", "--steps", "5", "--num-samples", "8",
+                         "--sampler", "ddim", "--sample-steps", "4", "--seed", "1", "--threads", "1", "--work-dir", "w")
+
 
 def test_the_command_trains_what_the_edited_file_says(tmp_path, capsys):
     """End to end through the command: the file's budget and sample count reach the run, the flag's sampling
@@ -139,7 +146,7 @@ def test_the_command_trains_what_the_edited_file_says(tmp_path, capsys):
                             overrides=["train.batch_size=8", "train.warmup_steps=1"])
     work, baselines = tmp_path / "work", tmp_path / "baselines"
     baselines.mkdir()
-    rc = ci.main(["fid", "--study", study, "--sample-steps", "2", "--work-dir", str(work), "--baselines",
+    rc = ci_command.main(["fid", "--study", study, "--sample-steps", "2", "--work-dir", str(work), "--baselines",
                   str(baselines)])
     assert rc == 1  # no baseline for these settings: never a pass
     rows = json.loads((work / "ci_fid.json").read_text())
@@ -148,5 +155,5 @@ def test_the_command_trains_what_the_edited_file_says(tmp_path, capsys):
     assert "20 samples, ddim 2 steps, seed 0" in capsys.readouterr().out
 
     several = _edited_ci_yaml(tmp_path, seeds=[0, 1])
-    assert ci.main(["fid", "--study", several, "--work-dir", str(work)]) == 1
+    assert ci_command.main(["fid", "--study", several, "--work-dir", str(work)]) == 1
     assert "CI compares one seed, got [0, 1]" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from study_support import run_study_cli, tiny_study
@@ -78,13 +80,25 @@ def test_every_preset_loads_and_every_documented_key_exists():
             "paper_table"} <= set(study_names())
     for name in study_names():
         load_study(name)
-    from archbench.study import __main__ as cli
+    from archbench.commands.study import usage
 
+    help_text = usage()
     for key in DEFAULTS:
-        assert key in cli.__doc__, key
+        assert key in help_text, key
     for section in ("budget", "eval", "grid", "launcher"):
         for key in DEFAULTS[section]:
-            assert f"{section}.{key}" in cli.__doc__ or key in cli.__doc__, f"{section}.{key}"
+            assert f"{section}.{key}" in help_text, f"{section}.{key}"
+
+
+def test_study_keys_are_documented_once_and_the_readme_table_is_generated():
+    """KEY_DOCS is the one place a study key is described: every key of DEFAULTS has a line there, and the
+    README's table and ``study --help`` come from it."""
+    from archbench.study.spec import KEY_DOCS, README_BEGIN, README_END, _flat_defaults, key_table
+
+    assert set(_flat_defaults(DEFAULTS)) <= set(KEY_DOCS)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
+    assert table == key_table(), "regenerate the README's study key table from archbench.study.spec.key_table()"
 
 
 def test_cli_bad_study_is_one_line_and_trains_nothing(tmp_path):

@@ -6,25 +6,33 @@ import json
 
 import pytest
 
-from archbench.training.step_bench import StepConfig, format_rows, parse_step_args, run_step_bench
+from archbench.console.args import parse_args
+from archbench.console.errors import UsageError
+from archbench.training.step_bench import StepConfig, format_rows, run_step_bench
+
+
+def parse_step_args(argv: list[str]) -> StepConfig:
+    return parse_args(StepConfig, argv).check()
 
 
 def test_arguments_are_parsed_and_checked():
     cfg = parse_step_args(["backbones=dit_t2,dis_t2", "compile=true", "batch=4", "precision=bf16"])
     assert cfg.backbones == ("dit_t2", "dis_t2") and cfg.compile and cfg.batch == 4 and cfg.precision == "bf16"
+    assert parse_step_args(["steps=7"]).timed_steps == 7  # the older name (benchmarks/gpu.sh) of timed_steps
     for bad, message in [
         (["backbones=nope_t2"], "unknown backbones"),
-        (["precision=fp16"], "valid: fp32, bf16"),
+        (["precision=fp16"], "precision must be one of fp32, bf16"),
         (["batch=0"], "batch must be >= 1"),
-        (["compile=maybe"], "expected true or false"),
-        (["speed=fast"], "key one of backbones"),
+        (["compile=maybe"], "compile must be true or false"),
+        (["diffusion=nope"], "diffusion must be one of ddpm"),
+        (["speed=fast"], "unknown key 'speed'; valid keys: backbones"),
     ]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(UsageError, match=message):
             parse_step_args(bad)
 
 
 def test_a_tiny_interleaved_run_reports_every_backbone(tmp_path):
-    cfg = StepConfig(backbones=("dit_t2", "dis_t2"), batch=2, image_size=8, steps=1, warmup=1, rounds=1,
+    cfg = StepConfig(backbones=("dit_t2", "dis_t2"), batch=2, image_size=8, timed_steps=1, warmup=1, rounds=1,
                      grad_checkpoint=True, out=str(tmp_path / "step.json"))
     rows = run_step_bench(cfg)
     assert [r["backbone"] for r in rows] == ["dit_t2", "dis_t2"]

@@ -1,0 +1,9 @@
+"""The lowest layer, shared by every stage and command, one module per job:
+
+* :mod:`archbench.console.errors`: how an expected failure is reported (one line, exit code 1), ``UsageError``;
+* :mod:`archbench.console.args`: ``key=value`` command lines declared by a dataclass, with generated ``--help``;
+* :mod:`archbench.console.logs`: where log lines go;
+* :mod:`archbench.console.files`: atomic file writing.
+
+Import from the job's module.
+"""

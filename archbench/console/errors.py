@@ -1,0 +1,55 @@
+"""How every command reports an expected failure: one line on stderr and exit code 1, no traceback.
+
+Exit codes, the same for every ``python -m archbench.X`` command: 0 success; 1 an expected failure (a bad
+argument, a missing or unusable input, a failed check such as an FD regression); 128 + N when training was
+stopped by signal N after writing its checkpoint (130 for Ctrl-C, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+class UsageError(ValueError):
+    """A bad argument: an unknown key, a value of the wrong type, a missing or contradictory setting.
+
+    The one exception every command and every stage raises for what the caller asked for (as opposed to a
+    missing file or a failed run), so a command needs one ``except`` to turn it into one line and exit code 1.
+    A ``ValueError``, so library callers that already catch ``ValueError`` keep working.
+    """
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The message of ``exc`` collapsed to a single line."""
+    text = str(exc).strip() or (type(exc).__name__ if isinstance(exc, BaseException) else "")
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def fail(program: str, message: BaseException | str) -> int:
+    """Print ``program: error: message`` to stderr and return the exit code to use (1)."""
+    print(f"{program}: error: {one_line(message)}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def interruptible(program: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a command's ``main`` so Ctrl-C outside the training loop (while importing, loading data,
+    sampling) ends with one line and exit code 130 instead of a traceback (the loop itself checkpoints first)."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                print(f"{program}: interrupted (Ctrl-C)", file=sys.stderr)
+                return EXIT_INTERRUPTED
+
+        return run
+
+    return wrap

@@ -1,0 +1,222 @@
+"""Draw images from a trained run (``python -m archbench.sample``, see :mod:`archbench.commands.sample`).
+
+It composes :mod:`archbench.training.runs` (read a run or a pretrained folder back) with :mod:`archbench.sampling`
+(grids, resumable sample sets), so it lives in the training stage, the lowest one that sees both.
+
+* :func:`draw_grid`: a PNG grid plus an ``.npz`` beside it (``arr_0``: uint8 images [N, H, W, C], ``arr_1``:
+  int64 labels, -1 when unconditional), in one process.
+* :func:`draw_set`: a sample set for FID-50k, ADM's and DiT's ``sample_ddp.py`` layout plus a ``meta`` JSON
+  array, in one process or split over ``torchrun`` ranks by chunks of ``chunk_size`` samples; each chunk is drawn
+  as one batch from a generator seeded by (seed, chunk), so the file is identical for any number of ranks and a
+  re-run after an interruption draws only the missing or damaged chunks.
+
+Labels cycle through ``labels``, ``class`` or, by default, every class: sample i gets class i mod C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from archbench.console.args import arg
+from archbench.console.errors import UsageError, one_line
+from archbench.sampling.settings import SamplingSettings
+from archbench.training.runs import LoadedRun, load_ema_model
+
+if TYPE_CHECKING:
+    from archbench.sampling.shards import SampleSetResult
+
+log = logging.getLogger("archbench.sample")
+
+PNG_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRequest:
+    """What to draw from which run, and where to write it; the fields are the sample command's keys.
+
+    ``None`` for a sampling setting means the run's own ``sample`` setting, else the objective's default.
+    """
+
+    run_dir: str | None = arg(None, doc="a training run folder (its newest checkpoint) or a pretrained folder")
+    checkpoint: str | None = arg(None, doc="a checkpoint file to use instead of run_dir's newest")
+    num_samples: int = arg(64, minimum=1, doc="images to draw")
+    sampler: str | None = arg(None, shown="the run's", doc="sampler (the run's sample.sampler, else the objective's "
+                                                             "default: ddim for ddpm, euler for flow, heun for edm)")
+    steps: int | str | None = arg(None, shown="the run's", doc="sampling steps, as sample.steps in training: an int "
+                                                                 "or a respacing such as ddim25 (eval's steps: an int)")
+    cfg_scale: float | None = arg(None, shown="the run's", doc="classifier-free guidance scale (1: no guidance)")
+    guide_channels: int | None = arg(None, minimum=1, shown="the run's",
+                                     doc="guide only the first N channels (DiT's sample.py guides 3)")
+    out: str | None = arg(None, shown="run_dir/samples/...", doc="a .png grid (an .npz beside it) or an .npz set")
+    labels: tuple[int, ...] | None = arg(None, shown="every class", doc="classes the samples cycle through")
+    class_: int | None = arg(None, key="class", doc="one class for every sample (instead of labels)")
+    seed: int = arg(0, doc="the noise's seed")
+    batch_size: int | None = arg(None, minimum=1, shown=str(PNG_BATCH_SIZE),
+                                 doc="images per forward pass of a PNG grid (a set uses chunk_size)")
+    device: str = arg("auto", doc="auto, cpu, cuda or cuda:N")
+    nrow: int | None = arg(None, minimum=1, shown="one column per class", doc="grid columns")
+    progress: bool = arg(True, doc="show a progress bar")
+    format: Literal["auto", "png", "npz"] = arg("auto", doc="auto: npz when out ends with .npz, else png")
+    chunk_size: int = arg(64, minimum=1, doc="a set's seeding unit and forward batch")
+    keep_parts: bool = arg(False, doc="keep a set's finished chunks (out.parts/) after merging")
+
+    def resolved(self) -> SampleRequest:
+        """The request checked as a whole, with ``format`` decided; a UsageError names what does not fit."""
+        if self.run_dir is None and self.checkpoint is None:
+            raise UsageError("give run_dir=<training run folder> (or checkpoint=<file>)")
+        if self.labels is not None and self.class_ is not None:
+            raise UsageError("give labels=... or class=..., not both")
+        out = self.out
+        fmt = self.format
+        if fmt == "auto":
+            fmt = "npz" if out is not None and out.endswith(".npz") else "png"
+        if fmt == "npz" and out is not None and not out.endswith(".npz"):
+            raise UsageError(f"format=npz writes a .npz file; out={out} does not end with .npz")
+        if fmt == "png" and out is not None and out.endswith(".npz"):
+            raise UsageError(f"format=png writes a PNG grid (plus an .npz beside it); give out=<name>.png, not {out}")
+        if fmt == "npz" and self.batch_size is not None:
+            raise UsageError(
+                f"batch_size does not apply to an .npz sample set: it is drawn in chunks of chunk_size="
+                f"{self.chunk_size} (the forward batch and the seeding unit); set chunk_size= instead"
+            )
+        if isinstance(self.steps, int) and self.steps < 1:
+            raise UsageError(f"steps must be a positive integer (or a respacing such as ddim25), got {self.steps}")
+        return dataclasses.replace(self, format=fmt)
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings asked for (None: not asked, the run's)."""
+        return {"sampler": self.sampler, "steps": self.steps, "cfg_scale": self.cfg_scale,
+                "guide_channels": self.guide_channels}
+
+
+def label_cycle(request: SampleRequest, num_classes: int) -> list[int] | None:
+    """Labels that sample i cycles through (i mod their count): ``labels``/``class``, else every class; None when
+    the model is unconditional."""
+    wanted = request.labels if request.labels is not None else request.class_
+    if wanted is None:
+        return list(range(num_classes)) if num_classes > 0 else None
+    if num_classes <= 0:
+        raise UsageError("this model is unconditional; drop labels=/class=")
+    values = [wanted] if isinstance(wanted, int) else list(wanted)
+    if not values or not all(0 <= v < num_classes for v in values):
+        raise UsageError(f"labels must be integers in [0, {num_classes - 1}], got {wanted!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A loaded run and what sampling from it needs: the label cycle, the image shape, the sampler settings."""
+
+    run: LoadedRun
+    cycle: list[int] | None
+    shape: tuple[int, int, int]
+    chosen: SamplingSettings
+
+
+def _load(request: SampleRequest, device: torch.device) -> Prepared:
+    """The run's EMA model plus what sampling it needs."""
+    from archbench.sampling.settings import sampling_settings
+
+    run = load_ema_model(request.run_dir, request.checkpoint, device)
+    try:
+        chosen = sampling_settings(request.sampling(), run.sample, run.objective)
+    except ValueError as exc:
+        raise UsageError(one_line(exc)) from None
+    shape = (int(run.data["channels"]), int(run.data["image_size"]), int(run.data["image_size"]))
+    return Prepared(run, label_cycle(request, run.num_classes), shape, chosen)
+
+
+def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
+    """Sample in one process and write the PNG grid and the .npz beside it; returns both paths."""
+    from archbench.sampling.grid import generate, grid_columns, save_grid, save_npz
+    from archbench.sampling.shards import labels_for
+    from archbench.training.distributed import launched_by_torchrun, pick_device
+
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise UsageError("a PNG grid is drawn by one process; under torchrun write a sample set: out=PATH.npz")
+    try:
+        device = pick_device(request.device)
+    except RuntimeError as exc:
+        raise UsageError(f"device={request.device}: {one_line(exc)}") from None
+    prepared = _load(request, device)
+    run, n, chosen = prepared.run, request.num_samples, prepared.chosen
+    labels = labels_for(prepared.cycle, 0, n)
+    log.info("sampling %d images from %s (EMA, step %d, cfg %.2f)", n, run.path, run.step, chosen.cfg_scale)
+    try:
+        samples = generate(
+            run.net,
+            run.objective,
+            num_samples=n,
+            shape=prepared.shape,
+            labels=labels,
+            sampler=chosen.sampler,
+            steps=chosen.steps,
+            cfg_scale=chosen.cfg_scale,
+            guide_channels=chosen.guide_channels,
+            seed=request.seed,
+            batch_size=request.batch_size or PNG_BATCH_SIZE,
+            device=device,
+            progress=request.progress,
+        )
+    except ValueError as exc:  # unknown sampler, bad steps, cfg without a null class
+        raise UsageError(one_line(exc)) from None
+    default = run.run_dir / "samples" / f"sample_step{run.step:07d}.png"
+    out = Path(request.out) if request.out else default
+    columns = request.nrow or grid_columns(n, run.num_classes if request.labels is None else 0)
+    png = save_grid(samples, out, columns)
+    npz = save_npz(samples, labels, out.with_suffix(".npz"))
+    return png, npz
+
+
+def draw_set(request: SampleRequest) -> SampleSetResult:
+    """Draw (this rank's share of) an .npz sample set, one process or many under torchrun; rank 0 merges it."""
+    from archbench.console.logs import setup_logging
+    from archbench.sampling.shards import SampleSetSpec, write_sample_set
+    from archbench.training.distributed import barrier, broadcast_object, cleanup, init_distributed
+
+    try:
+        dist = init_distributed(request.device)
+    except RuntimeError as exc:
+        raise UsageError(f"device={request.device}: {one_line(exc)}") from None
+    setup_logging(dist.rank)
+    try:
+        prepared = _load(request, dist.device)
+        run, n, chosen = prepared.run, request.num_samples, prepared.chosen
+        try:
+            spec = SampleSetSpec(
+                num_samples=n,
+                shape=prepared.shape,
+                labels=None if prepared.cycle is None else tuple(prepared.cycle),
+                sampling=chosen.as_dict(),
+                seed=request.seed,
+                chunk_size=request.chunk_size,
+                source={"checkpoint": str(run.path), "step": run.step},
+            )
+            default = f"samples_step{run.step:07d}_n{n}_seed{request.seed}.npz"
+            out = Path(request.out) if request.out else run.run_dir / "samples" / default
+            log.info("drawing %d samples from %s (EMA, step %d, %s, cfg %.2f) into %s, %d rank(s)",
+                     n, run.path, run.step, chosen.sampler, chosen.cfg_scale, out, dist.world_size)
+            return write_sample_set(
+                run.net,
+                run.objective,
+                spec,
+                out,
+                device=dist.device,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                broadcast=broadcast_object,
+                barrier=barrier,
+                keep_parts=request.keep_parts,
+                progress=request.progress and dist.is_main,
+            )
+        except ValueError as exc:  # settings the sampler refuses, latents, a part that cannot be merged
+            raise UsageError(one_line(exc)) from None
+    finally:
+        cleanup()
