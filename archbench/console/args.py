@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -200,9 +201,13 @@ def _convert(name: str, hint: Any, text: str) -> Any:
             return False
     elif hint is int or hint is float:
         try:
-            return hint(text)
+            value = hint(text)
         except ValueError:
             pass
+        else:
+            if not math.isfinite(value):  # nan/inf would flow silently into black images or endless loops
+                raise UsageError(f"{name} must be a finite number, got {text!r}")
+            return value
     elif hint is str:
         return text
     elif hint is Any:

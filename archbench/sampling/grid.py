@@ -101,10 +101,23 @@ def generate(
                 device=device,
                 progress=progress,
             )
+            if not torch.isfinite(out).all():
+                raise ValueError(_nonfinite_cause(model, start, n, cfg_scale))
             chunks.append(out.float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(chunks)
+
+
+def _nonfinite_cause(model: nn.Module, start: int, n: int, cfg_scale: float) -> str:
+    """Why samples [start, start + n) came out NaN/inf: weights that already are, or a sampler that diverged."""
+    where = f"sampling produced non-finite values in samples {start}..{start + n - 1}"
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        more = ", ..." if len(bad) > 3 else ""
+        return f"{where}: the model's weights hold non-finite values ({', '.join(bad[:3])}{more})"
+    return (f"{where} although the weights are finite: the sampler diverged (cfg_scale={cfg_scale}; try less "
+            "guidance or more steps)")
 
 
 def displayable(samples: torch.Tensor) -> torch.Tensor:

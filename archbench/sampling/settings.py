@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +19,10 @@ class SamplingSettings:
     steps: int | str | None = None  # None: the sampler's default; a string is a respacing such as "ddim25"
     cfg_scale: float = 1.0
     guide_channels: int | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.cfg_scale):
+            raise ValueError(f"cfg_scale must be a finite number, got {self.cfg_scale}")
 
     def as_dict(self) -> dict[str, Any]:
         """The plain form a sample set's ``meta`` and an ``eval.json`` record store."""

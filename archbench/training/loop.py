@@ -341,20 +341,24 @@ class Trainer:
         cfg_scale = s.cfg_scale if s.grid_cfg_scale is None else s.grid_cfg_scale
         if cfg_scale != 1.0 and getattr(self.ema.model, "null_class", None) is None:
             cfg_scale = 1.0  # unconditional, or no class dropout: nothing to guide with
-        samples = generate(
-            self.ema.model,
-            self.objective,
-            num_samples=n,
-            shape=(d.channels, d.image_size, d.image_size),
-            labels=grid_labels(n, num_classes),
-            sampler=s.sampler,
-            steps=s.steps,
-            cfg_scale=cfg_scale,
-            guide_channels=s.guide_channels,
-            seed=s.seed,
-            batch_size=min(n, 256),
-            device=self.device,
-        )
+        try:
+            samples = generate(
+                self.ema.model,
+                self.objective,
+                num_samples=n,
+                shape=(d.channels, d.image_size, d.image_size),
+                labels=grid_labels(n, num_classes),
+                sampler=s.sampler,
+                steps=s.steps,
+                cfg_scale=cfg_scale,
+                guide_channels=s.guide_channels,
+                seed=s.seed,
+                batch_size=min(n, 256),
+                device=self.device,
+            )
+        except ValueError as exc:  # a diverged preview: say so and keep training (the run itself is finite)
+            log.warning("no sample grid at step %d: %s", self.step, exc)
+            return None
         self.last_grid = (samples.detach().cpu(), grid_labels(n, num_classes), cfg_scale)
         path = save_grid(samples, self.run_dir / "samples" / f"step_{self.step:07d}.png", grid_columns(n, num_classes))
         log.info("sample grid (EMA weights): %s", path)
