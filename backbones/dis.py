@@ -164,7 +164,7 @@ register_backbone(
 )
 register_backbone(
     "dis_t4", DiS, family="dis", description="tiny DiS/4: the embedded default (16 tokens at 16x16)",
-    tags=("tiny_variant",),
+    tags=("tiny_variant", "cpu_study"),
     width=64, depth=4, patch_size=4, image_size=32, in_channels=3, num_classes=10,
 )
 

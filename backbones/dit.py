@@ -149,6 +149,11 @@ register_backbone(
     "dit_t2", DiT, family="dit", description="tiny DiT for tests and CI", tags=("tiny",),
     depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10,
 )
+register_backbone(
+    "dit_t4", DiT, family="dit", description="tiny DiT/4: 16 tokens at 16x16, the CPU studies' DiT",
+    tags=("tiny_variant", "cpu_study"),
+    depth=4, width=96, num_heads=3, patch_size=4, image_size=32, in_channels=3, num_classes=10,
+)
 # DiT's isotropic adaLN-Zero skeleton with DiS's bidirectional Mamba in place of attention.
 register_backbone(
     "dit_bimamba_s2", DiT, family="dit", description="DiT-S/2 skeleton with a bidirectional Mamba mixer",

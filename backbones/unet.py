@@ -334,7 +334,7 @@ register_backbone(
     UNet,
     family="unet",
     description="Tiny U-Net for tests and CI",
-    tags=("tiny",),
+    tags=("tiny", "cpu_study"),
     image_size=32,
     num_classes=10,
     base_channels=32,

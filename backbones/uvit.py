@@ -144,6 +144,11 @@ register_backbone(
     depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10,
 )
 register_backbone(
+    "uvit_t4", UViT, family="uvit", description="tiny U-ViT/4: 16 tokens at 16x16, the CPU studies' U-ViT",
+    tags=("tiny_variant", "cpu_study"),
+    depth=4, width=96, num_heads=3, patch_size=4, image_size=32, in_channels=3, num_classes=10,
+)
+register_backbone(
     "uvit_bimamba_t2", UViT, family="uvit", description="tiny U-ViT skeleton with DiS's bidirectional Mamba mixer",
     tags=("tiny_variant",),
     depth=4, width=96, num_heads=3, patch_size=2, image_size=32, in_channels=3, num_classes=10, mixer="bimamba",

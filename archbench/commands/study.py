@@ -23,8 +23,9 @@ launcher.cluster=local eval.every=100. plan=true (or --plan) prints the runs (ar
 and exits without training. Re-running the same command resumes unfinished runs and skips finished
 evaluations."""
 WRITES = """\
-Writes study_dir/results.csv, summary.md, fd_vs_compute.png, fd_vs_wallclock.png, fd_vs_params.png,
-fd_vs_gmacs.png, fd_vs_<swept key>.png, samples.png, and runs/<arm>-s<seed>/ (ordinary training runs).
+Writes study_dir/results.csv, tune.csv and tune/ (with a tune section), summary.md, fd_vs_compute.png,
+fd_vs_wallclock.png, cond_acc_vs_compute.png, cond_acc_vs_wallclock.png, fd_vs_params.png, fd_vs_gmacs.png,
+fd_vs_<swept key>.png, samples.png, and runs/<arm>-s<seed>/ (ordinary training runs).
 Exit codes: 0 done, 1 a bad study or a failed run (one line each), 130 Ctrl-C."""
 
 
@@ -71,12 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     from archbench.study.runner import plan_study, run_study
     from archbench.study.spec import StudyError, load_study
+    from archbench.study.tune import tune_jobs
 
     try:
         request, overrides = split_args(StudyArgs, args, positional=("study",))
         spec = load_study(request.study, overrides)
         if request.plan:
-            print(format_plan(plan_study(spec, measure=False)[1]))
+            jobs = plan_study(spec, measure=False)[1]
+            candidates = tune_jobs(spec, jobs)
+            if candidates:
+                print(f"Tuning runs ({spec['tune']['key']} per arm, {spec['tune']['metric']} picks the value the "
+                      "main runs then train with):\n")
+                print(format_plan(candidates) + "\n\nMain runs:\n")
+            print(format_plan(jobs))
             return 0
         result = run_study(spec)
     except (UsageError, StudyError, OSError) as exc:

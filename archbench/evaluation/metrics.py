@@ -223,6 +223,11 @@ def metric_columns() -> tuple[str, ...]:
     return tuple(col for m in METRICS.values() if m.column for col in (m.column, *(c for _, c in m.feature_columns)))
 
 
+def column_metrics() -> dict[str, Metric]:
+    """The metrics with a ``results.csv`` column, by name: what a study can select or rank by."""
+    return {m.name: m for m in METRICS.values() if m.column}
+
+
 def csv_values(record: Mapping[str, Any]) -> dict[str, float | None]:
     """Every metric column's cell of one evaluation record."""
     return {col: value for m in METRICS.values() for col, value in m.csv_values(record).items()}

@@ -34,9 +34,21 @@ def matched_steps(ref_steps: int, ref_cost: float, cost: float) -> int:
     return max(1, round(ref_steps * ref_cost / cost))
 
 
-def eval_points(steps: int, ref_steps: int, every_ref: int) -> tuple[list[int], int]:
+def eval_points(steps: int, ref_steps: int, every_ref: int | list[int]) -> tuple[list[int], int]:
     """Evaluation steps of an arm trained ``steps`` steps, at the same training compute as the reference's
-    every ``every_ref`` steps (0 = only at the end); returns (points, the arm's interval)."""
+    every ``every_ref`` steps (0 = only at the end) or at its listed steps; returns (points, the arm's
+    checkpoint interval, which divides every point).
+
+    A list is placed on a grid of the reference's greatest common interval scaled to the arm, so early points
+    (e.g. 125, 250, 500, 1000) stay at the reference's compute fractions without checkpointing every step."""
+    if isinstance(every_ref, list):
+        listed = sorted({int(p) for p in every_ref if 0 < int(p) < ref_steps})
+        if not listed:
+            return [steps], steps
+        unit = math.gcd(*listed)
+        interval = max(1, round(unit * steps / ref_steps))
+        points = sorted({(p // unit) * interval for p in listed if (p // unit) * interval < steps})
+        return points + [steps], interval
     if not every_ref:
         return [steps], steps
     interval = max(1, round(every_ref * steps / ref_steps))

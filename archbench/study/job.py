@@ -60,6 +60,47 @@ def run_overrides(job: Job) -> list[str]:
     ]
 
 
+def check_reuse(job: Job) -> None:
+    """Refuse, in one line, a run on disk that was trained with other settings than the job asks for now.
+
+    An edited study (another recipe, an arm's override, a tuned value that changed) must never pass off the old
+    runs' scores as the new experiment's; what may differ is what a resume may change (the step budget, logging,
+    devices: :data:`archbench.training.resume_config.RESUMABLE`)."""
+    from archbench.study.spec import StudyError
+    from archbench.training.config import ConfigError, compose_config, to_container
+    from archbench.training.resume_config import read_run_config, trajectory_changes
+
+    try:
+        saved = read_run_config(job.run_dir)
+        if saved is None:
+            return
+        changes = trajectory_changes(saved, to_container(compose_config(run_overrides(job))))
+    except ConfigError as exc:
+        raise StudyError(f"run {job.run_name}: {exc}") from None
+    if changes:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        raise StudyError(f"arm {job.arm}: run {job.run_dir} was trained with other settings than the study now asks "
+                         f"for ({listed}); give a fresh study_dir= for the edited study, or delete that run folder "
+                         "to retrain it")
+    _check_checkpoints_kept(job)
+
+
+def _check_checkpoints_kept(job: Job) -> None:
+    """A run trained past an evaluation point the study now asks for must still hold that checkpoint (a lowered
+    budget moves the points onto steps that were pruned): refuse rather than score something else."""
+    from archbench.study.spec import StudyError
+    from archbench.training.checkpoint import checkpoint_path
+
+    reached = trained_step(job.run_dir)
+    settings = eval_settings(job)
+    lost = [step for step in job.eval_steps if step <= reached and read_eval(job.run_dir, step, settings) is None
+            and not checkpoint_path(job.run_dir, step).is_file()]
+    if lost:
+        raise StudyError(f"arm {job.arm}: run {job.run_dir} is trained to step {reached} and the study now scores "
+                         f"it at step(s) {', '.join(map(str, lost))}, whose checkpoints were not kept (only evaluation "
+                         "points are); give a fresh study_dir= for the new budget")
+
+
 def trained_step(run_dir: str | Path) -> int:
     """The newest checkpoint's step (0 without one)."""
     from archbench.training.checkpoint import list_checkpoints
@@ -130,6 +171,12 @@ def evaluate_step(job: Job, step: int, cache: str | None) -> dict[str, Any]:
     return record
 
 
+def record_divergence(job: Job, message: str) -> None:
+    """Mark a tuning candidate as diverged where its final evaluation would be, so a re-run does not retry it."""
+    record = {"status": "diverged", "error": message, "study_eval": eval_settings(job)}
+    write_text_atomic(eval_path(job.run_dir, job.steps), json.dumps(record, indent=2) + "\n")
+
+
 def _train(job: Job) -> int | None:
     """Train to the job's steps; returns the signal that stopped it, or None."""
     overrides = run_overrides(job)
@@ -171,12 +218,20 @@ def configure(threads: int | None) -> None:
 def run_job(job_data: dict[str, Any], cache: str | None = None) -> dict[str, Any]:
     """Train and evaluate one job (its dict form); returns ``{"run", "status", "seconds"}``."""
     from archbench.evaluation.metrics import result_line
+    from archbench.training.loop import NonFiniteLossError
 
     job = Job.from_dict(job_data)
     configure(job.threads)
     start = time.perf_counter()
-    if trained_step(job.run_dir) < job.steps:
-        signum = _train(job)
+    if trained_step(job.run_dir) < job.steps and read_eval(job.run_dir, job.steps, eval_settings(job)) is None:
+        try:
+            signum = _train(job)
+        except NonFiniteLossError as exc:
+            if "tunes" not in job.extra:
+                raise
+            record_divergence(job, str(exc))  # a tuning candidate that diverges is an answer, not a failure
+            log.info("%s diverged: %s", job.run_name, exc)
+            return {"run": job.run_name, "status": "done", "seconds": time.perf_counter() - start}
         if signum is not None:
             return {"run": job.run_name, "status": "interrupted", "signal": signum}
     for step in job.eval_steps:

@@ -70,11 +70,11 @@ class Job:
         return cls(**data)
 
 
-def _short(key: str) -> str:
+def short_key(key: str) -> str:
     return key.split(".")[-1]
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
     return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
@@ -85,10 +85,10 @@ def sweep_points(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def point_label(arm: str, point: dict[str, Any]) -> str:
-    return "-".join([arm, *(f"{_short(k)}{_format(v)}" for k, v in point.items())])
+    return "-".join([arm, *(f"{short_key(k)}{format_value(v)}" for k, v in point.items())])
 
 
-def _override(key: str, value: Any) -> str:
+def override(key: str, value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f"{key}=[{','.join(map(str, value))}]"
     return f"{key}={'null' if value is None else value}"
@@ -114,7 +114,7 @@ def describe_arms(spec: dict[str, Any]) -> list[ArmPoint]:
         for point in sweep_points(spec["sweep"]):
             label = point_label(arm["name"], point)
             overrides = [f"recipe={spec['recipe']}", f"backbone={arm['backbone']}", *spec["overrides"],
-                         *arm["overrides"], *(_override(k, v) for k, v in point.items())]
+                         *arm["overrides"], *(override(k, v) for k, v in point.items())]
             config = _compose(overrides, f"arm {label}")
             name, options = backbone_options(config)
             if arm["match_params"] is not None:
@@ -166,7 +166,7 @@ def make_jobs(spec: dict[str, Any], points: list[ArmPoint], steps: dict[str, int
               ) -> list[Job]:
     """Arms x seeds, each with its run folder, evaluation points and checkpoint interval."""
     refs = reference_points(spec, points)
-    every = int(spec["eval"]["every"])
+    every = spec["eval"]["every"]
     jobs = []
     for point in points:
         ref_steps = steps[refs[point.label].label]

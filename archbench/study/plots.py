@@ -1,8 +1,10 @@
 """The study's pictures, drawn from ``results.csv`` and written beside it.
 
 FD against training compute (log x) and against wall-clock: one line per arm, the mean over seeds, the band
-spanning the seeds' min..max.  Final FD against params and against GMACs, with 95% intervals.  For a sweep,
-final FD against each swept value, one line per arm (the DiS paper's depth / width / token figures).
+spanning the seeds' min..max; the same two for conditional accuracy (with chance dashed) when a classifier scored
+the samples, since an FD gap between arms that sample at chance says nothing about conditioning.  Final FD against
+params and against GMACs, with 95% intervals.  For a sweep, final FD against each swept value, one line per arm
+(the DiS paper's depth / width / token figures).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from archbench.study.readings import chance_level, number
 from archbench.study.summary import arm_summary, final_rows
 
 
@@ -27,8 +30,8 @@ def _pyplot() -> Any:
 Curve = tuple[list[float], list[float], list[float], list[float]]
 
 
-def _curves(rows: list[dict[str, Any]], x_key: str) -> dict[str, Curve]:
-    """label -> (x, mean FD, min FD, max FD) over the evaluation points (x averaged over seeds)."""
+def _curves(rows: list[dict[str, Any]], x_key: str, metric: str = "fd") -> dict[str, Curve]:
+    """label -> (x, mean, min, max of ``metric``) over the evaluation points that have it (x averaged over seeds)."""
     points: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         points[row["label"]][row["step"]].append(row)
@@ -36,26 +39,26 @@ def _curves(rows: list[dict[str, Any]], x_key: str) -> dict[str, Curve]:
     for label, by_step in sorted(points.items()):
         xs, means, lows, highs = [], [], [], []
         for step in sorted(by_step):
-            group = by_step[step]
-            x = [float(r[x_key]) for r in group if r[x_key] is not None and not math.isnan(float(r[x_key]))]
+            group = [r for r in by_step[step] if number(r.get(metric)) is not None]
+            x = [v for r in group if (v := number(r.get(x_key))) is not None]
             if not x:
                 continue
-            fds = [r["fd"] for r in group]
+            values = [float(r[metric]) for r in group]
             xs.append(sum(x) / len(x))
-            means.append(sum(fds) / len(fds))
-            lows.append(min(fds))
-            highs.append(max(fds))
+            means.append(sum(values) / len(values))
+            lows.append(min(values))
+            highs.append(max(values))
         out[label] = (xs, means, lows, highs)
     return out
 
 
 def _finish(plt: Any, fig: Any, ax: Any, rows: list[dict[str, Any]], xlabel: str, title: str, legend: str,
-            path: Path, log_x: bool = True) -> Path:
+            path: Path, log_x: bool = True, ylabel: str | None = None) -> Path:
     """The axes, labels, grid and legend every study plot shares; saves and closes the figure."""
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(rows[0]["score_name"] if rows else "FD")
+    ax.set_ylabel(ylabel or (rows[0]["score_name"] if rows else "FD"))
     ax.set_title(title)
     ax.grid(True, which="both" if log_x else "major", alpha=0.3)
     ax.legend(fontsize=8, title=legend, title_fontsize=7)
@@ -65,13 +68,17 @@ def _finish(plt: Any, fig: Any, ax: Any, rows: list[dict[str, Any]], xlabel: str
     return path
 
 
-def _curve_plot(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path, title: str) -> Path:
+def _curve_plot(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path, title: str, metric: str = "fd",
+                ylabel: str | None = None, chance: float | None = None) -> Path:
+    """``metric`` against ``x_key``, a line per arm (mean over seeds, band min..max); ``chance`` dashed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, (xs, means, lows, highs) in _curves(rows, x_key).items():
+    for label, (xs, means, lows, highs) in _curves(rows, x_key, metric).items():
         (line,) = ax.plot(xs, means, marker="o", label=label)
         ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
-    return _finish(plt, fig, ax, rows, xlabel, title, "mean over seeds; band: min..max", path)
+    if chance is not None:
+        ax.axhline(chance, linestyle="--", color="grey", linewidth=1, label=f"chance ({chance:.3g})")
+    return _finish(plt, fig, ax, rows, xlabel, title, "mean over seeds; band: min..max", path, ylabel=ylabel)
 
 
 def _final_plot(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path, title: str) -> Path:
@@ -99,8 +106,9 @@ def _sweep_plot(rows: list[dict[str, Any]], key: str, path: Path, title: str) ->
     return _finish(plt, fig, ax, rows, key, title, "final FD, 95% interval over seeds", path, log_x=False)
 
 
-def write_plots(rows: list[dict[str, Any]], folder: str | Path, study: str) -> list[Path]:
-    """Every plot of the study; returns the files written."""
+def write_plots(rows: list[dict[str, Any]], folder: str | Path, study: str, chance: float | None = None) -> list[Path]:
+    """Every plot of the study; returns the files written. ``chance`` is the conditional accuracy of a guess
+    (default 1 / the dataset's classes, see :func:`archbench.study.readings.chance_level`)."""
     folder = Path(folder)
     if not rows:
         return []
@@ -109,6 +117,15 @@ def write_plots(rows: list[dict[str, Any]], folder: str | Path, study: str) -> l
                     f"{study}: FD against training compute"),
         _curve_plot(rows, "wall_s", "training wall-clock (s)", folder / "fd_vs_wallclock.png",
                     f"{study}: FD against wall-clock"),
+    ]
+    if any(number(row.get("cond_accuracy")) is not None for row in rows):
+        level = chance_level(rows, chance)
+        for x_key, xlabel, name, what in (("train_gflops", "training compute (GFLOPs)", "compute", "training compute"),
+                                          ("wall_s", "training wall-clock (s)", "wallclock", "wall-clock")):
+            paths.append(_curve_plot(rows, x_key, xlabel, folder / f"cond_acc_vs_{name}.png",
+                                     f"{study}: conditional accuracy against {what}", metric="cond_accuracy",
+                                     ylabel="conditional accuracy", chance=level))
+    paths += [
         _final_plot(rows, "params", "parameters", folder / "fd_vs_params.png", f"{study}: final FD against size"),
         _final_plot(rows, "gmacs", "forward GMACs per image", folder / "fd_vs_gmacs.png",
                     f"{study}: final FD against forward cost"),

@@ -19,7 +19,8 @@ import yaml
 
 from archbench.console.files import write_text_atomic
 from archbench.study import plan as planning
-from archbench.study.job import job_done
+from archbench.study import tune as tuning
+from archbench.study.job import check_reuse, job_done
 from archbench.study.launchers import run_tasks
 from archbench.study.plots import write_plots
 from archbench.study.progress import Progress
@@ -46,11 +47,17 @@ class StudyResult:
 
 
 def machine_description() -> str:
+    """Host, cores, accelerator, the load averages when the summary was written (the 15-minute one reflects the
+    study's own runs) and the date: every number a study publishes says where and when it was measured."""
     import torch
 
     cpus = os.cpu_count() or 1
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", CPU only"
-    return f"{platform.node()} ({cpus} cores{gpu}), {datetime.date.today().isoformat()}"
+    try:
+        load = "load average {:.1f}/{:.1f}/{:.1f} (1/5/15 min), ".format(*os.getloadavg())
+    except OSError:
+        load = ""
+    return f"{platform.node()} ({cpus} cores{gpu}), {load}{datetime.date.today().isoformat()}"
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -88,13 +95,18 @@ def plan_study(spec: dict[str, Any], measure: bool = True) -> tuple[list[plannin
     return points, planning.make_jobs(spec, points, steps, planning.recipe_log_every(spec))
 
 
-def write_outputs(spec: dict[str, Any], jobs: list[planning.Job]) -> tuple[list[dict[str, Any]], list[Path]]:
-    """results.csv, summary.md, the plots and the grid, from what the runs hold now."""
+def write_outputs(spec: dict[str, Any], jobs: list[planning.Job], candidates: list[planning.Job] | None = None
+                  ) -> tuple[list[dict[str, Any]], list[Path]]:
+    """results.csv (and tune.csv), summary.md, the plots and the grid, from what the runs hold now."""
     folder = Path(spec["study_dir"])
     rows = collect(spec["name"], jobs)
     outputs = [write_csv(rows, folder / "results.csv")]
+    tune_rows = tuning.tune_rows(spec, candidates) if candidates else []
+    if candidates:
+        outputs.append(tuning.write_tune_csv(tune_rows, folder / tuning.TUNE_FILE))
     if rows:
-        outputs.append(write_summary(spec, rows, folder / "summary.md", machine_description()))
+        outputs.append(write_summary(spec, rows, folder / "summary.md", machine_description(),
+                                     sections=tuning.tune_section(spec, tune_rows)))
         outputs += write_plots(rows, folder, spec["name"])
     grid = write_grid(jobs, spec, folder)
     if grid is not None:
@@ -116,20 +128,43 @@ def run_study(spec: dict[str, Any]) -> StudyResult:
 
 
 def _run_locked(spec: dict[str, Any], folder: Path) -> StudyResult:
-    write_text_atomic(folder / "study.yaml", yaml.safe_dump(spec, sort_keys=False))
     points, jobs = plan_study(spec)
-    _write_json(folder / PLAN_FILE, [job.to_dict() for job in jobs])
+    candidates = tuning.tune_jobs(spec, jobs)
+    ran: list[dict[str, Any]] = []
+    if candidates:
+        ran += _run_jobs(spec, candidates, "tuning", plan=candidates + jobs)
+        if any(r["status"] != "done" for r in ran):
+            return _finish(spec, folder, jobs, ran, candidates)
+        jobs = tuning.apply_choices(spec, jobs, tuning.choices(spec, tuning.tune_rows(spec, candidates)))
+    log.info("study %s: %d arm(s) x %d seed(s) = %d run(s)", spec["name"], len(points), len(spec["seeds"]), len(jobs))
+    ran += _run_jobs(spec, jobs, "main", plan=candidates + jobs)
+    return _finish(spec, folder, jobs, ran, candidates)
+
+
+def _run_jobs(spec: dict[str, Any], jobs: list[planning.Job], stage: str, plan: list[planning.Job]
+              ) -> list[dict[str, Any]]:
+    """Run the jobs not done yet through the study's launcher; their results.  Every run already on disk is
+    checked first: one trained with other settings stops the study before anything is reused, trained or
+    written (study.yaml and plan.json describe the study only once its runs are known to belong to it)."""
+    for job in jobs:
+        check_reuse(job)
+    folder = Path(spec["study_dir"])
+    write_text_atomic(folder / "study.yaml", yaml.safe_dump(spec, sort_keys=False))
+    _write_json(folder / PLAN_FILE, [job.to_dict() for job in plan])
     pending = [job for job in jobs if not job_done(job)]
-    log.info("study %s: %d arm(s) x %d seed(s) = %d run(s), %d to do (%s)", spec["name"], len(points),
-             len(spec["seeds"]), len(jobs), len(pending), folder)
+    log.info("%s: %d run(s), %d to do", stage, len(jobs), len(pending))
     cache = str(folder / "cache")
     tasks = [{"kind": "train", "job": job.to_dict(), "cache": cache} for job in pending]
     progress = Progress(jobs)
     # submitit jobs run side by side (as the cluster schedules them); local ones ``workers`` at a time
     parallel = len(pending) if spec["launcher"]["name"] == "submitit" else int(spec["launcher"]["workers"])
-    results = run_tasks(tasks, spec, poll=lambda: progress(parallel))
+    return run_tasks(tasks, spec, poll=lambda: progress(parallel))
+
+
+def _finish(spec: dict[str, Any], folder: Path, jobs: list[planning.Job], results: list[dict[str, Any]],
+            candidates: list[planning.Job]) -> StudyResult:
     failed = [r for r in results if r["status"] != "done"]
-    rows, outputs = write_outputs(spec, jobs)
+    rows, outputs = write_outputs(spec, jobs, candidates)
     for item in failed:
         log.error("run %s %s: %s", item["run"], item["status"], item.get("error", f"signal {item.get('signal')}"))
     return StudyResult(folder, jobs, rows, [r["run"] for r in results], failed, outputs)

@@ -48,6 +48,13 @@ DEFAULTS: dict[str, Any] = {
         "ref_split": "test",
         "seed": None,  # None = the run's seed
     },
+    "tune": {
+        "key": None,  # a training key tuned per arm (null: no tuning), e.g. train.lr
+        "values": [],  # its candidate values
+        "budget": 0.25,  # each candidate run trains this fraction of the arm's steps
+        "metric": "fd",  # the metric that picks the winner (its direction comes from the metrics table)
+        "seed": None,  # the candidates' seed; None = the first of seeds
+    },
     "grid": {
         "cfg_scale": 4.0,  # the study's sample grid (one row per arm, same noise and labels)
         "columns": 10,
@@ -91,8 +98,8 @@ KEY_DOCS: dict[str, str] = {
     "budget.steps": "the reference arm's steps (at each sweep point, the reference arm at that point sets the budget)",
     "budget.reference": "the arm whose steps set the budget (null: the first arm)",
     "budget.timing_steps": "`wall_clock`: timed steps per arm",
-    "eval.every": "reference-arm steps between evaluations (0: only at the end); each arm is scored at the same "
-    "compute fractions",
+    "eval.every": "reference-arm steps between evaluations (0: only at the end), or a list of reference-arm steps "
+    "(e.g. `[125, 250, 500, 1000]`, the end is always scored); each arm is scored at the same compute fractions",
     "eval.num_samples": "samples scored at each evaluation point",
     "eval.features": "`auto`, `inception`, `fashion_mnist_cnn` or `digits_cnn`",
     "eval.weights": "feature weights (null: the committed CNN in recipes/baselines, or the usual lookup)",
@@ -102,6 +109,12 @@ KEY_DOCS: dict[str, str] = {
     "eval.batch_size": "sampling and feature batch",
     "eval.ref_split": "the real data's split the samples are compared with",
     "eval.seed": "the evaluation samples' seed (null: the run's seed)",
+    "tune.key": "a training key tuned per arm before the main runs, e.g. `train.lr` (null: no tuning); "
+    "the chosen value, every candidate's score and the tuning compute go to tune.csv and summary.md",
+    "tune.values": "the candidate values, e.g. `[1.0e-3, 3.0e-3, 1.0e-2]`",
+    "tune.budget": "each candidate trains this fraction of the arm's steps (its compute is reported apart)",
+    "tune.metric": "what picks the winner: a metrics-table name (`fd` lower wins, `cond_accuracy` higher wins, ...)",
+    "tune.seed": "the candidates' seed (null: the first of `seeds`)",
     "grid.cfg_scale": "guidance of the study's sample grid (a row per arm, same noise and labels)",
     "grid.columns": "columns of the sample grid",
     "grid.seed": "noise seed of the sample grid",
@@ -320,6 +333,39 @@ def expand_tag_arms(arms: Any, source: str = "study") -> Any:
     return expanded
 
 
+def _check_tune(tune: dict[str, Any], arms: list[dict[str, Any]]) -> None:
+    from archbench.evaluation.metrics import column_metrics
+
+    if tune["key"] is None:
+        if tune["values"]:
+            raise StudyError(f"tune.values={tune['values']} without tune.key: name the training key they are for, "
+                             "e.g. tune.key=train.lr")
+        return
+    key = str(tune["key"])
+    if not re.fullmatch(r"[A-Za-z_][\w.]*", key):
+        raise StudyError(f"tune.key must be a dotted training key such as train.lr, got {tune['key']!r}")
+    if key in MANAGED_KEYS:
+        raise StudyError(f"tune.key={key}: the study sets {key} itself for every run; tune another training key")
+    values = tune["values"]
+    if not isinstance(values, list) or not values:
+        raise StudyError(f"tune.values must be a non-empty list of candidates for {key}, e.g. [1.0e-3, 3.0e-3]")
+    if len({str(v) for v in values}) != len(values):
+        raise StudyError(f"tune.values repeats a value: {values}")
+    budget_fraction = tune["budget"]
+    if not isinstance(budget_fraction, (int, float)) or not 0 < budget_fraction <= 1:
+        raise StudyError(f"tune.budget is the fraction of an arm's steps each candidate trains, in (0, 1]; "
+                         f"got {budget_fraction!r}")
+    named = list(column_metrics())
+    if tune["metric"] not in named:
+        raise StudyError(f"tune.metric={tune['metric']!r}; valid: {', '.join(named)}")
+    if tune["seed"] is not None and (not isinstance(tune["seed"], int) or tune["seed"] < 0):
+        raise StudyError(f"tune.seed must be a non-negative integer or null, got {tune['seed']!r}")
+    for arm in arms:
+        for text in arm["overrides"]:
+            if text.partition("=")[0].lstrip("+~") == key:
+                raise StudyError(f"arms {arm['name']} sets {text} but tune.key={key} is tuned per arm: drop one")
+
+
 def normalise(raw: dict[str, Any], source: str = "study") -> dict[str, Any]:
     """Defaults filled in, keys and values checked (tag arms expanded; names are checked in ``plan``)."""
     raw = _numbers(dict(raw))
@@ -381,8 +427,12 @@ def normalise(raw: dict[str, Any], source: str = "study") -> dict[str, Any]:
     for key in ("num_samples", "steps", "batch_size"):
         if not isinstance(ev[key], int) or ev[key] < 1:
             raise StudyError(f"eval.{key} must be a positive integer, got {ev[key]!r}")
-    if not isinstance(ev["every"], int) or ev["every"] < 0:
-        raise StudyError(f"eval.every must be a non-negative integer (0 = only at the end), got {ev['every']!r}")
+    every = ev["every"]
+    listed = isinstance(every, list) and every and all(isinstance(p, int) and p > 0 for p in every)
+    if not (listed or (isinstance(every, int) and every >= 0)):
+        raise StudyError(f"eval.every must be a non-negative integer (0 = only at the end) or a list of reference-arm "
+                         f"steps such as [125, 250, 500, 1000], got {every!r}")
+    _check_tune(spec["tune"], normal_arms)
     launcher = spec["launcher"]
     if launcher["name"] not in LAUNCHERS:
         raise StudyError(f"launcher={launcher['name']!r}; valid: {', '.join(LAUNCHERS)}")

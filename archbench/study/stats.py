@@ -1,4 +1,5 @@
-"""Seed-to-seed statistics: Student-t intervals for a mean and for a difference of means (Welch).
+"""Seed-to-seed statistics: Student-t intervals for a mean and for a difference of means (Welch), and the
+Clopper-Pearson interval of a proportion (is an arm's conditional accuracy above chance?).
 
 Written out (regularised incomplete beta by a continued fraction) so the study needs no SciPy at run time;
 the tests check every number against ``scipy.stats``.
@@ -87,3 +88,33 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = t_quantile(0.5 + level / 2, dof) * math.sqrt(va + vb)
     return diff, diff - half, diff + half
+
+
+def beta_quantile(p: float, a: float, b: float) -> float:
+    """The ``p`` quantile of the Beta(a, b) distribution (bisection on :func:`incomplete_beta`)."""
+    if not 0.0 <= p <= 1.0 or a <= 0 or b <= 0:
+        raise ValueError(f"beta_quantile needs 0 <= p <= 1 and a, b > 0, got p={p}, a={a}, b={b}")
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if incomplete_beta(a, b, mid) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15:
+            break
+    return (lo + hi) / 2
+
+
+def binomial_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """(low, high): the Clopper-Pearson ("exact") interval of a proportion, ``successes`` of ``trials``.
+
+    Exact rather than Wilson because it never covers less than ``level`` at any sample size, so an arm called
+    better than chance is so at the stated level (the same as ``scipy.stats.binomtest(k, n).proportion_ci()``).
+    """
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"binomial_interval needs 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
+    alpha = 1.0 - level
+    low = 0.0 if successes == 0 else beta_quantile(alpha / 2, successes, trials - successes + 1)
+    high = 1.0 if successes == trials else beta_quantile(1.0 - alpha / 2, successes + 1, trials - successes)
+    return low, high

@@ -69,10 +69,29 @@ def _resumable(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE)
 
 
+def trajectory_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The changes between two configs that alter what the weights are (every key but :data:`RESUMABLE`)."""
+    return {k: v for k, v in changed_keys(saved, new).items() if not _resumable(k)}
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The config a run was started with (its ``config.yaml``), or None for a run not started yet."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())[:120]}); move the run away") from None
+    return loaded if isinstance(loaded, dict) else None
+
+
 def check_resume_config(saved: dict[str, Any], new: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
     """Refuse a resume that changes anything but :data:`RESUMABLE` keys; returns the allowed changes."""
     changes = changed_keys(saved, new)
-    refused = {k: v for k, v in changes.items() if not _resumable(k)}
+    refused = trajectory_changes(saved, new)
     if refused:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
         raise ConfigError(

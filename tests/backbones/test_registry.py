@@ -121,6 +121,15 @@ def test_every_family_has_exactly_one_tiny_member():
     assert {"dis_t2", "dit_t2", "uvit_t2", "unet_t"} <= set(tiny)
 
 
+def test_the_cpu_study_tag_is_one_16_token_member_per_family():
+    """The CPU studies compare every family at the same token count (patch 4 at 16x16; the U-Net as it is)."""
+    members = archbench.list_backbones(tag="cpu_study")
+    assert sorted(registry.get_spec(n).family for n in members) == sorted(built_in_families())
+    for name in members:
+        model = archbench.build(name, image_size=16, in_channels=1)
+        assert getattr(model, "patch_size", 4) == 4, name
+
+
 def test_tiny_tags_mean_tiny_and_do_not_overlap():
     tiny, variants = archbench.list_backbones(tag="tiny"), archbench.list_backbones(tag="tiny_variant")
     assert not set(tiny) & set(variants)
@@ -134,7 +143,9 @@ def test_tiny_tags_mean_tiny_and_do_not_overlap():
 
 def test_list_backbones_filters_by_tag_and_pattern():
     assert archbench.list_backbones("dis_*", tag="tiny") == ["dis_t2"]
-    assert archbench.list_backbones(["dit_*", "uvit_*"], tag="tiny_variant") == ["dit_bimamba_t2", "uvit_bimamba_t2"]
+    assert archbench.list_backbones(["dit_*", "uvit_*"], tag="tiny_variant") == [
+        "dit_bimamba_t2", "dit_t4", "uvit_bimamba_t2", "uvit_t4"]
+    assert archbench.list_backbones(tag="cpu_study") == ["dis_t4", "dit_t4", "unet_t", "uvit_t4"]
     assert archbench.list_backbones("dis_s*", tag="tiny") == []
     assert set(archbench.list_backbones(tag="tiny")) < set(archbench.list_backbones())
 

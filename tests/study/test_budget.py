@@ -30,6 +30,15 @@ def test_eval_points_sit_at_the_same_compute_fractions():
     assert budget.eval_points(100, 300, 100)[0] == [33, 66, 100]
 
 
+def test_listed_eval_points_keep_their_compute_fractions_on_a_checkpoint_grid():
+    assert budget.eval_points(2000, 2000, [125, 250, 500, 1000]) == ([125, 250, 500, 1000, 2000], 125)
+    points, interval = budget.eval_points(1342, 2000, [125, 250, 500, 1000])
+    assert interval == 84 and points == [84, 168, 336, 672, 1342]
+    assert all(p % interval == 0 for p in points[:-1])
+    assert budget.eval_points(500, 2000, [1000, 4000]) == ([250, 500], 250)  # beyond the budget: dropped
+    assert budget.eval_points(300, 300, [300]) == ([300], 300)
+
+
 def test_flops_matched_study_plan_uses_the_flop_counter():
     spec = normalise({"name": "m", "recipe": "ci_fid", "arms": [{"backbone": "dit_t2"}, {"backbone": "dis_t2"}],
                       "budget": {"match": "train_flops", "steps": 240, "reference": "dit_t2"},

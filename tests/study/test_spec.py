@@ -77,7 +77,7 @@ def test_yaml_numbers_people_write_are_numbers():
 
 def test_every_preset_loads_and_every_documented_key_exists():
     assert {"ci", "families_cpu", "scaling_depth", "scaling_width", "scaling_tokens", "mixer_ablation",
-            "paper_table"} <= set(study_names())
+            "scan_orders", "paper_table"} <= set(study_names())
     for name in study_names():
         load_study(name)
     from archbench.commands.study import usage
@@ -85,7 +85,7 @@ def test_every_preset_loads_and_every_documented_key_exists():
     help_text = usage()
     for key in DEFAULTS:
         assert key in help_text, key
-    for section in ("budget", "eval", "grid", "launcher"):
+    for section in ("budget", "eval", "tune", "grid", "launcher"):
         for key in DEFAULTS[section]:
             assert f"{section}.{key}" in help_text, f"{section}.{key}"
 
@@ -138,7 +138,7 @@ def test_arms_by_registry_tag():
 @pytest.mark.parametrize(
     ("arms", "message"),
     [
-        ({"tag": "tiy"}, "arms[0]: unknown backbone tag 'tiy'; known tags: tiny, tiny_variant"),
+        ({"tag": "tiy"}, "arms[0]: unknown backbone tag 'tiy'; known tags: cpu_study, tiny, tiny_variant"),
         ([{"backbone": "dit_t2"}, {"tag": "tiny", "name": "t"}], "arms[1] selects backbones by tag, so it cannot "
                                                                  "have 'name'"),
         ({"tag": "tiny", "backbone": "dit_t2"}, "cannot have 'backbone'"),
@@ -152,13 +152,30 @@ def test_bad_tag_arms_name_the_problem(arms, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("preset", ["ci", "families_cpu"])
-def test_family_presets_run_the_tiny_member_of_every_family(preset):
+@pytest.mark.parametrize(("preset", "tag"), [("ci", "tiny"), ("families_cpu", "cpu_study")])
+def test_family_presets_run_the_tiny_member_of_every_family(preset, tag):
     """The family comparisons follow the registry: a family without a tiny member, or a stale list, fails here."""
     from backbones.registry import get_spec, list_backbones
 
     arms = [a["backbone"] for a in load_study(preset)["arms"]]
-    assert arms == list_backbones(tag="tiny")
+    assert arms == list_backbones(tag=tag)
     specs = [get_spec(n) for n in list_backbones()]
     families = {s.family for s in specs if s.constructor.__module__.startswith("backbones.")}
     assert sorted(get_spec(n).family for n in arms) == sorted(families)
+
+
+CPU_PRESETS = ("families_cpu", "scaling_depth", "scaling_width", "scaling_tokens", "mixer_ablation", "scan_orders")
+
+
+@pytest.mark.parametrize("preset", CPU_PRESETS)
+def test_cpu_presets_learn_on_the_study_recipe_and_plan(preset):
+    """Every CPU preset trains on the recipe that learns (min-SNR, guided evaluation) and composes: each arm
+    builds, is counted, and its reference arm trains the 2000 steps that take dis_t4 past 0.70 accuracy."""
+    from archbench.study.runner import plan_study
+
+    spec = load_study(preset)
+    assert spec["recipe"] == "cpu_study" and spec["eval"]["cfg_scale"] > 1 and len(spec["seeds"]) >= 3
+    points, jobs = plan_study(spec, measure=False)
+    reference = spec["budget"]["reference"] or spec["arms"][0]["name"]
+    assert {j.steps for j in jobs if j.arm == reference} == {2000}
+    assert all(j.steps >= 1000 and len(j.eval_steps) >= 3 for j in jobs)

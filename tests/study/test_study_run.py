@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from study_support import scores, study_env, tiny_study
 
 from archbench.study import load_study, run_study
 from archbench.study.results import COLUMNS, read_csv
+from archbench.study.spec import StudyError
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ("results.csv", "summary.md", "fd_vs_compute.png", "fd_vs_wallclock.png", "fd_vs_params.png",
@@ -58,7 +60,8 @@ def test_outputs_exist_and_parse(finished):
     dit, dis = (next(r for r in rows if r["label"] == n and r["step"] == r["steps"]) for n in ("dit_t2", "dis_t2"))
     assert dit["train_gflops"] == pytest.approx(dis["train_gflops"], rel=0.06)  # matched compute
     summary = (folder / "summary.md").read_text()
-    assert "| dis_t2 | 267,592 |" in summary and "95% Welch interval" in summary
+    assert "| dis_t2 | 267,592 |" in summary
+    assert "Nothing is ranked: no arm has learned yet" in summary  # a few steps: not above chance
     assert "Student-t" in summary
     grid = json.loads((folder / "samples.json").read_text())
     assert sorted(grid["rows"]) == ["dis_t2", "dit_t2"]
@@ -76,6 +79,34 @@ def test_rerun_of_a_finished_study_does_no_work(finished):
     assert again.ran == [] and not again.failed
     assert {p: p.stat().st_mtime_ns for p in (folder / "runs").rglob("*") if p.is_file()} == stamps
     assert scores(read_csv(folder / "results.csv")) == scores(result.rows)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (["arms=[{backbone: dit_t2, overrides: [train.lr=0.005]}, {backbone: dis_t2}]"], r"train.lr: 0.001 -> 0.005"),
+    (["recipe=digits"], r"data.name: 'fashion_mnist' -> 'digits'"),
+])
+def test_an_edited_study_never_reuses_runs_trained_otherwise(finished, edit, expected):
+    """Issue 23.1: the old runs' scores must not be passed off as the edited experiment's; refused in one line
+    naming the arm, the key, old and new value, and what to do; nothing is trained or rewritten."""
+    path, result = finished
+    folder = result.study_dir
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(StudyError, match=r"arm dit_t2: run .*dit_t2-s0 was trained with other settings") as info:
+        run_study(load_study(str(path), edit))
+    message = str(info.value)
+    assert re.search(expected, message) and "fresh study_dir=" in message and "\n" not in message
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"} == {
+        p: t for p, t in stamps.items() if p.name != ".lock"}
+
+
+def test_a_lowered_budget_is_refused_before_anything_is_rewritten(finished):
+    """Issue 23.5: the new evaluation points sit on pruned checkpoints: one line, results.csv kept whole."""
+    path, result = finished
+    table = (result.study_dir / "results.csv").read_text()
+    with pytest.raises(StudyError, match=r"is trained to step 6 and the study now scores it at step\(s\) 2, 4, "
+                                         r"whose checkpoints were not kept"):
+        run_study(load_study(str(path), ["budget.steps=4", "eval.every=2"]))
+    assert (result.study_dir / "results.csv").read_text() == table
 
 
 def test_changed_eval_settings_reevaluate_without_training(finished, tmp_path):

@@ -1,4 +1,4 @@
-"""The seed intervals against SciPy."""
+"""The seed intervals and the binomial interval against SciPy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archbench.study.stats import incomplete_beta, mean_interval, t_quantile, welch_interval
+from archbench.study.stats import (
+    beta_quantile,
+    binomial_interval,
+    incomplete_beta,
+    mean_interval,
+    t_quantile,
+    welch_interval,
+)
 
 scipy_stats = pytest.importorskip("scipy.stats")
 values = st.lists(st.floats(min_value=0.1, max_value=200, allow_nan=False), min_size=2, max_size=8)
@@ -52,3 +59,30 @@ def test_welch_interval_matches_scipy(a, b):
 def test_one_seed_has_no_interval():
     assert math.isnan(mean_interval([3.0])[1])
     assert math.isnan(welch_interval([1.0], [2.0, 3.0])[1])
+
+
+@given(st.integers(min_value=1, max_value=5000), st.floats(min_value=0, max_value=1),
+       st.sampled_from([0.9, 0.95, 0.99]))
+def test_binomial_interval_matches_scipy(trials, fraction, level):
+    successes = round(fraction * trials)
+    low, high = binomial_interval(successes, trials, level)
+    ci = scipy_stats.binomtest(successes, trials).proportion_ci(level, method="exact")
+    assert low == pytest.approx(ci.low, abs=1e-9)
+    assert high == pytest.approx(ci.high, abs=1e-9)
+
+
+@given(st.floats(min_value=0.001, max_value=0.999), st.floats(min_value=0.5, max_value=500),
+       st.floats(min_value=0.5, max_value=500))
+def test_beta_quantile_matches_scipy(p, a, b):
+    assert beta_quantile(p, a, b) == pytest.approx(scipy_stats.beta.ppf(p, a, b), abs=1e-9)
+
+
+def test_binomial_interval_hand_numbers_and_errors():
+    # 50 of 500 (chance for ten classes): Beta(50, 451).ppf(0.025), Beta(51, 450).ppf(0.975)
+    assert binomial_interval(50, 500) == pytest.approx((0.0751358150664, 0.1297090856622), abs=1e-9)
+    assert binomial_interval(0, 10) == pytest.approx((0.0, 1 - 0.025 ** (1 / 10)))
+    assert binomial_interval(10, 10) == pytest.approx((0.025 ** (1 / 10), 1.0))
+    with pytest.raises(ValueError):
+        binomial_interval(3, 2)
+    with pytest.raises(ValueError):
+        binomial_interval(0, 0)
