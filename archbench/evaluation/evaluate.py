@@ -96,6 +96,28 @@ def _features_name(requested: str, dataset: str) -> str:
     return f"{dataset}_cnn" if dataset in CNN_DATASETS else "inception"
 
 
+def check_feature_network(request: EvalRequest, dataset: str) -> None:
+    """Fail now, in one line, when the feature network ``request`` would score ``dataset``'s samples with is not on
+    disk: a study checks this before it trains anything, not after every arm has trained."""
+    from archbench.evaluation.dataset_cnn import default_cnn_path, sidecar_path
+    from archbench.evaluation.inception import InceptionWeightsMissing, find_inception_weights
+
+    name = _features_name(request.features, dataset)
+    if name == "inception":
+        try:
+            find_inception_weights(request.weights)
+        except InceptionWeightsMissing as exc:
+            raise EvalError(one_line(exc)) from None
+        return
+    cnn = name.removesuffix("_cnn")
+    path = Path(request.weights) if request.weights else default_cnn_path(cnn, request.cache)
+    if request.train_if_missing or (path.is_file() and sidecar_path(path).is_file()):
+        return
+    raise EvalError(f"features={request.features} scores {dataset} samples with the {name} network, which is not at "
+                    f"{path}: train it once with python -m archbench.eval train-features dataset={cnn} out={path}, "
+                    "or give eval.features / eval.weights")
+
+
 def _source(request: EvalRequest, device: Any) -> dict[str, Any]:
     """What is scored: the run (if any), the sample file (if any), the dataset and the image size."""
     from archbench.data import DATASETS

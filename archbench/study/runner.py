@@ -20,7 +20,7 @@ import yaml
 from archbench.console.files import write_text_atomic
 from archbench.study import plan as planning
 from archbench.study import tune as tuning
-from archbench.study.job import check_reuse, job_done
+from archbench.study.job import check_reuse, eval_request, job_done
 from archbench.study.launchers import run_tasks
 from archbench.study.plots import write_plots
 from archbench.study.progress import Progress
@@ -127,8 +127,21 @@ def run_study(spec: dict[str, Any]) -> StudyResult:
         raise StudyError(f"study folder {folder} is in use: {exc}") from None
 
 
+def check_feature_networks(jobs: list[planning.Job], cache: str) -> None:
+    """Every dataset's feature network is on disk before any arm trains (not found out after the training)."""
+    from archbench.evaluation.evaluate import EvalError, check_feature_network
+
+    firsts = {job.dataset: job for job in jobs}
+    for dataset, job in firsts.items():
+        try:
+            check_feature_network(eval_request(job, job.steps, cache), dataset)
+        except EvalError as exc:
+            raise StudyError(f"eval: {exc}") from None
+
+
 def _run_locked(spec: dict[str, Any], folder: Path) -> StudyResult:
     points, jobs = plan_study(spec)
+    check_feature_networks(jobs, str(folder / "cache"))
     candidates = tuning.tune_jobs(spec, jobs)
     ran: list[dict[str, Any]] = []
     if candidates:

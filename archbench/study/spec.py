@@ -423,10 +423,16 @@ def normalise(raw: dict[str, Any], source: str = "study") -> dict[str, Any]:
         raise StudyError(f"budget.steps must be a positive integer, got {budget['steps']!r}")
     if budget["reference"] is not None and budget["reference"] not in names:
         raise StudyError(f"budget.reference={budget['reference']!r} is not an arm; arms: {', '.join(names)}")
+    if not isinstance(budget["timing_steps"], int) or budget["timing_steps"] < 1:
+        raise StudyError(f"budget.timing_steps must be a positive integer (timed steps per arm for "
+                         f"budget.match=wall_clock), got {budget['timing_steps']!r}")
     ev = spec["eval"]
     for key in ("num_samples", "steps", "batch_size"):
         if not isinstance(ev[key], int) or ev[key] < 1:
             raise StudyError(f"eval.{key} must be a positive integer, got {ev[key]!r}")
+    if ev["num_samples"] < 2:
+        raise StudyError(f"eval.num_samples={ev['num_samples']}: a Fréchet distance needs at least 2 samples "
+                         "(the covariance of their features); use hundreds")
     every = ev["every"]
     listed = isinstance(every, list) and every and all(isinstance(p, int) and p > 0 for p in every)
     if not (listed or (isinstance(every, int) and every >= 0)):
@@ -449,6 +455,10 @@ def normalise(raw: dict[str, Any], source: str = "study") -> dict[str, Any]:
             raise StudyError(f"override {text!r}: the study sets {key} itself for every run "
                              f"(use the study key {instead.get(key, 'ckpt_every / study_dir / eval.every')})")
     spec["study_dir"] = _interpolate(str(spec["study_dir"]), spec)
+    blocking = next((p for p in (Path(spec["study_dir"]), *Path(spec["study_dir"]).parents)
+                     if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise StudyError(f"study_dir={spec['study_dir']}: {blocking} is a file, not a folder; give another study_dir=")
     return spec
 
 

@@ -236,6 +236,9 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+_ANNOUNCED: set[str] = set()
+
+
 def fill_dataset_facts(cfg: DictConfig) -> None:
     """Resolve ``data.name=auto`` and fill ``data.image_size/channels/num_classes`` from the catalogue."""
     from archbench.data import DATASETS, dataset_info, default_dataset
@@ -247,7 +250,9 @@ def fill_dataset_facts(cfg: DictConfig) -> None:
             if cfg.data.name == "fashion_mnist"
             else "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist), using scikit-learn's digits"
         )
-        log.info("data.name=auto -> %s (%s)", cfg.data.name, why)
+        if cfg.data.name not in _ANNOUNCED:  # once per process: a study composes every arm
+            _ANNOUNCED.add(cfg.data.name)
+            log.info("data.name=auto -> %s (%s)", cfg.data.name, why)
     if cfg.data.name not in DATASETS:
         raise _choices_error("dataset (data.name)", cfg.data.name, list(DATASETS))
     info = dataset_info(cfg.data.name)

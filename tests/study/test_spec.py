@@ -179,3 +179,31 @@ def test_cpu_presets_learn_on_the_study_recipe_and_plan(preset):
     reference = spec["budget"]["reference"] or spec["arms"][0]["name"]
     assert {j.steps for j in jobs if j.arm == reference} == {2000}
     assert all(j.steps >= 1000 and len(j.eval_steps) >= 3 for j in jobs)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("budget.timing_steps=0", r"budget.timing_steps must be a positive integer"),
+    ("eval.num_samples=1", r"eval.num_samples=1: a Fréchet distance needs at least 2 samples"),
+])
+def test_settings_that_fail_late_are_refused_before_training(tmp_path, override, message):
+    """Issue 23.9: each of these used to train (or time) every arm first and then fail with a raw error."""
+    with pytest.raises(StudyError, match=message):
+        load_study(str(tiny_study(tmp_path)), [override])
+
+
+def test_a_study_dir_that_is_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    for where in (blocker, blocker / "inside"):
+        with pytest.raises(StudyError, match=r"is a file, not a folder; give another study_dir="):
+            load_study(str(tiny_study(tmp_path)), [f"study_dir={where}"])
+
+
+def test_a_missing_feature_network_is_found_before_any_arm_trains(tmp_path):
+    """A digits study scored on a digits CNN nobody trained fails at once, naming the command that trains it."""
+    from archbench.study import run_study
+
+    path = tiny_study(tmp_path, recipe="digits", eval={"num_samples": 20, "features": "auto"})
+    with pytest.raises(StudyError, match=r"digits_cnn network, which is not at .* train-features dataset=digits"):
+        run_study(load_study(str(path)))
+    assert not (tmp_path / "tiny" / "runs").exists()

@@ -130,3 +130,4 @@ def test_the_plan_lists_the_tuning_runs_first(tmp_path):
     assert proc.returncode == 0, proc.stderr
     tuning, main = proc.stdout.split("Main runs:")
     assert "dis_t2-lr0.003-s0" in tuning and "dit_t2-lr0.0001-s0" in tuning and "dit_t2-s1" in main
+    assert proc.stderr.count("data.name=auto") <= 1  # announced once, not once per composed arm
