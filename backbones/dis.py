@@ -1,10 +1,10 @@
 """DiS: diffusion with a state-space backbone (Fei et al., 2024).
 
 U-ViT's token layout and long skips, with Mamba's "add -> norm -> mixer" blocks
-around a bidirectional Mamba mixer.  The mixer, its scan order and a hybrid rule (attention in every
-k-th block) are build options (:mod:`backbones.layers.mixers`); the defaults are DiS's own.  The
-residual stream is carried beside the hidden states in fp32, and the head modulates its norm with the
-time and label tokens when the model is class-conditional.
+around a bidirectional Mamba mixer.  The mixer (Mamba, Mamba-2 or ReLU linear attention), its scan order and
+a hybrid rule (attention in every k-th block) are build options (:mod:`backbones.layers.mixers`); the
+defaults are DiS's own.  The residual stream is carried beside the hidden states in fp32, and the head
+modulates its norm with the time and label tokens when the model is class-conditional.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from timm.layers import DropPath
 
 from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
 from backbones.layers.long_skip import build_long_skip, long_skip_blocks, run_long_skip
-from backbones.layers.mixers import SSM_MIXERS, build_mixer, check_mixer_options, default_heads
+from backbones.layers.mixers import LINEAR_MIXERS, SSM_MIXERS, build_mixer, check_mixer_options, default_heads
 from backbones.registry import register_backbone
 
 Carry = tuple[torch.Tensor, torch.Tensor | None]
@@ -76,9 +76,10 @@ class DiS(TokenBackbone):
         bimamba_merge: str = "sum",
     ):
         check_mixer_options(mixer, scan_order, attention_every)
-        if mixer not in SSM_MIXERS:
-            raise ValueError(f"DiS's blocks take an SSM mixer ({', '.join(SSM_MIXERS)}); for attention blocks in "
-                             f"this skeleton use the uvit family, or attention_every=k for a hybrid")
+        if mixer not in LINEAR_MIXERS:
+            raise ValueError(f"DiS's blocks take an SSM mixer ({', '.join(SSM_MIXERS)}) or linear_attention; for "
+                             f"softmax attention blocks in this skeleton use the uvit family, or attention_every=k "
+                             f"for a hybrid")
         super().__init__(
             image_size=image_size,
             in_channels=in_channels,

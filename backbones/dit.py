@@ -4,7 +4,8 @@ Tokens are image patches only; time and class are summed into one conditioning
 vector ``c`` that every block reads through adaptive LayerNorm.  All modulation
 outputs and the final projection start at zero, so the untrained network outputs 0.
 ``mixer="bimamba"`` / ``"mamba2"`` puts a state-space mixer (in any ``scan_order``) where the attention
-was, keeping the isotropic adaLN-Zero skeleton (:mod:`backbones.layers.mixers`).
+was, ``mixer="linear_attention"`` Sana's ReLU linear attention, keeping the isotropic adaLN-Zero skeleton
+(:mod:`backbones.layers.mixers`).
 """
 
 from __future__ import annotations

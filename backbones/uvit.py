@@ -4,8 +4,8 @@ Tokens are ``[label, time, patches]`` (the label only when conditional), a learn
 position table is added, and a U-shaped stack of pre-norm transformer blocks runs
 over them.  The block's sequence mixer is swappable: ``mixer="bimamba"`` (or ``"mamba2"``)
 gives the same skeleton with a bidirectional state-space mixer in place of attention, in any
-``scan_order``, and ``attention_every=k`` keeps attention in every k-th block: each isolates one
-axis of a comparison (:mod:`backbones.layers.mixers`).
+``scan_order``, ``mixer="linear_attention"`` with Sana's ReLU linear attention, and ``attention_every=k``
+keeps attention in every k-th block: each isolates one axis of a comparison (:mod:`backbones.layers.mixers`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Micro-benchmarks of the backbones' building blocks (``python -m archbench.bench scan|mixers``, see
 :mod:`archbench.commands.bench`; ``step``, a whole training step, is :mod:`archbench.training.step_bench`).
 
-:func:`mixer_bench` times each sequence mixer (attention, DiS's bidirectional Mamba, bidirectional Mamba-2) as
-a layer on (batch, L, width) tokens: forward, forward+backward and peak memory per length, every (mixer, L) in
-a fresh process, several interleaved rounds over all of them (median).
+:func:`mixer_bench` times each sequence mixer (attention, DiS's bidirectional Mamba, bidirectional Mamba-2, Sana's
+ReLU linear attention) as a layer on (batch, L, width) tokens: forward, forward+backward and peak memory per
+length, every (mixer, L) in a fresh process, several interleaved rounds over all of them (median).
 
 :func:`scan_bench` times the selective-scan implementations on Mamba-sized inputs (batch 2, d_inner 736, N 16
 by default): forward time (no grad), forward+backward time (median of the repeats after one warm-up) and
@@ -183,7 +183,7 @@ class MixerConfig:
     timer: str
 
 
-MIXER_BENCH = ("attention", "bimamba", "mamba2")
+MIXER_BENCH = ("attention", "bimamba", "mamba2", "linear_attention")
 
 
 def _measure_mixer(mixer: str, L: int, cfg: MixerConfig) -> dict[str, float]:

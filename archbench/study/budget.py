@@ -67,13 +67,15 @@ def size_key(options: dict[str, Any], by: str) -> str:
 
 
 def size_step(options: dict[str, Any], key: str) -> int:
-    """Granularity of valid values: attention widths divisible by the head count and 4, Mamba-2 widths by 4,
-    other widths by 2, U-Net channels by the GroupNorm groups; depths by 1."""
+    """Granularity of valid values: widths of models with heads (softmax or linear attention, or attention in a
+    hybrid) divisible by the head count and 4, Mamba-2 widths by 4, other widths by 2, U-Net channels by the
+    GroupNorm groups; depths by 1."""
     if key in DEPTH_KEYS:
         return 1
     if key == "base_channels":
         return int(options.get("norm_groups", 32))
-    if "num_heads" in options and options.get("mixer", "attention") == "attention":
+    headed = options.get("mixer", "attention") in ("attention", "linear_attention") or options.get("attention_every")
+    if "num_heads" in options and headed:
         return math.lcm(int(options["num_heads"]), 4)  # whole head dimensions; 2-D sin-cos tables need 4
     return 4 if options.get("mixer") == "mamba2" else 2  # Mamba-2 needs an inner width (2 x width) divisible by 8
 

@@ -3,6 +3,11 @@
 A skeleton (DiT's isotropic adaLN blocks, U-ViT's and DiS's long-skip stacks) asks ``build_mixer`` for
 the mixer of block ``layer``; the mixer kind, the scan order and the hybrid rule (attention in every k-th
 block) are build options, so two models can differ in exactly one of them.
+
+Mixers: softmax ``attention``; the state-space ``bimamba`` (DiS) and ``mamba2``, which scan the tokens in a
+``scan_order``; ``linear_attention`` (Sana's ReLU linear attention), linear in the tokens like the SSMs but
+without any order, so it takes no scan order.  ``attention_every=k`` puts softmax attention in every k-th
+block of a stack of any other mixer.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import torch.nn as nn
 
 from backbones.layers.attention import Attention
 from backbones.layers.directions import PadTokens
+from backbones.layers.linear_attention import LinearAttention
 from backbones.layers.scan_order import (
     DIM_PAD_TOKENS,
     PADDED_ORDERS,
@@ -22,8 +28,10 @@ from backbones.layers.scan_order import (
     split_pads,
 )
 
-MIXERS = ("attention", "bimamba", "mamba2")
+MIXERS = ("attention", "bimamba", "mamba2", "linear_attention")
 SSM_MIXERS = ("bimamba", "mamba2")
+# Mixers whose cost grows linearly with the tokens: the SSMs and linear attention (what DiS's blocks take).
+LINEAR_MIXERS = (*SSM_MIXERS, "linear_attention")
 
 
 def check_mixer_options(mixer: str, scan_order: str, attention_every: int) -> None:
@@ -35,11 +43,16 @@ def check_mixer_options(mixer: str, scan_order: str, attention_every: int) -> No
     if not isinstance(attention_every, int) or attention_every < 0:
         raise ValueError(f"attention_every must be 0 (never) or a positive block interval, got {attention_every!r}")
     if mixer == "attention" and attention_every:
-        raise ValueError("attention_every puts attention between SSM blocks: use it with mixer=bimamba or mamba2")
+        raise ValueError(f"attention_every puts attention between blocks of another mixer: use it with "
+                         f"mixer={' or '.join(LINEAR_MIXERS)}")
+    if mixer == "linear_attention" and scan_order != "bidirectional":
+        raise ValueError(f"scan_order={scan_order!r} does not apply to mixer=linear_attention (it has no token order, "
+                         f"only the SSM mixers {', '.join(SSM_MIXERS)} scan): leave scan_order at its default")
 
 
 def is_attention_block(mixer: str, layer: int, attention_every: int) -> bool:
-    """Attention in every ``attention_every``-th block (blocks k-1, 2k-1, ...), the SSM mixer elsewhere."""
+    """Softmax attention in every ``attention_every``-th block (blocks k-1, 2k-1, ...), the other mixer
+    (an SSM or linear attention) elsewhere."""
     return mixer == "attention" or (attention_every > 0 and (layer + 1) % attention_every == 0)
 
 
@@ -88,8 +101,11 @@ def build_mixer(
 ) -> nn.Module:
     """The mixer of block ``layer`` (of ``layers`` in the stack) on a ``grid`` of patches behind ``extras``
     time/label tokens.  ``layers`` is needed by the scan orders that depend on the depth (``dim``)."""
+    check_mixer_options(mixer, scan_order, attention_every)
     if is_attention_block(mixer, layer, attention_every):
         return Attention(width, num_heads, qkv_bias=qkv_bias, upcast=upcast)
+    if mixer == "linear_attention":
+        return LinearAttention(width, num_heads, qkv_bias=qkv_bias)
     directions = scan_directions(scan_order, grid, extras, layer, layers)
     padding = PadTokens(width, grid, extras, DIM_PAD_TOKENS) if scan_order in PADDED_ORDERS else None
     if mixer == "mamba2":

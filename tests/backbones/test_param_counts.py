@@ -71,10 +71,10 @@ def mamba2_formula(d: int, n: int = 64, k: int = 4, directions: int = 2) -> int:
 
 
 def mixer_formula(cfg, layer: int, qkv_bias: bool, extras: int = 1) -> int:
-    """Block ``layer``'s mixer: attention (qkv + proj) or a Mamba mixer with one set per scan direction,
-    plus, for ``dim_pad``, DiM's pad tokens (``pad`` lateral ones, and ``pad`` split ones behind extras)."""
+    """Block ``layer``'s mixer: attention or linear attention (qkv + proj) or a Mamba mixer with one set per scan
+    direction, plus, for ``dim_pad``, DiM's pad tokens (``pad`` lateral ones, and ``pad`` split ones behind extras)."""
     d, mixer = cfg["width"], cfg.get("mixer", "bimamba")
-    if is_attention_block(mixer, layer, cfg.get("attention_every", 0)):
+    if is_attention_block(mixer, layer, cfg.get("attention_every", 0)) or mixer == "linear_attention":
         return linear(d, 3 * d, qkv_bias) + linear(d, d)
     order = cfg.get("scan_order", "bidirectional")
     pads = DIM_PAD_TOKENS * d * (1 + (extras > 0)) if order == "dim_pad" else 0
@@ -219,7 +219,8 @@ def test_a_family_without_a_closed_form_fails():
                                      dict(scan_order="zigzag", attention_every=2), dict(mixer="mamba2"),
                                      dict(mixer="mamba2", scan_order="cross", attention_every=2),
                                      dict(scan_order="dim"), dict(scan_order="dim_pad"),
-                                     dict(mixer="mamba2", scan_order="dim_pad", attention_every=2)])
+                                     dict(mixer="mamba2", scan_order="dim_pad", attention_every=2),
+                                     dict(mixer="linear_attention"), dict(mixer="linear_attention", attention_every=2)])
 @pytest.mark.parametrize("name", ["dis_t2", "uvit_bimamba_t2", "dit_bimamba_t2"])
 def test_every_axis_counts_as_its_closed_form(name, options):
     cfg = archbench.backbone_config(name, **options)

@@ -10,7 +10,7 @@ def test_mixers_benchmark_prints_every_mixer_and_ratio(capsys):
                        "--heads", "2", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("17 ")]
-    assert [row[1] for row in rows] == ["attention", "bimamba", "mamba2"]
+    assert [row[1] for row in rows] == ["attention", "bimamba", "mamba2", "linear_attention"]
     assert rows[0][-2:] == ["1.000x", "1.000x"]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0  # fwd and fwd+bwd milliseconds

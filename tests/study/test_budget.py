@@ -86,3 +86,11 @@ def test_match_params_by_depth_and_impossible_targets():
                      "arms": [{"backbone": "dit_t2", "match_params": 6.0e5, "match_by": "depth"}]})
     with pytest.raises(StudyError, match="try match_by=width"):
         describe_arms(bad)
+
+
+def test_widths_with_heads_stay_divisible_by_them():
+    """Linear attention and attention hybrids have heads too: resizing them must keep whole head dimensions."""
+    assert budget.size_step({"num_heads": 3, "mixer": "linear_attention"}, "width") == 12
+    assert budget.size_step({"num_heads": 3, "mixer": "bimamba", "attention_every": 2}, "width") == 12
+    assert budget.size_step({"num_heads": 3, "mixer": "bimamba", "attention_every": 0}, "width") == 2
+    assert budget.size_step({"num_heads": 3, "mixer": "mamba2"}, "width") == 4
