@@ -27,7 +27,11 @@ python -m archbench.export), and writes:
   the file is identical for any K. Finished chunks are kept in <out>.parts/; a re-run after an interruption
   draws only the missing or damaged ones, then rank 0 merges them into out and removes the folder.
 
-Labels cycle through labels=, class= or, by default, every class: sample i gets class i mod C."""
+Labels cycle through labels=, class= or, by default, every class: sample i gets class i mod C.
+
+Every file records the SHA-256 of the EMA weights it was drawn from and its settings. A complete set of the same
+weights and settings is kept (nothing to draw); an output, or a set's parts, that holds something else (other
+weights, other settings, another kind of file) is refused unless overwrite=true, which says what it replaces."""
 
 
 def usage() -> str:

@@ -13,6 +13,7 @@ import hashlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,13 +133,22 @@ def displayable(samples: torch.Tensor) -> torch.Tensor:
     return (view - low) / (high - low).clamp_min(1e-8) * 2 - 1
 
 
-def save_grid(samples: torch.Tensor, path: str | Path, nrow: int) -> Path:
-    """Write a PNG grid of images in [-1, 1] (``torchvision.utils.save_image``)."""
-    from torchvision.utils import save_image
+def save_grid(samples: torch.Tensor, path: str | Path, nrow: int, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write a grid of images in [-1, 1] (``torchvision.utils.save_image``'s pixels); ``meta``, when given, goes
+    into a PNG's ``archbench`` text chunk (:mod:`archbench.sampling.outputs` reads it back)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(displayable(samples).clamp(-1, 1), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+    grid = make_grid(displayable(samples).clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+    extra = {}
+    if meta is not None and path.suffix.lower() == ".png":
+        from archbench.sampling.outputs import png_info
+
+        extra["pnginfo"] = png_info(meta)
+    Image.fromarray(pixels).save(path, **extra)
     return path
 
 

@@ -12,15 +12,20 @@ batch's, and a network's output for one row may change in the last bits with the
 therefore both the unit of seeding and the forward batch.
 
 Each finished chunk goes to ``<out>.parts/chunk_NNNNNN.npz`` (written to a temporary file, then renamed),
-tagged with the set's fingerprint and its index. A re-run keeps every part that loads (zip's CRC catches a
-corrupt or truncated file), carries the fingerprint and index expected and holds the expected labels, and
-redraws the others. Rank 0 checks the parts before the ranks split the missing chunks between them, and
-merges them into ``out`` (atomically) after a barrier.
+tagged with the set's fingerprint, the checksum of the weights it was drawn from and its index. A re-run keeps
+every part that loads (zip's CRC catches a corrupt or truncated file), carries the fingerprint and index expected
+and holds the expected labels, and redraws the others. Rank 0 checks the parts before the ranks split the missing
+chunks between them, and merges them into ``out`` (atomically) after a barrier.
+
+A set is identified by the SHA-256 of the weights it is drawn from (:func:`archbench.sampling.outputs.
+weights_checksum`), part of its fingerprint, not by the checkpoint's path and step (recorded as ``source``). An
+existing ``out`` that holds something else (other weights, other settings, more samples, another kind of file)
+and parts drawn from other weights are refused in one line unless ``overwrite``: two models' samples never end
+up in one set, and a retrained run never passes for the one a set was drawn from.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -39,11 +44,12 @@ from archbench.console.errors import one_line
 from archbench.diffusion import Objective
 from archbench.sampling.grid import generate, save_npz
 from archbench.sampling.npz import Streamed, write_npz
+from archbench.sampling.outputs import SET_FORMAT, claim, fingerprint, short
 from archbench.sampling.settings import SAMPLING_KEYS
 
 log = logging.getLogger("archbench.sampling")
 
-FORMAT = "archbench-samples/1"
+FORMAT = SET_FORMAT
 PARTS_SUFFIX = ".parts"
 REPORTED_PARTS = 5  # damaged parts named one by one; beyond that, counts per reason
 
@@ -65,8 +71,10 @@ class SampleSetSpec:
     """Everything that decides the images of a sample set (and, with ``num_samples``, its length).
 
     ``shape`` is (C, H, W) with 1 or 3 channels; ``labels`` the label cycle (None: unconditional model);
-    ``sampling`` the sampler, steps, cfg_scale and guide_channels; ``source`` the model's provenance
-    (checkpoint, step), part of the fingerprint so parts of another model are never reused.
+    ``sampling`` the sampler, steps, cfg_scale and guide_channels; ``weights`` the SHA-256 of the weights
+    drawn from (:func:`~archbench.sampling.outputs.weights_checksum`; None: not recorded), part of the
+    fingerprint so parts of another model are never reused; ``source`` where the weights were read (checkpoint,
+    step), recorded in the meta but not part of the fingerprint.
     """
 
     num_samples: int
@@ -76,6 +84,7 @@ class SampleSetSpec:
     seed: int = 0
     chunk_size: int = 64
     source: Mapping[str, Any] = field(default_factory=dict)
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.chunk_size < 1:
@@ -103,18 +112,18 @@ class SampleSetSpec:
             "sampling": dict(self.sampling),
             "seed": self.seed,
             "chunk_size": self.chunk_size,
-            "source": dict(self.source),
+            "weights": self.weights,
         }
 
     @property
     def fingerprint(self) -> str:
-        """Hash of everything but ``num_samples``: parts of a 10k set are reused by the 50k set."""
-        text = json.dumps(self._identity(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        """Hash of everything but ``num_samples`` and ``source``: parts of a 10k set are reused by the 50k set."""
+        return fingerprint(self._identity())
 
     def meta(self) -> dict[str, Any]:
         """What the merged file records about itself (its ``meta`` array, JSON)."""
-        return {**self._identity(), "num_samples": self.num_samples, "fingerprint": self.fingerprint}
+        return {**self._identity(), "source": dict(self.source), "num_samples": self.num_samples,
+                "fingerprint": self.fingerprint}
 
     def chunk_labels(self, chunk: int) -> torch.Tensor | None:
         start = chunk * self.chunk_size
@@ -196,10 +205,47 @@ def read_set_meta(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def is_complete(out: str | Path, spec: SampleSetSpec) -> bool:
-    """Whether ``out`` already is this set (same fingerprint and length): nothing to draw."""
-    meta = read_set_meta(out) if Path(out).is_file() else None
-    return bool(meta) and meta.get("fingerprint") == spec.fingerprint and meta.get("num_samples") == spec.num_samples
+def foreign_parts(spec: SampleSetSpec, parts: Path) -> dict[str, list[Path]]:
+    """The parts in ``parts`` tagged with weights other than ``spec.weights``, by their weights' checksum."""
+    found: dict[str, list[Path]] = {}
+    if spec.weights is None or not parts.is_dir():
+        return found
+    for path in sorted(parts.glob("chunk_*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                weights = str(z["weights"]) if "weights" in z.files else None
+        except Exception:  # unreadable: redrawn as damaged, whatever it was drawn from
+            continue
+        if weights is not None and weights != spec.weights:
+            found.setdefault(weights, []).append(path)
+    return found
+
+
+def _plan(spec: SampleSetSpec, out: Path, parts: Path, overwrite: bool) -> dict[str, Any]:
+    """Rank 0's decision, broadcast to every rank: done, the chunks to draw, or an error message (a refusal)."""
+    try:
+        existing = claim([out], spec.meta(), overwrite, log)[0]
+    except ValueError as exc:
+        return {"error": str(exc)}
+    if existing.state == "same":
+        return {"done": True, "missing": []}
+    if existing.state == "fewer":
+        log.info("%s holds %s; extending it to %d samples", out, existing.held, spec.num_samples)
+    foreign = foreign_parts(spec, parts)
+    if foreign:
+        count = sum(len(paths) for paths in foreign.values())
+        what = (f"{parts} holds {count} chunk(s) drawn from other weights (sha256 "
+                f"{', '.join(short(w) for w in foreign)}; these weights: {short(spec.weights)})")
+        if not overwrite:
+            return {"error": f"{what}: resuming would mix two models' samples in one set; give another out= or "
+                             "overwrite=true to redraw them"}
+        log.info("overwrite=true: redrawing the %d chunk(s) of %s drawn from other weights (sha256 %s)",
+                 count, parts, ", ".join(short(w) for w in foreign))
+        for paths in foreign.values():
+            for path in paths:
+                path.unlink(missing_ok=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    return {"done": False, "missing": missing_chunks(spec, parts)}
 
 
 def merge_parts(spec: SampleSetSpec, parts: Path, out: str | Path) -> Path:
@@ -277,13 +323,17 @@ def write_sample_set(
     barrier: Callable[[], None] | None = None,
     keep_parts: bool = False,
     progress: bool = False,
+    overwrite: bool = False,
+    intro: str | None = None,
 ) -> SampleSetResult:
     """Draw this rank's share of the missing chunks of ``spec`` and, on rank 0, merge the set into ``out``.
 
     Every rank calls it with the same arguments. With ``world_size > 1``, ``broadcast`` (rank 0's object on
     every rank) and ``barrier`` must be the process group's (``archbench.training.distributed`` has both);
     this module stays below the training stage, so it is handed them. The parts folder is removed after the
-    merge unless ``keep_parts``.
+    merge unless ``keep_parts``. An ``out`` that holds something else (:func:`archbench.sampling.outputs.compare`)
+    or parts drawn from other weights raise :class:`ShardError` on every rank, unless ``overwrite``. ``intro``,
+    a line rank 0 logs once the set is found drawable (so that a refusal is the only line printed).
     """
     out = Path(out)
     if out.suffix != ".npz":
@@ -295,13 +345,13 @@ def write_sample_set(
     parts = parts_dir(out)
     plan: dict[str, Any] | None = None
     if rank == 0:
-        if is_complete(out, spec):
-            plan = {"done": True, "missing": []}
-        else:
-            parts.mkdir(parents=True, exist_ok=True)
-            plan = {"done": False, "missing": missing_chunks(spec, parts)}
+        plan = _plan(spec, out, parts, overwrite)
     plan = broadcast(plan) if broadcast is not None else plan
     assert plan is not None
+    if "error" in plan:
+        raise ShardError(plan["error"])
+    if intro and rank == 0:
+        log.info("%s", intro)
     if plan["done"]:
         log.info("%s already holds these %d samples; nothing to draw", out, spec.num_samples)
         return SampleSetResult(rank, out, 0, spec.num_chunks, spec.num_chunks, False)
@@ -309,6 +359,8 @@ def write_sample_set(
     for done, chunk in enumerate(mine, 1):
         images = draw_chunk(model, objective, spec, chunk, device=device, progress=progress)
         extra = {"fingerprint": np.asarray(spec.fingerprint), "chunk": np.asarray(chunk, dtype=np.int64)}
+        if spec.weights is not None:
+            extra["weights"] = np.asarray(spec.weights)
         save_npz(images, spec.chunk_labels(chunk), part_path(parts, chunk), extra)
         log.info("rank %d: chunk %d drawn (%d of its %d)", rank, chunk, done, len(mine))
     if barrier is not None:

@@ -11,17 +11,24 @@ It composes :mod:`archbench.training.runs` (read a run or a pretrained folder ba
   re-run after an interruption draws only the missing or damaged chunks.
 
 Labels cycle through ``labels``, ``class`` or, by default, every class: sample i gets class i mod C.
+
+Every file written records the SHA-256 of the EMA weights it was drawn from and the settings that decide its
+images (:mod:`archbench.sampling.outputs`). An existing output that holds something else (other weights, other
+settings, another kind of file) is refused in one line unless ``overwrite=true``; one that holds the same thing
+is rewritten (a grid) or kept (a complete set: nothing to draw).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 
 from archbench.console.args import arg
@@ -66,6 +73,8 @@ class SampleRequest:
     format: Literal["auto", "png", "npz"] = arg("auto", doc="auto: npz when out ends with .npz, else png")
     chunk_size: int = arg(64, minimum=1, doc="a set's seeding unit and forward batch")
     keep_parts: bool = arg(False, doc="keep a set's finished chunks (out.parts/) after merging")
+    overwrite: bool = arg(False, doc="replace an existing out (or a grid's .npz beside it) that holds something "
+                                     "else: other weights, other settings, another kind of file")
 
     def resolved(self) -> SampleRequest:
         """The request checked as a whole, with ``format`` decided; a UsageError names what does not fit."""
@@ -118,10 +127,12 @@ class Prepared:
     cycle: list[int] | None
     shape: tuple[int, int, int]
     chosen: SamplingSettings
+    weights: str  # SHA-256 of the EMA weights (archbench.sampling.outputs.weights_checksum)
 
 
 def _load(request: SampleRequest, device: torch.device) -> Prepared:
     """The run's EMA model plus what sampling it needs."""
+    from archbench.sampling.outputs import weights_checksum
     from archbench.sampling.settings import sampling_settings
 
     run = load_ema_model(request.run_dir, request.checkpoint, device)
@@ -130,12 +141,33 @@ def _load(request: SampleRequest, device: torch.device) -> Prepared:
     except ValueError as exc:
         raise UsageError(one_line(exc)) from None
     shape = (int(run.data["channels"]), int(run.data["image_size"]), int(run.data["image_size"]))
-    return Prepared(run, label_cycle(request, run.num_classes), shape, chosen)
+    return Prepared(run, label_cycle(request, run.num_classes), shape, chosen, weights_checksum(run.net))
+
+
+def grid_meta(request: SampleRequest, prepared: Prepared, columns: int) -> dict[str, Any]:
+    """What a PNG grid and its .npz record: everything that decides their pixels, the weights' checksum, a
+    fingerprint over both, and where the weights were read (``source``, not part of the fingerprint)."""
+    from archbench.sampling.outputs import GRID_FORMAT, fingerprint
+
+    identity = {
+        "format": GRID_FORMAT,
+        "num_samples": request.num_samples,
+        "shape": list(prepared.shape),
+        "labels": prepared.cycle,
+        "sampling": prepared.chosen.as_dict(),
+        "seed": request.seed,
+        "batch_size": request.batch_size or PNG_BATCH_SIZE,
+        "columns": columns,
+        "weights": prepared.weights,
+    }
+    source = {"checkpoint": str(prepared.run.path), "step": prepared.run.step}
+    return {**identity, "source": source, "fingerprint": fingerprint(identity)}
 
 
 def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
     """Sample in one process and write the PNG grid and the .npz beside it; returns both paths."""
     from archbench.sampling.grid import generate, grid_columns, save_grid, save_npz
+    from archbench.sampling.outputs import claim
     from archbench.sampling.shards import labels_for
     from archbench.training.distributed import launched_by_torchrun, pick_device
 
@@ -148,6 +180,14 @@ def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
     prepared = _load(request, device)
     run, n, chosen = prepared.run, request.num_samples, prepared.chosen
     labels = labels_for(prepared.cycle, 0, n)
+    default = run.run_dir / "samples" / f"sample_step{run.step:07d}.png"
+    out = Path(request.out) if request.out else default
+    columns = request.nrow or grid_columns(n, run.num_classes if request.labels is None else 0)
+    meta = grid_meta(request, prepared, columns)
+    try:
+        claim([out, out.with_suffix(".npz")], meta, request.overwrite, log)
+    except ValueError as exc:
+        raise UsageError(one_line(exc)) from None
     log.info("sampling %d images from %s (EMA, step %d, cfg %.2f)", n, run.path, run.step, chosen.cfg_scale)
     try:
         samples = generate(
@@ -167,11 +207,9 @@ def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
         )
     except ValueError as exc:  # unknown sampler, bad steps, cfg without a null class
         raise UsageError(one_line(exc)) from None
-    default = run.run_dir / "samples" / f"sample_step{run.step:07d}.png"
-    out = Path(request.out) if request.out else default
-    columns = request.nrow or grid_columns(n, run.num_classes if request.labels is None else 0)
-    png = save_grid(samples, out, columns)
-    npz = save_npz(samples, labels, out.with_suffix(".npz"))
+    png = save_grid(samples, out, columns, meta)
+    text = json.dumps(meta, sort_keys=True, default=str)
+    npz = save_npz(samples, labels, out.with_suffix(".npz"), {"meta": np.asarray(text)})
     return png, npz
 
 
@@ -198,11 +236,12 @@ def draw_set(request: SampleRequest) -> SampleSetResult:
                 seed=request.seed,
                 chunk_size=request.chunk_size,
                 source={"checkpoint": str(run.path), "step": run.step},
+                weights=prepared.weights,
             )
             default = f"samples_step{run.step:07d}_n{n}_seed{request.seed}.npz"
             out = Path(request.out) if request.out else run.run_dir / "samples" / default
-            log.info("drawing %d samples from %s (EMA, step %d, %s, cfg %.2f) into %s, %d rank(s)",
-                     n, run.path, run.step, chosen.sampler, chosen.cfg_scale, out, dist.world_size)
+            intro = (f"drawing {n} samples from {run.path} (EMA, step {run.step}, {chosen.sampler}, cfg "
+                     f"{chosen.cfg_scale:.2f}) into {out}, {dist.world_size} rank(s)")
             return write_sample_set(
                 run.net,
                 run.objective,
@@ -215,6 +254,8 @@ def draw_set(request: SampleRequest) -> SampleSetResult:
                 barrier=barrier,
                 keep_parts=request.keep_parts,
                 progress=request.progress and dist.is_main,
+                overwrite=request.overwrite,
+                intro=intro,
             )
         except ValueError as exc:  # settings the sampler refuses, latents, a part that cannot be merged
             raise UsageError(one_line(exc)) from None
