@@ -16,7 +16,7 @@ from archbench.console.errors import UsageError, fail, interruptible
 
 PROGRAM = "archbench.bench"
 ScanImpl = Literal["reference", "fast", "pscan", "triton", "mamba_ssm"]
-MixerName = Literal["attention", "bimamba", "mamba2"]
+MixerName = Literal["attention", "bimamba", "mamba2", "linear_attention"]
 ABOUT = {
     "scan": """\
 Times the selective-scan implementations on Mamba-sized inputs: forward (no grad), forward+backward (median of
@@ -24,9 +24,9 @@ repeats after one warm-up) and peak memory, each (impl, L) in a fresh process, t
 fast/reference (and triton/mamba_ssm on CUDA) from the same run. The reference loop's backward takes tens of
 seconds at L=4097 on a 2-core CPU; skip_reference_above=L drops it for longer sequences.""",
     "mixers": """\
-Times each sequence mixer (attention, DiS's bidirectional Mamba, bidirectional Mamba-2) as one layer on
-(batch, L, width) tokens: forward, forward+backward and peak memory, every (mixer, L) in a fresh process,
-rounds interleaved passes (median), with the ratios to attention from the same run.""",
+Times each sequence mixer (attention, DiS's bidirectional Mamba, bidirectional Mamba-2, Sana's ReLU linear
+attention) as one layer on (batch, L, width) tokens: forward, forward+backward and peak memory, every (mixer, L)
+in a fresh process, rounds interleaved passes (median), with the ratios to attention from the same run.""",
     "step": """\
 Times a whole training step (the Trainer's loss path, backward, AdamW) per backbone: step ms, images/s and the
 step's peak memory growth, each (backbone, round) in a fresh process, rounds interleaved, with ratios to the
@@ -133,12 +133,12 @@ def mixers(args: list[str]) -> int:
     print(f"mixers: batch={cfg.batch} width={cfg.width} heads={cfg.heads} device={cfg.device} threads={cfg.threads} "
           f"timer={cfg.timer} (median of {cfg.repeats} after 1 warm-up, then of {request.rounds} interleaved rounds)")
     medians = mixer_bench(cfg, request.lengths, names, request.rounds)
-    print(f"{'L':>6} {'mixer':>10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd MiB':>9} {'fwd+bwd MiB':>12} "
+    print(f"{'L':>6} {'mixer':>16} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd MiB':>9} {'fwd+bwd MiB':>12} "
           f"{'fwd/attn':>9} {'fwd+bwd/attn':>13}")
     for L, by_mixer in medians.items():
         base = by_mixer.get("attention")
         for mixer, r in by_mixer.items():
-            print(f"{L:>6} {mixer:>10} {r['fwd'] * 1e3:>10.1f} {r['train'] * 1e3:>11.1f} "
+            print(f"{L:>6} {mixer:>16} {r['fwd'] * 1e3:>10.1f} {r['train'] * 1e3:>11.1f} "
                   f"{r['fwd_peak'] / 2**20:>9.1f} {r['train_peak'] / 2**20:>12.1f} "
                   f"{_ratio(r, base, 'fwd'):>9} {_ratio(r, base, 'train'):>13}")
     return 0
@@ -152,7 +152,8 @@ def step(args: list[str]) -> int:
     rows = run_step_bench(cfg)
     print(format_rows(cfg, rows))
     if cfg.out:
-        save_results(cfg, rows, cfg.out)
+        written = save_results(cfg, rows, cfg.out)
+        print(f"wrote {written} and {written.with_suffix('.png')}")
     return 0
 
 

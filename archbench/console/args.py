@@ -391,7 +391,7 @@ def help_text(schema: type, *, usage: str, about: str = "", notes: str = "", pos
     """``--help`` for a command: usage line, what it does, every key (name, type, default, doc), notes."""
     parts = [f"usage: {usage}"]
     if about:
-        parts.append(about.strip("\n"))
+        parts.append(about.strip("\n").replace("``", ""))  # docstrings' reST literals read as plain words here
     parts.append("keys (key=value; --key value and --key=value are accepted too):\n" + key_table(schema, positional))
     if notes:
         parts.append(notes.strip("\n"))

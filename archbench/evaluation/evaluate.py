@@ -63,7 +63,9 @@ class EvalRequest:
     feature_batch_size: int = arg(250, minimum=1, doc="images per pass of the feature network")
     device: str = arg("auto", doc="auto, cpu, cuda or cuda:N")
     weights: str | None = arg(None, shown="the usual places", doc="the feature network's weights file")
-    ref_split: str = arg("train", doc="the dataset split of the reference")
+    ref_split: str = arg("test", doc="the dataset split of the reference: held-out images, as studies and CI "
+                         "score (a model that memorised its training set gains nothing); the literature's FID-50k "
+                         "compares with training-set statistics: ref_npz= or ref_split=train")
     ref_items: int | None = arg(None, minimum=1, shown="all", doc="reference items (the split's first N)")
     out: str | None = arg(None, shown="run_dir/eval.json, else SET.eval.json", doc="where the record is written")
     train_if_missing: bool = arg(False, doc="train a missing dataset CNN first (about a minute on CPU)")
@@ -96,6 +98,17 @@ def _features_name(requested: str, dataset: str) -> str:
     return f"{dataset}_cnn" if dataset in CNN_DATASETS else "inception"
 
 
+def _feature_weights(request: EvalRequest, name: str) -> str | None:
+    """The weights asked for, else the dataset CNN committed under recipes/baselines (the one CI and the studies
+    score with), else None (the feature network's usual place)."""
+    from archbench.evaluation.cond_accuracy import committed_classifier
+
+    if request.weights is not None or name == "inception":
+        return _text(request.weights)
+    committed = committed_classifier(name.removesuffix("_cnn"), name)
+    return None if committed is None else str(committed)
+
+
 def check_feature_network(request: EvalRequest, dataset: str) -> None:
     """Fail now, in one line, when the feature network ``request`` would score ``dataset``'s samples with is not on
     disk: a study checks this before it trains anything, not after every arm has trained."""
@@ -110,7 +123,8 @@ def check_feature_network(request: EvalRequest, dataset: str) -> None:
             raise EvalError(one_line(exc)) from None
         return
     cnn = name.removesuffix("_cnn")
-    path = Path(request.weights) if request.weights else default_cnn_path(cnn, request.cache)
+    weights = _feature_weights(request, name)
+    path = Path(weights) if weights else default_cnn_path(cnn, request.cache)
     if request.train_if_missing or (path.is_file() and sidecar_path(path).is_file()):
         return
     raise EvalError(f"features={request.features} scores {dataset} samples with the {name} network, which is not at "
@@ -272,7 +286,8 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
     run, dataset = source["run"], source["dataset"]
     name = _features_name(request.features, dataset or "")
     extractor = get_feature_extractor(
-        name, weights=request.weights, device=device, train_if_missing=request.train_if_missing, cache=request.cache
+        name, weights=_feature_weights(request, name), device=device, train_if_missing=request.train_if_missing,
+        cache=request.cache,
     )
     reference = _reference(request, source, extractor)
     drawn = _read(request, source["files"], run) if source["files"] is not None else _draw(request, run, device)

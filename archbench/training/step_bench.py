@@ -206,7 +206,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def save_results(cfg: StepConfig, rows: list[dict[str, Any]], out: str | Path) -> Path:
     """The settings and rows as JSON at ``out`` (atomically) and a bar plot beside it (``.png``)."""
     out = Path(out)
+    if out.suffix != ".json":  # a table is JSON: say so in its name, and keep the plot beside it distinct
+        out = out.with_name(out.name + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps({"config": asdict(cfg), "rows": rows}, indent=2) + "\n")
+    settings = {**asdict(cfg), "timer": cfg.timer or ("wall" if cfg.device.startswith("cuda") else "cpu")}
+    write_text_atomic(out, json.dumps({"config": settings, "rows": rows}, indent=2) + "\n")
     plot(rows, out.with_suffix(".png"), format_rows(cfg, rows).splitlines()[0])
     return out

@@ -106,7 +106,7 @@ def test_eval_writes_score_to_run_dir(digits_run, capsys):
     assert record["feature_network"] == "digits_cnn" and record["feature_dim"] == 128
     side = json.loads((cache / "features" / "digits_cnn.json").read_text())
     assert record["feature_checksum"] == side["sha256"]
-    assert record["reference"]["key"] == f"digits-train-16px-digits_cnn-{side['sha256'][:16]}-all"
+    assert record["reference"]["key"] == f"digits-test-16px-digits_cnn-{side['sha256'][:16]}-all"  # held out
     assert 0 <= record["precision"] <= 1 and 0 <= record["recall"] <= 1 and record["pr_k"] == 3
     assert (cache / "reference" / f"{record['reference']['key']}.npz").is_file()
     # a class-conditional run scored with its dataset's classifier: the fraction of samples it assigns their label
@@ -197,3 +197,19 @@ def test_evaluate_called_directly_gives_the_commands_numbers(digits_run, tmp_pat
     assert same == {k: v for k, v in command.items() if k != "seconds"}
     assert printed.strip() == f"{result_line(record)}; wrote {tmp_path / 'command.json'}"
     assert (record["seed"], record["steps"], record["num_samples"]) == (5, 2, 12)
+
+
+def test_the_committed_dataset_cnn_is_used_without_retraining(tmp_path):
+    """Issue 23.10: features=fashion_mnist_cnn scores with the committed network (the one CI and the studies use)
+    instead of asking for a retrain that gives the same bytes; digits has none committed, so it is asked for."""
+    from archbench.evaluation.cond_accuracy import committed_classifier
+    from archbench.evaluation.evaluate import EvalError, EvalRequest, check_feature_network
+
+    request = EvalRequest(run_dir="r", features="fashion_mnist_cnn", cache=str(tmp_path))
+    check_feature_network(request, "fashion_mnist")  # no cache, no weights=: still found
+    from archbench.evaluation.evaluate import _feature_weights
+
+    assert _feature_weights(request, "fashion_mnist_cnn") == str(committed_classifier("fashion_mnist"))
+    with pytest.raises(EvalError, match=r"train-features dataset=digits"):
+        check_feature_network(EvalRequest(run_dir="r", features="auto", cache=str(tmp_path)), "digits")
+    assert EvalRequest(run_dir="r").ref_split == "test"  # held out, as the studies and CI score

@@ -107,7 +107,7 @@ def test_ref_npz_scores_like_the_dataset_reference_it_was_made_from(cache, digit
     by_dataset = _score([f"samples={samples}", "dataset=digits", f"cache={cache}", f"out={tmp_path / 'd.json'}",
                          "num_samples=200"])
     assert by_dataset["reference_source"] == "dataset" and by_dataset["samples"]["used"] == 200
-    stats = reference_stats("digits", "train", 8, get_feature_extractor("digits_cnn", cache=cache), cache=cache)
+    stats = reference_stats("digits", "test", 8, get_feature_extractor("digits_cnn", cache=cache), cache=cache)
     ref = write_npz(tmp_path / "ref.npz", {"mu": stats.mu, "sigma": stats.sigma})
     by_batch = _score([f"samples={samples}", f"ref_npz={ref}", "features=digits_cnn", f"cache={cache}",
                        f"out={tmp_path / 'r.json'}", "num_samples=200"])
@@ -145,7 +145,7 @@ def test_a_sample_file_from_archbench_sample_records_how_it_was_drawn(cache, tmp
     assert record["samples"]["meta"]["chunk_size"] == 5 and 0 <= record["cond_accuracy"] <= 1
     assert record["reference"]["image_size"] == 8  # the samples' resolution
     # sampling from the run against an ADM-style reference batch made from the same reference statistics
-    stats = reference_stats("digits", "train", 8, get_feature_extractor("digits_cnn", cache=cache), cache=cache)
+    stats = reference_stats("digits", "test", 8, get_feature_extractor("digits_cnn", cache=cache), cache=cache)
     ref = write_npz(tmp_path / "ref.npz", {"mu": stats.mu, "sigma": stats.sigma})
     common = [f"run_dir={run_dir}", "num_samples=12", "steps=2", f"cache={cache}", "progress=false"]
     assert ev.main([*common, f"out={tmp_path / 'a.json'}"]) == 0
