@@ -246,7 +246,9 @@ def test_exported_sections_are_checked(exported, tmp_path):
         load_ema_model(folder, None, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
+# The commands print whatever one-line error the loader raises (every fault goes through the API test above);
+# one fault per kind of check keeps the subprocess count (a few seconds each) down.
+@pytest.mark.parametrize("fault", ["malformed_json", "unknown_backbone", "wrong_shape", "pickle_renamed", "depth_1e9"])
 def test_sample_exits_1_with_one_line(exported, tmp_path, fault):
     _, fragment, file = FAULTS[fault]
     folder = _damaged(exported, tmp_path, fault)
