@@ -43,6 +43,7 @@ class FlopsArgs:
     format: Literal["md", "csv", "json"] = arg("md", doc="table format")
     preset: Literal["paper"] | None = arg(None, doc="paper: the DiT paper table and the DiS family at 32x32x4 "
                                                     "latents, 1000 classes (no other keys)")
+    progress: bool = arg(True, doc="one progress bar on stderr while counting (false: none)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +51,7 @@ class SummaryArgs:
     backbone: str = arg(doc="one registered name")
     depth: int = arg(3, minimum=1, doc="module nesting shown by torchinfo")
     batch: int = arg(1, minimum=1, doc="batch size of the summary's example input")
+    progress: bool = arg(True, doc="one progress bar on stderr while building and counting (false: none)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,13 +99,13 @@ def flops(args: list[str]) -> str:
         if extras or request.backbones is not None:
             given = sorted([w.partition("=")[0] for w in extras] + ["backbones"] * (request.backbones is not None))
             raise UsageError(f"flops: preset=paper fixes the setting; drop {', '.join(given)}")
-        return report.paper_report(request.format)
+        return report.paper_report(request.format, progress=request.progress)
     if request.backbones is None:
         raise UsageError("flops: give backbones=NAME[,PATTERN...] or preset=paper")
     names = report.resolve_backbones(request.backbones)
     overrides = _overrides(extras)
     report.check_overrides(names, overrides, _own_keys(FlopsArgs))
-    return report.flops_table(names, overrides, request.format)
+    return report.flops_table(names, overrides, request.format, progress=request.progress)
 
 
 def summary(args: list[str]) -> str:
@@ -115,7 +117,8 @@ def summary(args: list[str]) -> str:
         raise UsageError(f"summary: backbone= takes one name, got {', '.join(names)}")
     overrides = _overrides(extras)
     report.check_overrides(names, overrides, _own_keys(SummaryArgs))
-    return report.summary_table(names[0], overrides, depth=request.depth, batch=request.batch)
+    return report.summary_table(names[0], overrides, depth=request.depth, batch=request.batch,
+                                progress=request.progress)
 
 
 def scaling(args: list[str]) -> str:

@@ -8,11 +8,17 @@ from pathlib import Path
 
 
 class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at emit time (test harnesses swap it)."""
+    """Writes to whatever ``sys.stderr`` is at emit time (test harnesses swap it); a line logged while a progress
+    bar (:mod:`archbench.console.progress`) is shown goes above the bar instead of into it."""
 
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
-        super().emit(record)
+        tqdm = sys.modules.get("tqdm")  # no bar can be showing before tqdm is imported
+        if tqdm is None or not getattr(tqdm.tqdm, "_instances", None):
+            super().emit(record)
+            return
+        with tqdm.tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
 
 
 def setup_logging(rank: int = 0, log_file: str | Path | None = None) -> None:

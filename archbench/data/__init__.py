@@ -4,7 +4,14 @@
 resizing rules and ``latents`` for the on-disk latent cache.
 """
 
-from archbench.data.catalog import DATASETS, DatasetInfo, build_dataset, dataset_info, default_dataset
+from archbench.data.catalog import (
+    DATASETS,
+    DatasetInfo,
+    build_dataset,
+    class_names,
+    dataset_info,
+    default_dataset,
+)
 from archbench.data.errors import DatasetNotFoundError
 from archbench.data.latents import LatentShardDataset, encode_to_shards
 
@@ -14,6 +21,7 @@ __all__ = [
     "DatasetNotFoundError",
     "LatentShardDataset",
     "build_dataset",
+    "class_names",
     "dataset_info",
     "default_dataset",
     "encode_to_shards",

@@ -11,9 +11,11 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from archbench.data.arrays import RESIZE_MODES, ResizeMode
+from archbench.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from archbench.data.cifar10 import build_cifar10
 from archbench.data.crops import celeba_crop, center_crop_arr
 from archbench.data.digits import build_digits
+from archbench.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from archbench.data.fashion_mnist import build_fashion_mnist, files_present
 from archbench.data.folders import ImageFolderDataset, split_folder
 from archbench.data.latents import HINT as LATENTS_HINT
@@ -27,7 +29,8 @@ class DatasetInfo:
     """Static facts a recipe needs before loading anything (model channels, resolution, label count).
 
     ``image_size`` is the native (default) resolution; for latents it is the latent side.
-    ``num_classes`` 0 means unlabelled: every ``y`` is 0.
+    ``num_classes`` 0 means unlabelled: every ``y`` is 0. ``class_names[y]`` names label ``y`` where the
+    catalogue knows the names (None otherwise: unlabelled, or names that live in the data folder).
     """
 
     name: str
@@ -35,14 +38,21 @@ class DatasetInfo:
     image_size: int
     num_classes: int
     description: str
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
 
 
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
-        DatasetInfo("digits", 1, 8, 10, "scikit-learn 8x8 digits (1797, bundled, always offline); last 20% = test"),
-        DatasetInfo("fashion_mnist", 1, 28, 10, "Fashion-MNIST 28x28 (60k/10k) from Debian dataset-fashion-mnist"),
-        DatasetInfo("cifar10", 3, 32, 10, "CIFAR-10 32x32 (50k/10k) via torchvision"),
+        DatasetInfo("digits", 1, 8, 10, "scikit-learn 8x8 digits (1797, bundled, always offline); last 20% = test",
+                    tuple(str(d) for d in range(10))),
+        DatasetInfo("fashion_mnist", 1, 28, 10, "Fashion-MNIST 28x28 (60k/10k) from Debian dataset-fashion-mnist",
+                    FASHION_MNIST_CLASSES),
+        DatasetInfo("cifar10", 3, 32, 10, "CIFAR-10 32x32 (50k/10k) via torchvision", CIFAR10_CLASSES),
         DatasetInfo("celeba64", 3, 64, 0, "image folder (CelebA) with U-ViT's 128px face crop, resized to 64"),
         DatasetInfo("imagenet_folder", 3, 256, 1000, "class-per-subfolder images, ADM/DiT centre crop to 256"),
         DatasetInfo("imagenet256_latents", 4, 32, 1000, "ImageNet-256 pre-encoded to SD-VAE latents (4x32x32)"),
@@ -59,6 +69,13 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}") from None
+
+
+def class_names(name: str | None) -> tuple[str, ...] | None:
+    """The names of ``name``'s labels (``class_names[y]`` for label ``y``), or None: unlabelled, names the
+    catalogue does not know (a folder's sub-folder names), or a dataset that is not in the catalogue."""
+    info = DATASETS.get(name) if name else None
+    return None if info is None else info.class_names
 
 
 def _digits(*, split: str, image_size: int | None, resize_mode: ResizeMode, **_: object) -> Dataset:

@@ -11,6 +11,7 @@ from archbench.data.errors import DatasetNotFoundError
 from archbench.data.paths import default_data_root
 
 SPLITS = ("train", "test")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FOLDER_HINT = (
     "point data.root=/path at a folder that holds cifar-10-batches-py/ (the python version from "
     "https://www.cs.toronto.edu/~kriz/cifar.html)"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 import torch
+
+from archbench.console.progress import steps
 
 T = TypeVar("T")
 
@@ -39,12 +41,7 @@ def initial_noise(
     return randn(tuple(shape), generator=generator, device=device)
 
 
-def progress_bar(items: Iterable[T], enabled: bool) -> Iterable[T] | Iterator[T]:
-    """Wrap in tqdm when asked and installed; tqdm is not a hard dependency."""
-    if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - depends on the environment
-        return items
-    return tqdm(items)
+def progress_bar(items: Sequence[T], enabled: bool) -> Iterable[T]:
+    """A sampler's steps, shown when ``enabled``: they advance the caller's one bar over the whole draw when it
+    opened one (:func:`archbench.console.progress.shared_progress`), else a bar of this call's own."""
+    return steps(items, enabled)

@@ -23,6 +23,7 @@ from typing import Any
 from archbench.console.args import arg
 from archbench.console.errors import UsageError, one_line
 from archbench.console.files import write_text_atomic
+from archbench.console.progress import progress, tracked
 from archbench.training.runs import LoadedRun, load_ema_model
 
 log = logging.getLogger("archbench.eval")
@@ -70,7 +71,8 @@ class EvalRequest:
     out: str | None = arg(None, shown="run_dir/eval.json, else SET.eval.json", doc="where the record is written")
     train_if_missing: bool = arg(False, doc="train a missing dataset CNN first (about a minute on CPU)")
     cache: str | None = arg(None, shown="$ARCHBENCH_CACHE", doc="reference statistics and dataset CNNs")
-    progress: bool = arg(True, doc="show a progress bar while sampling")
+    progress: bool = arg(True, doc="one progress bar per phase on stderr (reference statistics, sampling, "
+                                   "scoring); false: none")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -172,7 +174,7 @@ def _source(request: EvalRequest, device: Any) -> dict[str, Any]:
 
 def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
     """Sample from the run as the CI regression always has (one seeded stream); images, labels, settings."""
-    from archbench.sampling.grid import generate, grid_labels
+    from archbench.sampling.grid import draw_images, grid_labels
     from archbench.sampling.settings import sampling_settings
 
     data = run.data
@@ -186,24 +188,15 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
              n, run.path, run.step, chosen.sampler, chosen.steps, chosen.cfg_scale)
     start = time.perf_counter()
     try:
-        samples = generate(
-            run.net,
-            run.objective,
-            num_samples=n,
-            shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])),
-            labels=labels,
-            sampler=chosen.sampler,
-            steps=chosen.steps,
-            cfg_scale=chosen.cfg_scale,
-            guide_channels=chosen.guide_channels,
-            seed=request.seed,
-            batch_size=request.batch_size,
-            device=device,
-            progress=request.progress,
+        samples = draw_images(
+            run.net, run.objective, chosen, num_samples=n,
+            shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])), labels=labels,
+            seed=request.seed, batch_size=request.batch_size, device=device, progress=request.progress,
         )
     except ValueError as exc:
         raise EvalError(one_line(exc)) from None
-    return {"images": samples.clamp(-1, 1), "labels": labels, "settings": {**chosen.as_dict(), "seed": request.seed},
+    return {"images": samples.clamp(-1, 1), "count": n, "labels": labels,
+            "settings": {**chosen.as_dict(), "seed": request.seed},
             "sampling_s": time.perf_counter() - start, "samples": None,
             "checkpoint": str(run.path), "step": run.step}
 
@@ -222,6 +215,7 @@ def _read(request: EvalRequest, files: Any, run: dict[str, Any] | None) -> dict[
     source = meta.get("source", {})
     return {
         "images": files.batches(request.feature_batch_size, limit=n),
+        "count": n,
         "labels": None if labels is None else torch.from_numpy(labels[:n]),
         "settings": {**settings, "seed": meta.get("seed")},
         "sampling_s": 0.0,
@@ -239,7 +233,7 @@ def _reference(request: EvalRequest, source: dict[str, Any], extractor: Any) -> 
     if request.ref_npz is not None:
         try:
             return adm_reference(request.ref_npz, extractor, cache=request.cache,
-                                 batch_size=request.feature_batch_size, log=log.info)
+                                 batch_size=request.feature_batch_size, log=log.info, progress=request.progress)
         except ReferenceBatchError as exc:
             raise EvalError(one_line(exc)) from None
     same_data = source["data"].get("name") == source["dataset"]
@@ -254,6 +248,7 @@ def _reference(request: EvalRequest, source: dict[str, Any], extractor: Any) -> 
         cache=request.cache,
         batch_size=request.feature_batch_size,
         log=log.info,
+        progress=request.progress,
     )
 
 
@@ -267,6 +262,19 @@ def _classifier_labels(extractor: Any, dataset: str | None, labels: Any) -> Any:
                  extractor.name, dataset or "this data")
         return None
     return labels
+
+
+def _scoring_batches(request: EvalRequest, drawn: dict[str, Any], extractor: Any) -> Any:
+    """The images to score, ``feature_batch_size`` at a time (the batches :func:`score_samples` would cut), shown
+    as one bar over the feature network's pass when ``request.progress``."""
+    import torch
+
+    from archbench.evaluation.features import image_batches
+
+    images, count = drawn["images"], drawn["count"]
+    batches = image_batches(images, request.feature_batch_size) if isinstance(images, torch.Tensor) else images
+    bar = progress(count, f"scoring {count} samples with {extractor.name}", request.progress, unit="img")
+    return tracked(batches, bar)
 
 
 def evaluate(request: EvalRequest) -> dict[str, Any]:
@@ -293,7 +301,7 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
     drawn = _read(request, source["files"], run) if source["files"] is not None else _draw(request, run, device)
     start = time.perf_counter()
     scores = score_samples(
-        drawn["images"],
+        _scoring_batches(request, drawn, extractor),
         extractor,
         reference,
         labels=_classifier_labels(extractor, dataset, drawn["labels"]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -50,9 +50,13 @@ def feature_stats(
     max_items: int | None = None,
     keep: int = 0,
     meta: dict[str, Any] | None = None,
+    advance: Callable[[int], Any] | None = None,
 ) -> FeatureStats:
-    """Streaming mean/covariance of the features of ``source``; the first ``keep`` feature rows are kept too."""
+    """Streaming mean/covariance of the features of ``source``; the first ``keep`` feature rows are kept too.
+    ``advance(n)`` is called after each batch of ``n`` images (a progress bar's ``update``)."""
     acc = StatsAccumulator(keep=keep)
     for batch in iter_features(extractor, source, batch_size, max_items):
         acc.update(batch)
+        if advance is not None:
+            advance(len(batch))
     return acc.result(meta)

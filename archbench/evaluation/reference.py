@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from archbench.console.progress import progress as progress_bar
+from archbench.console.progress import tracked
 from archbench.evaluation.cache import cache_dir, sha256_file
 from archbench.evaluation.extractor import FeatureExtractor
 from archbench.evaluation.features import feature_stats
@@ -51,10 +53,12 @@ def reference_stats(
     batch_size: int = 250,
     keep: int = REFERENCE_KEEP,
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> FeatureStats:
     """Feature statistics of the real ``dataset`` (first ``max_items`` of ``split`` at ``image_size``), cached.
 
     ``image_size=None`` means the dataset's native resolution. The first ``keep`` raw features are stored too.
+    ``progress``: one bar over the images while statistics are computed (nothing when they come from the cache).
     """
     from archbench.data import build_dataset, dataset_info
 
@@ -79,7 +83,10 @@ def reference_stats(
     }
     if log is not None:
         log(f"computing reference statistics {key} -> {path}")
-    stats = feature_stats(extractor, data, batch_size=batch_size, max_items=max_items, keep=keep, meta=meta)
+    n = len(data) if max_items is None else min(max_items, len(data))
+    with progress_bar(n, f"reference statistics: {dataset} {split} {n} images", progress, unit="img") as bar:
+        stats = feature_stats(extractor, data, batch_size=batch_size, max_items=max_items, keep=keep, meta=meta,
+                              advance=bar.update)
     stats.save(path)
     return stats
 
@@ -121,13 +128,15 @@ def adm_reference(
     batch_size: int = 250,
     keep: int = REFERENCE_KEEP,
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> FeatureStats:
     """Reference statistics from an ADM reference batch (``.npz`` with ``mu``, ``sigma``, usually ``arr_0``).
 
     ``mu`` and ``sigma`` are used exactly as stored: they are what the published FIDs were computed against.
     When the file carries its images (``arr_0``), the first ``keep`` go through ``extractor`` so that
     precision/recall and KID have reference points; those features are cached under the file's SHA-256.
-    Without images, only the Fréchet distance can be computed (``features`` is None, ``n`` 0).
+    Without images, only the Fréchet distance can be computed (``features`` is None, ``n`` 0). ``progress``: one
+    bar over those images while their features are computed.
     """
     path = Path(path)
     mu, sigma, keys = _moments(path, extractor)
@@ -152,10 +161,12 @@ def adm_reference(
         stats = FeatureStats.load(cached)
         if stats.meta.get("key") == key:
             return stats
+    count = min(keep, images.num_images)
     if log is not None:
-        log(f"computing features of the first {min(keep, images.num_images)} images of {path} -> {cached}")
+        log(f"computing features of the first {count} images of {path} -> {cached}")
     acc = StatsAccumulator(keep=keep)
-    for batch in images.batches(batch_size, limit=keep):
+    bar = progress_bar(count, f"reference features: {count} images of {path.name}", progress, unit="img")
+    for batch in tracked(images.batches(batch_size, limit=keep), bar):
         acc.update(extractor(batch))
     stats = FeatureStats(mu, sigma, images.num_images, acc.kept, meta)
     stats.save(cached)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from archbench.console.errors import UsageError
+from archbench.console.progress import advance
+from archbench.console.progress import progress as progress_bar
 from backbones.registry import backbone_config, get_spec, list_backbones
 
 FORMATS = ("md", "csv", "json")
@@ -135,12 +137,46 @@ def _csv_cell(value: Any) -> Any:
 FLOP_COLUMNS = ("name", "family", "params", "tokens", "gmacs", "gflops", "unsupported")
 
 
-def flops_table(names: Sequence[str], overrides: dict[str, Any], fmt: str = "md") -> str:
-    """FLOPs and parameters of each backbone at the given build overrides, as a table in ``fmt``."""
+def flops_table(names: Sequence[str], overrides: dict[str, Any], fmt: str = "md", progress: bool = False) -> str:
+    """FLOPs and parameters of each backbone at the given build overrides, as a table in ``fmt``; ``progress``:
+    one bar over the backbones on stderr."""
+    check_builds(names, overrides)
+    return format_rows(count_rows(names, overrides, progress), FLOP_COLUMNS, fmt)
+
+
+def count_rows(names: Sequence[str], overrides: dict[str, Any], progress: bool = False) -> list[dict[str, Any]]:
+    """:func:`archbench.measure.flops.backbone_flops` of each backbone, in order; ``progress``: one bar over them,
+    naming the one being counted."""
     from archbench.measure.flops import backbone_flops
 
-    rows = [_checked(backbone_flops, name, **overrides) for name in names]
-    return format_rows(rows, FLOP_COLUMNS, fmt)
+    def doing(i: int) -> str:
+        return f"counting FLOPs of {names[i]} ({i + 1}/{len(names)})"
+
+    rows = []
+    with progress_bar(len(names), doing(0) if names else "counting FLOPs", progress, unit="backbone") as bar:
+        for i, name in enumerate(names):
+            rows.append(_checked(backbone_flops, name, **overrides))
+            advance(bar, desc=doing(i + 1) if i + 1 < len(names) else f"counted FLOPs of {len(names)} backbones")
+    return rows
+
+
+def _meta_build(name: str, **overrides: Any) -> None:
+    import torch
+
+    from backbones.registry import build
+
+    try:
+        with torch.device("meta"):
+            build(name, **overrides)
+    except (NotImplementedError, RuntimeError):  # a constructor that needs real tensors: its real build will tell
+        pass
+
+
+def check_builds(names: Sequence[str], overrides: dict[str, Any]) -> None:
+    """Build every backbone on the meta device (no memory, milliseconds) so that a setting a constructor refuses
+    (an image size that is not a multiple of the patch) fails in one line before any bar or measurement."""
+    for name in names:
+        _checked(_meta_build, name, **overrides)
 
 
 def kernels_table() -> str:
@@ -173,13 +209,13 @@ def _checked(fn: Any, name: str, **overrides: Any) -> Any:
         raise UsageError(f"{name}: {error}") from None
 
 
-def paper_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """DiT rows (ours vs the paper) and DiS family rows, all at the DiT paper's setting."""
-    from archbench.measure.flops import backbone_flops
-
+def paper_rows(progress: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """DiT rows (ours vs the paper) and DiS family rows, all at the DiT paper's setting; ``progress``: one bar
+    over the backbones counted."""
+    counted = {row["name"]: row for row in count_rows([*DIT_PAPER, *DIS_FAMILY], PAPER_SETTING, progress)}
     dit = []
     for name, (paper_gmacs, paper_params) in DIT_PAPER.items():
-        row = backbone_flops(name, **PAPER_SETTING)
+        row = counted[name]
         dit.append(
             {"table": "dit", "model": get_spec(name).description, "name": name, "params": row["params"],
              "paper_params": paper_params, "gmacs": row["gmacs"], "paper_gmacs": paper_gmacs,
@@ -187,7 +223,7 @@ def paper_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         )
     dis = []
     for name in DIS_FAMILY:
-        row = backbone_flops(name, **PAPER_SETTING)
+        row = counted[name]
         dis.append(
             {"table": "dis", "model": get_spec(name).description, "name": name, "params": row["params"],
              "tokens": row["tokens"], "gmacs": row["gmacs"], "gflops": row["gflops"],
@@ -201,8 +237,8 @@ DIT_COLUMNS = ("model", "params", "paper_params", "gmacs", "paper_gmacs", "diff_
 DIS_COLUMNS = ("model", "params", "tokens", "gmacs", "gflops", "scan_gmacs", "thop_x2_gflops")
 
 
-def paper_report(fmt: str) -> str:
-    dit, dis = paper_rows()
+def paper_report(fmt: str, progress: bool = False) -> str:
+    dit, dis = paper_rows(progress)
     notes = [CONVENTION_NOTE, "DiT paper 'Gflops' are fvcore MACs: compare them with gmacs.", THOP_NOTE]
     pairs = _pairing_note(dit, dis)
     if pairs:
@@ -236,24 +272,30 @@ def _pairing_note(dit: list[dict[str, Any]], dis: list[dict[str, Any]]) -> str:
     )
 
 
-def summary_table(name: str, overrides: dict[str, Any], depth: int = 3, batch: int = 1) -> str:
-    """torchinfo's layer table of one backbone, then archbench's own FLOP count (torchinfo's is not one)."""
+def summary_table(name: str, overrides: dict[str, Any], depth: int = 3, batch: int = 1, progress: bool = False) -> str:
+    """torchinfo's layer table of one backbone, then archbench's own FLOP count (torchinfo's is not one);
+    ``progress``: one bar over the three phases (build, torchinfo's pass, the FLOP count) on stderr."""
     import torchinfo
 
     from archbench.measure.flops import backbone_flops, example_inputs
     from backbones.registry import build
 
-    model = _checked(build, name, **overrides).eval()
-    x, t, y = example_inputs(model, batch)
-    stats = torchinfo.summary(
-        model,
-        input_data=[x, t] if y is None else [x, t, y],
-        depth=depth,
-        col_names=("output_size", "num_params", "mult_adds"),
-        verbose=0,
-        device="cpu",
-    )
-    counted = backbone_flops(name, **overrides)
+    check_builds([name], overrides)
+    with progress_bar(3, f"summary of {name}: building it", progress, unit="phase") as bar:
+        model = _checked(build, name, **overrides).eval()
+        x, t, y = example_inputs(model, batch)
+        advance(bar, desc=f"summary of {name}: torchinfo's pass")
+        stats = torchinfo.summary(
+            model,
+            input_data=[x, t] if y is None else [x, t, y],
+            depth=depth,
+            col_names=("output_size", "num_params", "mult_adds"),
+            verbose=0,
+            device="cpu",
+        )
+        advance(bar, desc=f"summary of {name}: counting FLOPs")
+        counted = backbone_flops(name, **overrides)
+        advance(bar, desc=f"summary of {name}")
     return "\n".join(
         [
             str(stats),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from archbench.diffusion import Objective
 from archbench.sampling.npz import write_npz
+from archbench.sampling.settings import SamplingSettings
 
 
 def grid_labels(num_samples: int, num_classes: int) -> torch.Tensor | None:
@@ -45,6 +46,31 @@ def chunk_generator(seed: int, chunk: int) -> torch.Generator:
 
 
 @torch.no_grad()
+def draw_images(
+    model: nn.Module,
+    objective: Objective,
+    settings: SamplingSettings,
+    *,
+    num_samples: int,
+    shape: tuple[int, int, int],
+    labels: torch.Tensor | None,
+    seed: int,
+    batch_size: int,
+    device: torch.device | str,
+    progress: bool,
+) -> torch.Tensor:
+    """:func:`generate` with a command's chosen settings, under one progress bar for the whole draw (batches x
+    steps): what ``sample`` and ``eval`` both do."""
+    from archbench.console.progress import shared_progress
+
+    with shared_progress(f"sampling {num_samples} images", -(-num_samples // batch_size), progress):
+        return generate(
+            model, objective, num_samples=num_samples, shape=shape, labels=labels, sampler=settings.sampler,
+            steps=settings.steps, cfg_scale=settings.cfg_scale, guide_channels=settings.guide_channels, seed=seed,
+            batch_size=batch_size, device=device, progress=progress,
+        )
+
+
 def generate(
     model: nn.Module,
     objective: Objective,
@@ -133,16 +159,39 @@ def displayable(samples: torch.Tensor) -> torch.Tensor:
     return (view - low) / (high - low).clamp_min(1e-8) * 2 - 1
 
 
-def save_grid(samples: torch.Tensor, path: str | Path, nrow: int, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write a grid of images in [-1, 1] (``torchvision.utils.save_image``'s pixels); ``meta``, when given, goes
-    into a PNG's ``archbench`` text chunk (:mod:`archbench.sampling.outputs` reads it back)."""
+def save_grid(
+    samples: torch.Tensor,
+    path: str | Path,
+    nrow: int,
+    meta: Mapping[str, Any] | None = None,
+    *,
+    labels: torch.Tensor | Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    column_names: Sequence[str] | None = None,
+    row_names: Sequence[str] | None = None,
+    title: str | None = None,
+    scale: int | None = None,
+) -> Path:
+    """Write a grid of images in [-1, 1], ``nrow`` per row, each enlarged by an integer nearest-neighbour factor
+    to a readable size (``scale``, default :func:`archbench.sampling.picture.tile_scale`: 16 px -> x4, 28 -> x3,
+    32 -> x2, 64+ -> x1); every image pixel keeps its exact value (``torchvision``'s ``save_image`` pixels).
+
+    ``labels`` (one per sample) put the name of each column's class (``class_names[label]``, else ``class N``)
+    in a strip above it when every column holds one class; ``column_names`` give those names directly.
+    ``row_names`` label the rows at the left, ``title`` goes on top. ``meta``, when given, goes into a PNG's
+    ``archbench`` text chunk (:mod:`archbench.sampling.outputs` reads it back).
+    """
     from PIL import Image
-    from torchvision.utils import make_grid
+
+    from archbench.sampling.picture import column_classes, render
+    from archbench.sampling.picture import column_names as names_of
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid = make_grid(displayable(samples).clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
-    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+    images = displayable(samples)
+    if column_names is None:
+        column_names = names_of(column_classes(labels, nrow, images.shape[0]), class_names)
+    pixels, _ = render(images, nrow, columns=column_names, rows=row_names, title=title, scale=scale)
     extra = {}
     if meta is not None and path.suffix.lower() == ".png":
         from archbench.sampling.outputs import png_info

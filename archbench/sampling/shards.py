@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from archbench.console.errors import one_line
+from archbench.console.progress import shared_progress
 from archbench.diffusion import Objective
 from archbench.sampling.grid import generate, save_npz
 from archbench.sampling.npz import Streamed, write_npz
@@ -356,13 +357,14 @@ def write_sample_set(
         log.info("%s already holds these %d samples; nothing to draw", out, spec.num_samples)
         return SampleSetResult(rank, out, 0, spec.num_chunks, spec.num_chunks, False)
     mine = plan["missing"][rank::world_size]
-    for done, chunk in enumerate(mine, 1):
-        images = draw_chunk(model, objective, spec, chunk, device=device, progress=progress)
-        extra = {"fingerprint": np.asarray(spec.fingerprint), "chunk": np.asarray(chunk, dtype=np.int64)}
-        if spec.weights is not None:
-            extra["weights"] = np.asarray(spec.weights)
-        save_npz(images, spec.chunk_labels(chunk), part_path(parts, chunk), extra)
-        log.info("rank %d: chunk %d drawn (%d of its %d)", rank, chunk, done, len(mine))
+    with shared_progress(f"sampling {len(mine) * spec.chunk_size} images", len(mine), progress, loop_name="chunk"):
+        for done, chunk in enumerate(mine, 1):
+            images = draw_chunk(model, objective, spec, chunk, device=device, progress=progress)
+            extra = {"fingerprint": np.asarray(spec.fingerprint), "chunk": np.asarray(chunk, dtype=np.int64)}
+            if spec.weights is not None:
+                extra["weights"] = np.asarray(spec.weights)
+            save_npz(images, spec.chunk_labels(chunk), part_path(parts, chunk), extra)
+            log.info("rank %d: chunk %d drawn (%d of its %d)", rank, chunk, done, len(mine))
     if barrier is not None:
         barrier()
     merged = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch
 from archbench.console.files import write_text_atomic
 from archbench.study.job import trained_step
 from archbench.study.plan import Job
+
+PICTURE = "labelled/1"  # how samples.png is drawn: a new value redraws the grids of finished studies once
 
 
 def grid_sources(jobs: list[Job]) -> dict[str, str]:
@@ -30,7 +33,18 @@ def grid_sources(jobs: list[Job]) -> dict[str, str]:
     return out
 
 
-def _row(checkpoint: str, grid: dict[str, Any], eval_spec: dict[str, Any]) -> torch.Tensor:
+@dataclass(frozen=True)
+class Row:
+    """One arm's images [columns, C, H, W] in [-1, 1], their labels (None: unconditional) and the names of its
+    dataset's classes (None where the catalogue does not know them)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    class_names: tuple[str, ...] | None
+
+
+def _row(checkpoint: str, grid: dict[str, Any], eval_spec: dict[str, Any]) -> Row:
+    from archbench.data.catalog import class_names
     from archbench.sampling.grid import displayable, generate
     from archbench.training.runs import load_ema_model
 
@@ -48,7 +62,42 @@ def _row(checkpoint: str, grid: dict[str, Any], eval_spec: dict[str, Any]) -> to
         labels=labels, sampler=eval_spec["sampler"], steps=int(eval_spec["steps"]), cfg_scale=cfg_scale,
         seed=int(grid["seed"]), batch_size=columns, device=device,
     )
-    return (displayable(samples).clamp(-1, 1) + 1) / 2
+    return Row(displayable(samples).clamp(-1, 1), labels, class_names(data.get("name")))
+
+
+def _common_shape(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rows of one shape: grey rows as RGB when some arm draws colour, smaller images enlarged by the largest
+    integer factor that fits (nearest neighbour) and centred on white where arms draw at different sizes."""
+    channels = max(row.shape[1] for row in rows)
+    height, width = max(row.shape[2] for row in rows), max(row.shape[3] for row in rows)
+    out = []
+    for row in rows:
+        row = row.expand(-1, channels, -1, -1) if row.shape[1] != channels else row
+        factor = max(1, min(height // row.shape[2], width // row.shape[3]))
+        row = row.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+        top, left = (height - row.shape[2]) // 2, (width - row.shape[3]) // 2
+        pad = (left, width - row.shape[3] - left, top, height - row.shape[2] - top)
+        out.append(torch.nn.functional.pad(row, pad, value=1.0) if any(pad) else row)
+    return out
+
+
+def draw(rows: dict[str, Row], path: str | Path, title: str | None = None,
+         meta: dict[str, Any] | None = None) -> Path:
+    """The comparison picture: a row of images per arm, the arm's name at its left and, when every row holds the
+    same class in each column, the class names above the columns (images enlarged by an integer factor)."""
+    from archbench.sampling.grid import save_grid
+
+    first = next(iter(rows.values()))
+    columns = first.images.shape[0]
+    if any(row.images.shape[0] != columns for row in rows.values()):
+        raise ValueError("the arms' sample rows differ in length: "
+                         + ", ".join(f"{name} {row.images.shape[0]}" for name, row in rows.items()))
+    images = _common_shape([row.images for row in rows.values()])
+    same_labels = all(row.labels is not None and first.labels is not None and torch.equal(row.labels, first.labels)
+                      for row in rows.values())
+    labels = first.labels.repeat(len(rows)) if same_labels and first.labels is not None else None
+    return save_grid(torch.cat(images), path, columns, meta, labels=labels,
+                     class_names=first.class_names, row_names=list(rows), title=title)
 
 
 def write_grid(jobs: list[Job], spec: dict[str, Any], folder: str | Path) -> Path | None:
@@ -58,30 +107,14 @@ def write_grid(jobs: list[Job], spec: dict[str, Any], folder: str | Path) -> Pat
     if not sources:
         return None
     path, meta_path = folder / "samples.png", folder / "samples.json"
-    meta = {"rows": sources, "grid": spec["grid"], "sampler": spec["eval"]["sampler"], "steps": spec["eval"]["steps"]}
+    meta = {"rows": sources, "grid": spec["grid"], "sampler": spec["eval"]["sampler"], "steps": spec["eval"]["steps"],
+            "picture": PICTURE}
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return path
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
-
     rows = {label: _row(ckpt, spec["grid"], spec["eval"]) for label, ckpt in sources.items()}
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.0 * int(spec["grid"]["columns"]) + 1.5, 1.1 * len(rows) + 0.4),
-                             squeeze=False)
-    for ax, (label, images) in zip(axes[:, 0], rows.items(), strict=True):
-        strip = make_grid(images, nrow=images.shape[0], padding=1, pad_value=1.0)
-        ax.imshow(strip.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if strip.shape[0] == 1 else None,
-                  vmin=0, vmax=1, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(f"{spec['name']}: same noise and labels per column (cfg {spec['grid']['cfg_scale']})", fontsize=9)
-    fig.tight_layout()
+    title = f"{spec['name']}: same noise and labels per column (cfg {spec['grid']['cfg_scale']})"
     tmp = folder / f".samples.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    draw(rows, tmp, title, meta)
     os.replace(tmp, path)
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     return path

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from archbench.data.catalog import class_names
 from archbench.sampling.grid import generate, grid_columns, grid_labels, save_grid
 from archbench.training import checkpoint as ckpt
 from archbench.training.config import backbone_options
@@ -359,8 +360,10 @@ class Trainer:
         except ValueError as exc:  # a diverged preview: say so and keep training (the run itself is finite)
             log.warning("no sample grid at step %d: %s", self.step, exc)
             return None
-        self.last_grid = (samples.detach().cpu(), grid_labels(n, num_classes), cfg_scale)
-        path = save_grid(samples, self.run_dir / "samples" / f"step_{self.step:07d}.png", grid_columns(n, num_classes))
+        labels = grid_labels(n, num_classes)
+        self.last_grid = (samples.detach().cpu(), labels, cfg_scale)
+        path = save_grid(samples, self.run_dir / "samples" / f"step_{self.step:07d}.png", grid_columns(n, num_classes),
+                         labels=labels, class_names=class_names(d.name))
         log.info("sample grid (EMA weights): %s", path)
         self.metrics.image("samples", path, self.step)
         return path

@@ -166,7 +166,8 @@ def grid_meta(request: SampleRequest, prepared: Prepared, columns: int) -> dict[
 
 def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
     """Sample in one process and write the PNG grid and the .npz beside it; returns both paths."""
-    from archbench.sampling.grid import generate, grid_columns, save_grid, save_npz
+    from archbench.data.catalog import class_names
+    from archbench.sampling.grid import draw_images, grid_columns, save_grid, save_npz
     from archbench.sampling.outputs import claim
     from archbench.sampling.shards import labels_for
     from archbench.training.distributed import launched_by_torchrun, pick_device
@@ -189,25 +190,13 @@ def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
     except ValueError as exc:
         raise UsageError(one_line(exc)) from None
     log.info("sampling %d images from %s (EMA, step %d, cfg %.2f)", n, run.path, run.step, chosen.cfg_scale)
+    batch_size = request.batch_size or PNG_BATCH_SIZE
     try:
-        samples = generate(
-            run.net,
-            run.objective,
-            num_samples=n,
-            shape=prepared.shape,
-            labels=labels,
-            sampler=chosen.sampler,
-            steps=chosen.steps,
-            cfg_scale=chosen.cfg_scale,
-            guide_channels=chosen.guide_channels,
-            seed=request.seed,
-            batch_size=request.batch_size or PNG_BATCH_SIZE,
-            device=device,
-            progress=request.progress,
-        )
+        samples = draw_images(run.net, run.objective, chosen, num_samples=n, shape=prepared.shape, labels=labels,
+                              seed=request.seed, batch_size=batch_size, device=device, progress=request.progress)
     except ValueError as exc:  # unknown sampler, bad steps, cfg without a null class
         raise UsageError(one_line(exc)) from None
-    png = save_grid(samples, out, columns, meta)
+    png = save_grid(samples, out, columns, meta, labels=labels, class_names=class_names(run.data.get("name")))
     text = json.dumps(meta, sort_keys=True, default=str)
     npz = save_npz(samples, labels, out.with_suffix(".npz"), {"meta": np.asarray(text)})
     return png, npz
