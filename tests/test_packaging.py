@@ -54,7 +54,7 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     assert where.returncode == 0, where.stderr
     package_file, recipes = where.stdout.split()
     assert package_file.startswith(str(venv)) and recipes.startswith(str(venv)), where.stdout
-    assert (Path(recipes) / "ci_fid.yaml").is_file() and (Path(recipes) / "baselines" / "dis_t2.json").is_file()
+    assert (Path(recipes) / "ci_fid.yaml").is_file() and (Path(recipes) / "baselines" / "dis_t4.json").is_file()
     weights = run("-c", "from archbench.study.regression import feature_weights as w; print(w().is_file())")
     assert weights.stdout.strip() == "True", weights.stderr
     trained = run("-m", "archbench.train", "recipe=digits", "backbone=dit_t2", "data.image_size=8", "train.steps=2",

@@ -39,6 +39,8 @@ class FidArgs:
                                doc="the study folder: runs, results.csv, plots, ci_fid.json")
     baselines: str | None = arg(None, shown="recipes/baselines", doc="baseline folder")
     update_baselines: bool = arg(False, doc="rewrite the baselines from this run")
+    resume: bool = arg(False, doc="continue the runs already in work_dir (an interrupted check or baseline update) "
+                       "instead of training from scratch")
     seeds: tuple[int, ...] | None = arg(None, doc="with update_baselines: seeds whose spread sets the tolerance")
     min_tolerance: float = arg(0.10, minimum=0, doc="smallest relative tolerance allowed")
     threads: int | None = arg(None, minimum=1, shown="the study's (1)",
@@ -65,7 +67,8 @@ def fid(args: list[str]) -> int:
 
     request = parse_args(FidArgs, args)
     result = run_regression(fid_spec(request), update_baselines=request.update_baselines,
-                            min_tolerance=request.min_tolerance, baselines=request.baselines)
+                            min_tolerance=request.min_tolerance, baselines=request.baselines,
+                            fresh=not request.resume)
     first, ev = result.rows[0], result.evaluation
     print(f"\nFD regression ({first['score_name']}, {first['dataset']}, {ev['num_samples']} samples, "
           f"{ev['sampler']} {ev['steps']} steps, seed {result.seeds[0]}):\n")

@@ -2,8 +2,8 @@
 sample-quality regression on small training runs.
 
 A thin wrapper over the ``ci`` study (``recipes/studies/ci.yaml``, run by :func:`archbench.study.run_study`):
-every family's tiny member trains with the same recipe (``recipes/ci_fid.yaml``), seed and
-step budget on real Fashion-MNIST, samples a fixed number of images with a fixed sampler,
+every family's 16-token member trains with the same recipe (``recipes/cpu_study.yaml``, its tuned learning
+rate), seed and step budget on real Fashion-MNIST, samples a fixed number of guided images with a fixed sampler,
 and is scored by the Fréchet distance on the project's own Fashion-MNIST CNN features
 (``FD-fashion_mnist_cnn``: no Inception weights can be downloaded in CI) against the real
 test set.  Each score is compared with ``recipes/baselines/<backbone>.json``; a score above
@@ -18,6 +18,7 @@ over the seeds, the baseline being the seed-0 score (the seed CI runs).
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ class RunSettings:
     sampler: str
     sample_steps: int
     seed: int
+    cfg_scale: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,11 +84,13 @@ def ci_spec(
     ``None`` keeps the file's value, so the file is what CI runs and a flag changes one thing.  The file may
     leave the features out: CI then scores with the committed Fashion-MNIST CNN, as its baselines do.
     """
-    from archbench.study.spec import normalise, read_study_file
+    from archbench.study.spec import expand_tag_arms, normalise, read_study_file
 
     raw, path = read_study_file(str(study))
-    if names is not None:
-        raw["arms"] = [{"backbone": name} for name in names]
+    if names is not None:  # a named backbone keeps the file's arm (its learning rate), others train as they are
+        given = {arm["backbone"]: arm for arm in expand_tag_arms(raw.get("arms") or [], str(path))
+                 if isinstance(arm, dict) and "backbone" in arm}
+        raw["arms"] = [given.get(name, {"backbone": name}) for name in names]
     if seeds is not None:
         raw["seeds"] = list(seeds)
     if work_dir is not None:
@@ -135,7 +139,8 @@ def run_ci_study(spec: dict[str, Any], fresh: bool = True) -> dict[tuple[str, in
             "recall": record.get("recall"),
             "feature_checksum": record["feature_checksum"],
             "settings": RunSettings(job.steps, spec["eval"]["num_samples"], spec["eval"]["sampler"],
-                                    spec["eval"]["steps"], job.seed).as_dict(),
+                                    spec["eval"]["steps"], job.seed, float(spec["eval"]["cfg_scale"])).as_dict(),
+            "cond_accuracy": record.get("cond_accuracy"),
             "train_s": row["wall_s"],
         }
     return rows
@@ -170,7 +175,8 @@ def write_baseline(row: dict[str, Any], seed_fds: list[float], min_tolerance: fl
         "tolerance": round(tolerance, 4),
         "settings": row["settings"],
         "spread": {"seed_fds": seed_fds, "relative_std": round(spread, 4), "min_tolerance": min_tolerance},
-        "measured": {"s_per_step": round(row["s_per_step"], 4), "on": os.uname().nodename},
+        "measured": {"s_per_step": round(row["s_per_step"], 4), "on": os.uname().nodename,
+                     "cond_accuracy": row.get("cond_accuracy"), "date": datetime.date.today().isoformat()},
     }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{row['backbone']}.json"
@@ -178,14 +184,16 @@ def write_baseline(row: dict[str, Any], seed_fds: list[float], min_tolerance: fl
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = "| backbone | params | GMACs | steps | s/step | FD | baseline | verdict |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---|"]
+    header = "| backbone | params | GMACs | steps | s/step | FD | cond. acc. | baseline | verdict |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         base = row.get("baseline_fd")
         base_text = f"{base:.3f} (+{100 * row['tolerance']:.0f}%)" if base is not None else "-"
+        accuracy = row.get("cond_accuracy")
         lines.append(
             f"| {row['backbone']} | {row['params']:,} | {row['gmacs']:.4f} | {row['steps']} | "
-            f"{row['s_per_step']:.3f} | {row['fd']:.3f} | {base_text} | {row['verdict']} |"
+            f"{row['s_per_step']:.3f} | {row['fd']:.3f} | {'-' if accuracy is None else f'{accuracy:.3f}'} | "
+            f"{base_text} | {row['verdict']} |"
         )
     return "\n".join(lines)
 
@@ -213,7 +221,8 @@ def check_spec(spec: dict[str, Any], update_baselines: bool = False) -> None:
     names = [arm["backbone"] for arm in spec["arms"]]
     unknown = [n for n in names if n not in list_backbones()]
     if unknown:
-        raise UsageError(f"unknown backbone(s) {', '.join(unknown)}; e.g. {', '.join(list_backbones(tag='tiny'))}")
+        raise UsageError(f"unknown backbone(s) {', '.join(unknown)}; e.g. "
+                         f"{', '.join(list_backbones(tag='cpu_study'))}")
     if len(set(names)) != len(names):
         raise UsageError(f"each backbone is compared once, got {', '.join(names)}")
     if not update_baselines and len(spec["seeds"]) > 1:
@@ -226,14 +235,16 @@ def run_regression(
     update_baselines: bool = False,
     min_tolerance: float = 0.10,
     baselines: str | Path | None = None,
+    fresh: bool = True,
 ) -> RegressionResult:
-    """Train and score every arm of ``spec`` (from scratch), optionally rewrite the baselines from this run,
+    """Train and score every arm of ``spec`` (from scratch unless ``fresh`` is false: then the runs already in the
+    study folder are resumed, e.g. an interrupted baseline update), optionally rewrite the baselines from this run,
     and give each backbone its verdict; the rows are also written to ``study_dir/ci_fid.json``."""
     check_spec(spec, update_baselines)
     names = [arm["backbone"] for arm in spec["arms"]]
     seeds = spec["seeds"]
     directory = Path(baselines) if baselines else baselines_dir()
-    scored = run_ci_study(spec)
+    scored = run_ci_study(spec, fresh=fresh)
     rows = []
     for name in names:
         per_seed = [scored[(name, seed)] for seed in seeds]

@@ -99,19 +99,35 @@ def _edited_ci_yaml(tmp_path, **changes) -> str:
 
 
 def test_default_command_runs_what_ci_ran_before(tmp_path):
-    """`.ci/run`'s `python -m archbench.ci fid --work-dir DIR`: every family's tiny member, 300 steps, 500 DDIM-25
-    samples on the committed CNN, seed 0, one thread, on the CPU (the values the command's flags used to fix)."""
+    """`.ci/run`'s `python -m archbench.ci fid --work-dir DIR`: every family's 16-token member on the recipe that
+    learns, each at its tuned learning rate, 1000 steps, 250 guided DDIM-25 samples on the committed CNN, seed 0,
+    one thread per run, on the CPU."""
     from backbones.registry import list_backbones
 
     spec = _spec("--work-dir", str(tmp_path))
-    assert [a["backbone"] for a in spec["arms"]] == list_backbones(tag="tiny")
-    assert {"dis_t2", "dit_t2", "uvit_t2", "unet_t"} <= {a["backbone"] for a in spec["arms"]}
-    assert spec["budget"]["match"] == "steps" and spec["budget"]["steps"] == 300 and spec["seeds"] == [0]
+    assert sorted(a["backbone"] for a in spec["arms"]) == list_backbones(tag="cpu_study")
+    assert all(any(o.startswith("train.lr=") for o in a["overrides"]) for a in spec["arms"])
+    assert spec["budget"]["match"] == "steps" and spec["budget"]["steps"] == 1000 and spec["seeds"] == [0]
     ev = spec["eval"]
-    assert (ev["num_samples"], ev["sampler"], ev["steps"], ev["every"]) == (500, "ddim", 25, 0)
+    assert (ev["num_samples"], ev["sampler"], ev["steps"], ev["every"], ev["cfg_scale"]) == (250, "ddim", 25, 0, 4.0)
     assert ev["features"] == ci.FEATURES and ev["weights"] == str(ci.feature_weights())
-    assert (spec["threads"], spec["device"], spec["recipe"], spec["study_dir"]) == (1, "cpu", "ci_fid", str(tmp_path))
+    assert (spec["threads"], spec["device"], spec["recipe"], spec["study_dir"]) == (1, "cpu", "cpu_study",
+                                                                                   str(tmp_path))
     assert _spec()["study_dir"] == "runs/ci-fid"
+    named = _spec("--backbones", "unet_t,dit_t2")["arms"]  # a named arm keeps the file's learning rate
+    assert named[0]["overrides"] == ["train.lr=1.0e-3"] and named[1]["overrides"] == []
+
+
+def test_every_baseline_is_of_a_ci_arm_and_was_measured_over_three_seeds():
+    spec = _spec()
+    for arm in spec["arms"]:
+        baseline = ci.load_baseline(arm["backbone"], ci.baselines_dir())
+        assert baseline is not None, arm["backbone"]
+        assert len(baseline["spread"]["seed_fds"]) == 3 and baseline["settings"]["steps"] == spec["budget"]["steps"]
+        assert baseline["settings"]["cfg_scale"] == spec["eval"]["cfg_scale"]
+        assert baseline["measured"]["cond_accuracy"] > 0.3  # recognisable: far above chance (0.1)
+    kept = {p.stem for p in ci.baselines_dir().glob("*.json")} - {"fashion_mnist_cnn"}
+    assert kept == {a["backbone"] for a in spec["arms"]}, "a stale baseline of a backbone CI no longer runs"
 
 
 def test_ci_yaml_settings_take_effect_and_flags_override_them(tmp_path):
