@@ -12,7 +12,7 @@ from archbench.study import regression as ci
 from archbench.study.job import eval_path
 from archbench.training import checkpoint as ckpt
 
-SETTINGS = ci.RunSettings(steps=250, num_samples=200, sampler="ddim", sample_steps=10, seed=0)
+SETTINGS = ci.RunSettings(steps=250, num_samples=200, sampler="ddim", sample_steps=10, seed=0, cfg_scale=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,8 @@ def test_the_command_trains_what_the_edited_file_says(tmp_path, capsys):
     assert rc == 1  # no baseline for these settings: never a pass
     rows = json.loads((work / "ci_fid.json").read_text())
     assert [r["backbone"] for r in rows] == ["dit_t2"] and rows[0]["verdict"] == "NO BASELINE"
-    assert rows[0]["settings"] == {"steps": 3, "num_samples": 20, "sampler": "ddim", "sample_steps": 2, "seed": 0}
+    assert rows[0]["settings"] == {"steps": 3, "num_samples": 20, "sampler": "ddim", "sample_steps": 2, "seed": 0,
+                                   "cfg_scale": 4.0}
     assert "20 samples, ddim 2 steps, seed 0" in capsys.readouterr().out
 
     several = _edited_ci_yaml(tmp_path, seeds=[0, 1])

@@ -152,13 +152,13 @@ def test_bad_tag_arms_name_the_problem(arms, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize(("preset", "tag"), [("ci", "tiny"), ("families_cpu", "cpu_study")])
+@pytest.mark.parametrize(("preset", "tag"), [("ci", "cpu_study"), ("families_cpu", "cpu_study")])
 def test_family_presets_run_the_tiny_member_of_every_family(preset, tag):
     """The family comparisons follow the registry: a family without a tiny member, or a stale list, fails here."""
     from backbones.registry import get_spec, list_backbones
 
     arms = [a["backbone"] for a in load_study(preset)["arms"]]
-    assert arms == list_backbones(tag=tag)
+    assert sorted(arms) == list_backbones(tag=tag)
     specs = [get_spec(n) for n in list_backbones()]
     families = {s.family for s in specs if s.constructor.__module__.startswith("backbones.")}
     assert sorted(get_spec(n).family for n in arms) == sorted(families)

@@ -83,7 +83,7 @@ def test_rerun_of_a_finished_study_does_no_work(finished):
 
 @pytest.mark.parametrize(("edit", "expected"), [
     (["arms=[{backbone: dit_t2, overrides: [train.lr=0.005]}, {backbone: dis_t2}]"], r"train.lr: 0.001 -> 0.005"),
-    (["recipe=digits"], r"data.name: 'fashion_mnist' -> 'digits'"),
+    (["recipe=digits", "eval.features=fashion_mnist_cnn"], r"data.name: 'fashion_mnist' -> 'digits'"),
 ])
 def test_an_edited_study_never_reuses_runs_trained_otherwise(finished, edit, expected):
     """Issue 23.1: the old runs' scores must not be passed off as the edited experiment's; refused in one line
