@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from backbones.layers.attention import Attention
 
 
 def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -34,30 +35,25 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
     return out[..., :-1] / (out[..., -1:] + eps)
 
 
-class LinearAttention(nn.Module):
-    """(B, N, D) -> (B, N, D) multi-head ReLU linear attention (Sana's LiteLA), linear in N."""
+class LinearAttention(Attention):
+    """(B, N, D) -> (B, N, D) multi-head ReLU linear attention (Sana's LiteLA), linear in N: softmax
+    attention's projections (:class:`Attention`), only the mixing differs."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, eps: float = 1e-8):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias)
         if not eps > 0:
             raise ValueError(f"linear attention needs a positive eps for its normaliser, got {eps!r}")
-        self.num_heads = num_heads
         self.eps = eps
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim) each
+        q, k, v = self.heads(x)  # (B, heads, N, head_dim) each
         kind = x.device.type
         # Autocast would run the products in bf16/fp16 again; the sums over N need float32.
         off = torch.autocast(kind, enabled=False) if torch.is_autocast_enabled(kind) else contextlib.nullcontext()
         with off:
             out = relu_linear_attention(q, k, v, self.eps)
-        return self.proj(out.to(qkv.dtype).transpose(1, 2).reshape(b, n, d))
+        return self.proj(out.to(q.dtype).transpose(1, 2).reshape(b, n, d))
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, eps={self.eps:g}, kernel=relu"
