@@ -1,3 +1,3 @@
 """The model families. Importing this package registers every built-in backbone."""
 
-from backbones import dis, dit, unet, uvit  # noqa: F401
+from backbones import dis, dit, hourglass, unet, uvit  # noqa: F401

@@ -15,6 +15,7 @@ import torch.nn as nn
 from timm.layers import Mlp
 
 from backbones.layers import (
+    DiffusionBackbone,
     FinalLayer,
     LabelEmbedder,
     TimestepEmbedder,
@@ -32,20 +33,44 @@ def tanh_gelu() -> nn.Module:
 
 class DiTBlock(nn.Module):
     """Mixer (attention by default) + MLP, each behind a non-affine LayerNorm modulated (shift, scale) and
-    gated by c.  The mixer keeps the official name ``attn`` whatever it is, so DiT's weights load."""
+    gated by c (of ``cond_width``, the block's width unless a skeleton's levels differ in width).  The mixer
+    keeps the official name ``attn`` whatever it is, so DiT's weights load."""
 
-    def __init__(self, width: int, mlp_ratio: float, make_mixer):
+    def __init__(self, width: int, mlp_ratio: float, make_mixer, cond_width: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = make_mixer()
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=tanh_gelu, drop=0)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_width or width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
         x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
         return x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+def adaln_zero_init(model: DiffusionBackbone) -> None:
+    """DiT's initialisation of any skeleton of adaLN blocks: xavier linears, N(0, 0.02) embeddings, adaLN-Zero
+    (every block's modulation and the head start at zero, so the untrained network outputs 0)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    proj = model.patch_embed.proj
+    nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+    nn.init.zeros_(proj.bias)
+    if model.label_embed is not None:
+        nn.init.normal_(model.label_embed.embedding_table.weight, std=0.02)
+    nn.init.normal_(model.time_embed.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.time_embed.mlp[2].weight, std=0.02)
+    zero_init = [block.adaLN_modulation[-1] for block in model.modules() if isinstance(block, DiTBlock)]
+    zero_init += [model.final_layer.adaLN_modulation[-1], model.final_layer.linear]
+    for linear in zero_init:
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+    reset_ssm_mixers(model)  # an SSM mixer keeps Mamba's dt/A/D initialisation under the xavier sweep
 
 
 class DiT(TokenBackbone):
@@ -100,25 +125,7 @@ class DiT(TokenBackbone):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """DiT's initialisation: xavier linears, N(0, 0.02) embeddings, adaLN-Zero."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        proj = self.patch_embed.proj
-        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-        nn.init.zeros_(proj.bias)
-        if self.label_embed is not None:
-            nn.init.normal_(self.label_embed.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
-        zero_init = [block.adaLN_modulation[-1] for block in self.blocks]
-        zero_init += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
-        for linear in zero_init:
-            nn.init.zeros_(linear.weight)
-            nn.init.zeros_(linear.bias)
-        reset_ssm_mixers(self)  # an SSM mixer keeps Mamba's dt/A/D initialisation under the xavier sweep
+        adaln_zero_init(self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         t, y = self.check_inputs(x, t, y)

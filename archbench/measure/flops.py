@@ -53,7 +53,7 @@ IGNORED_OPS = tuple(
         "square sub sub_ sum tanh var where lt le ne logical_not "
         "embedding flip roll repeat repeat_interleave tile split split_with_sizes unbind stack pad "
         "zeros zeros_like ones ones_like new_zeros new_ones empty_like linspace lift_fresh clone "
-        "type_as masked_fill_ fill_ index_select bernoulli_ floor_divide_ to"
+        "type_as masked_fill_ fill_ index_select bernoulli_ floor_divide_ to lerp"
     ).split()
 )
 

@@ -98,9 +98,11 @@ def build_mixer(
     backward_dt_init: str = "official",
     merge: str = "sum",
     layers: int | None = None,
+    state_size: int | None = None,
 ) -> nn.Module:
     """The mixer of block ``layer`` (of ``layers`` in the stack) on a ``grid`` of patches behind ``extras``
-    time/label tokens.  ``layers`` is needed by the scan orders that depend on the depth (``dim``)."""
+    time/label tokens.  ``layers`` is needed by the scan orders that depend on the depth (``dim``);
+    ``state_size`` sets an SSM mixer's state dimension (None: the mixer's own default, 16 or 64)."""
     check_mixer_options(mixer, scan_order, attention_every)
     if is_attention_block(mixer, layer, attention_every):
         return Attention(width, num_heads, qkv_bias=qkv_bias, upcast=upcast)
@@ -108,14 +110,16 @@ def build_mixer(
         return LinearAttention(width, num_heads, qkv_bias=qkv_bias)
     directions = scan_directions(scan_order, grid, extras, layer, layers)
     padding = PadTokens(width, grid, extras, DIM_PAD_TOKENS) if scan_order in PADDED_ORDERS else None
+    state = {} if state_size is None else {"d_state": state_size}
     if mixer == "mamba2":
         from backbones.layers.mamba2 import BiMamba2
 
-        return BiMamba2(width, scan=scan, directions=directions, merge=merge, padding=padding)
+        return BiMamba2(width, scan=scan, directions=directions, merge=merge, padding=padding, **state)
     from backbones.layers.mamba import BiMamba
 
     return BiMamba(
-        width, scan=scan, backward_dt_init=backward_dt_init, directions=directions, merge=merge, padding=padding
+        width, scan=scan, backward_dt_init=backward_dt_init, directions=directions, merge=merge, padding=padding,
+        **state,
     )
 
 

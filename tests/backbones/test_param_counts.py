@@ -78,7 +78,9 @@ def mixer_formula(cfg, layer: int, qkv_bias: bool, extras: int = 1) -> int:
         return linear(d, 3 * d, qkv_bias) + linear(d, d)
     order = cfg.get("scan_order", "bidirectional")
     pads = DIM_PAD_TOKENS * d * (1 + (extras > 0)) if order == "dim_pad" else 0
-    return (mamba2_formula if mixer == "mamba2" else bimamba_formula)(d, directions=num_directions(order)) + pads
+    state = {} if cfg.get("state_size") is None else {"n": cfg["state_size"]}
+    formula = mamba2_formula if mixer == "mamba2" else bimamba_formula
+    return formula(d, directions=num_directions(order), **state) + pads
 
 
 def token_stem(cfg, time_mlp_hidden) -> int:
@@ -110,6 +112,32 @@ def uvit_formula(cfg) -> int:
     blocks += (depth // 2) * linear(2 * d, d)
     head = 2 * d + linear(d, p * p * out) + (out * out * 9 + out if cfg["final_conv"] else 0)
     return token_stem(cfg, 4 * d if cfg["mlp_time_embed"] else 0) + blocks + head
+
+
+def hourglass_formula(cfg) -> int:
+    """Stem and head as DiT's at level 0's width; per level, DiT blocks (conditioned at level 0's width) before the
+    merge and after the split (the innermost level once); a merge is 4*w_i x w_{i+1}, a split that back plus
+    its skip weight."""
+    widths, depths = list(cfg["widths"]), list(cfg["depths"])
+    d0, p, c, levels = widths[0], cfg["patch_size"], cfg["in_channels"], len(widths)
+    out = 2 * c if cfg["learn_sigma"] else c
+    total = c * p * p * d0 + d0 + (cfg["image_size"] // p) ** 2 * d0 + linear(256, d0) + linear(d0, d0)
+    if cfg["num_classes"]:
+        total += (cfg["num_classes"] + (cfg["class_dropout_prob"] > 0)) * d0
+
+    def option(key: str, level: int):
+        value = cfg[key]
+        return value[level] if isinstance(value, (list, tuple)) else value
+
+    for level, (d, depth) in enumerate(zip(widths, depths, strict=True)):
+        blocks = depth if level == levels - 1 else 2 * depth
+        level_cfg = {**cfg, "width": d, **{k: option(k, level) for k in ("mixer", "scan_order", "state_size")}}
+        hidden = int(d * cfg["mlp_ratio"])
+        total += sum(mixer_formula(level_cfg, i, qkv_bias=True, extras=0) for i in range(blocks))
+        total += blocks * (linear(d, hidden) + linear(hidden, d) + linear(d0, 6 * d))
+        if level < levels - 1:
+            total += 2 * 4 * d * widths[level + 1] + 1
+    return total + linear(d0, 2 * d0) + linear(d0, p * p * out)
 
 
 def conv(i: int, o: int, k: int = 3) -> int:
@@ -156,7 +184,8 @@ def unet_formula(cfg) -> int:
     return total + 2 * ch + conv(ch, out)
 
 
-FORMULAS = {"dit": dit_formula, "dis": dis_formula, "uvit": uvit_formula, "unet": unet_formula}
+FORMULAS = {"dit": dit_formula, "dis": dis_formula, "uvit": uvit_formula, "unet": unet_formula,
+            "hourglass": hourglass_formula}
 SETTINGS = [
     dict(image_size=32, in_channels=4, num_classes=1000, learn_sigma=True),
     dict(image_size=16, in_channels=3, num_classes=0, learn_sigma=False),
@@ -195,7 +224,7 @@ def test_counts_match_closed_form(name, settings):
 
 def test_the_closed_form_test_covers_every_family():
     names = built_in_backbones()
-    assert {"dis", "dit", "uvit", "unet"} <= {registry.get_spec(n).family for n in names}
+    assert {"dis", "dit", "uvit", "unet", "hourglass"} <= {registry.get_spec(n).family for n in names}
     assert {"unet_ddpm", "unet_adm", "unet_t", "dis_t4", "uvit_bimamba_t2"} <= set(names)
 
 
@@ -225,3 +254,15 @@ def test_a_family_without_a_closed_form_fails():
 def test_every_axis_counts_as_its_closed_form(name, options):
     cfg = archbench.backbone_config(name, **options)
     assert count(name, **options) == FORMULAS[cfg["family"]](cfg)
+
+
+@pytest.mark.parametrize("options", [
+    dict(mixer="bimamba"), dict(mixer=["bimamba", "attention"], state_size=[8, None]),
+    dict(mixer="mamba2", scan_order="zigzag", state_size=32),
+    dict(widths=[32, 48, 64], depths=[1, 2, 1], mixer=["linear_attention", "bimamba", "attention"],
+         scan_order=["bidirectional", "cross", "bidirectional"], attention_every=2),
+    dict(widths=[64], depths=[3]),
+])
+def test_every_hourglass_level_option_counts_as_its_closed_form(options):
+    cfg = archbench.backbone_config("hourglass_t2", **options)
+    assert count("hourglass_t2", **options) == hourglass_formula(cfg)
