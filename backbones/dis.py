@@ -177,6 +177,7 @@ VARIANTS = {
     "dim": (dict(scan_order="dim"), "DiM's one-way scans, row/column cycle mirrored over the stack"),
     "hybrid": (dict(attention_every=4), "attention in every 4th block"),
     "mamba2": (dict(mixer="mamba2"), "a bidirectional Mamba-2 (SSD) mixer"),
+    "linear_attention": (dict(mixer="linear_attention"), "Sana's ReLU linear attention as the mixer"),
 }
 for _variant, (_options, _what) in VARIANTS.items():
     register_backbone(
