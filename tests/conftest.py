@@ -8,6 +8,9 @@ from hypothesis import settings
 from backbones.registry import list_backbones
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Training and sampling in the tests take this fixed count instead of timing thread counts (threads=auto does
+# that, unless OMP_NUM_THREADS pins the count): fewer steps at two threads, which spin on a busy machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

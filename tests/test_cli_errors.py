@@ -170,3 +170,31 @@ def test_study_unknown_keys(capsys, key, value):
     line = _one_line_failure(capsys, study_main(["ci", f"{key}={value}", "--plan"]))
     assert line.startswith("archbench.study: error: ") and ("unknown" in line or "cannot" in line or "must" in line
                                                             or "maps" in line), line
+
+
+@pytest.mark.skipif(__import__("torch").backends.mps.is_available(), reason="this machine has Apple's Metal")
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "study"])
+def test_a_device_this_machine_lacks_is_one_line_before_any_work(capsys, run_dir, tmp_path, command):
+    """device=mps where there is none: one line naming the valid choices and what this machine has, before
+    anything is trained, drawn or written."""
+    from archbench.commands.study import main as study_main
+
+    argv = {
+        "train": lambda: train.main(["recipe=digits", "device=mps", f"run_dir={tmp_path / 'run'}"]),
+        "sample": lambda: sample.main([f"run_dir={run_dir}", "device=mps", f"out={tmp_path / 's.npz'}"]),
+        "eval": lambda: evaluate.main([f"run_dir={run_dir}", "device=mps", f"out={tmp_path / 'e.json'}"]),
+        "study": lambda: study_main(["ci", "device=mps", f"study_dir={tmp_path / 'study'}"]),
+    }
+    line = _one_line_failure(capsys, argv[command]())
+    assert line.startswith(f"archbench.{command}: error: device=mps: "), line
+    assert "valid choices: auto, cpu, cuda, cuda:N or mps" in line and "available here: cpu" in line, line
+    assert list(tmp_path.iterdir()) == []  # no run folder, sample set, record or study folder
+
+
+def test_an_unknown_device_kind_is_refused_by_name():
+    from archbench.training.distributed import check_device
+
+    for spec in ("meta", "xpu", "cpu:1", "gpu", "cuda:x"):
+        with pytest.raises(RuntimeError, match=f"unknown device '{spec}'; valid choices"):
+            check_device(spec, here=False)
+    check_device("cuda:3", here=False)  # a kind that exists: whether this machine has it is another question

@@ -46,8 +46,9 @@ def interruptible(program: str) -> Callable[[Callable[..., int]], Callable[..., 
         def run(*args: Any, **kwargs: Any) -> int:
             try:
                 return main(*args, **kwargs)
-            except KeyboardInterrupt:
-                print(f"{program}: interrupted (Ctrl-C)", file=sys.stderr)
+            except KeyboardInterrupt as exc:  # its message, when there is one, says what was kept
+                detail = one_line(exc) if str(exc).strip() else ""
+                print(f"{program}: interrupted (Ctrl-C)" + (f"; {detail}" if detail else ""), file=sys.stderr)
                 return EXIT_INTERRUPTED
 
         return run

@@ -24,6 +24,7 @@ from archbench.console.args import arg
 from archbench.console.errors import UsageError, one_line
 from archbench.console.files import write_text_atomic
 from archbench.console.progress import progress, tracked
+from archbench.console.threads import parse_threads, set_threads
 from archbench.training.runs import LoadedRun, load_ema_model
 
 log = logging.getLogger("archbench.eval")
@@ -63,6 +64,8 @@ class EvalRequest:
     batch_size: int = arg(64, minimum=1, doc="fresh samples per forward pass")
     feature_batch_size: int = arg(250, minimum=1, doc="images per pass of the feature network")
     device: str = arg("auto", doc="auto, cpu, cuda or cuda:N")
+    threads: str = arg("auto", doc="CPU threads: auto (time a few forward passes at 1, 2, 4, ... and keep the "
+                       "fastest; OMP_NUM_THREADS pins it) or N")
     weights: str | None = arg(None, shown="the usual places", doc="the feature network's weights file")
     ref_split: str = arg("test", doc="the dataset split of the reference: held-out images, as studies and CI "
                          "score (a model that memorised its training set gains nothing); the literature's FID-50k "
@@ -80,6 +83,10 @@ class EvalRequest:
             if low is not None and value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                                           or value < low):
                 raise EvalError(f"{f.name} must be an integer >= {low:g}, got {value!r}")
+        try:
+            parse_threads(self.threads)
+        except ValueError as exc:
+            raise EvalError(str(exc)) from None
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -176,6 +183,7 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
     """Sample from the run as the CI regression always has (one seeded stream); images, labels, settings."""
     from archbench.sampling.grid import draw_images, grid_labels
     from archbench.sampling.settings import sampling_settings
+    from archbench.sampling.threads import settle_threads
 
     data = run.data
     try:
@@ -184,6 +192,8 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
         raise EvalError(one_line(exc)) from None
     n = request.num_samples or DEFAULT_NUM_SAMPLES
     labels = grid_labels(n, run.num_classes)
+    shape = (int(data["channels"]), int(data["image_size"]), int(data["image_size"]))
+    settle_threads(request.threads, run.net, shape, request.batch_size, run.num_classes, device)
     log.info("sampling %d images from %s (EMA, step %d, %s, %s steps, cfg %.2f)",
              n, run.path, run.step, chosen.sampler, chosen.steps, chosen.cfg_scale)
     start = time.perf_counter()
@@ -292,6 +302,8 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
         raise EvalError(f"device={request.device}: {one_line(exc)}") from None
     source = _source(request, device)
     run, dataset = source["run"], source["dataset"]
+    if run is None and parse_threads(request.threads) != "auto":  # scoring a file: the count, if one is given
+        set_threads(int(request.threads))
     name = _features_name(request.features, dataset or "")
     extractor = get_feature_extractor(
         name, weights=_feature_weights(request, name), device=device, train_if_missing=request.train_if_missing,

@@ -7,11 +7,9 @@ any moment and re-run, and a finished study re-run does no work.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -20,24 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from archbench.console.files import write_text_atomic
+from archbench.console.lifeline import child_dies_with_us, exit_if_orphaned
 from archbench.study.plan import Job
 
 if TYPE_CHECKING:
     from archbench.evaluation.evaluate import EvalRequest
 
 log = logging.getLogger("archbench.study")
-PR_SET_PDEATHSIG = 1
 EVALS_DIR = "evals"
 TIMING_WARMUP = 2
-
-
-def die_with_parent() -> None:
-    """This process gets SIGTERM when its parent dies (even by kill -9): training saves and stops, so a
-    re-run never finds a run still locked by an orphan.  Linux only; elsewhere orphans finish their job."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def eval_path(run_dir: str | Path, step: int) -> Path:
@@ -56,6 +45,7 @@ def run_overrides(job: Job) -> list[str]:
         "train.keep_last=0",  # the evaluated checkpoints must survive until they are scored
         f"train.log_every={job.log_every}",
         f"device={job.device}",
+        f"threads={job.threads or 'auto'}",
         "train.progress=false",
     ]
 
@@ -183,7 +173,8 @@ def _train(job: Job) -> int | None:
     if job.gpus > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.gpus}",
                    "-m", "archbench.train", *overrides]
-        code = subprocess.run(command, preexec_fn=die_with_parent).returncode  # torchrun passes SIGTERM on
+        # torchrun gets SIGTERM when this worker dies and passes it on to its ranks (they save and stop)
+        code = subprocess.run(command, preexec_fn=child_dies_with_us()).returncode
         if code >= 128:
             return code - 128
         if code:
@@ -221,6 +212,7 @@ def run_job(job_data: dict[str, Any], cache: str | None = None) -> dict[str, Any
     from archbench.training.loop import NonFiniteLossError
 
     job = Job.from_dict(job_data)
+    exit_if_orphaned()
     configure(job.threads)
     start = time.perf_counter()
     if trained_step(job.run_dir) < job.steps and read_eval(job.run_dir, job.steps, eval_settings(job)) is None:
@@ -236,6 +228,7 @@ def run_job(job_data: dict[str, Any], cache: str | None = None) -> dict[str, Any
             return {"run": job.run_name, "status": "interrupted", "signal": signum}
     for step in job.eval_steps:
         if read_eval(job.run_dir, step, eval_settings(job)) is None:
+            exit_if_orphaned()  # the study is gone (a signal the training swallowed): score nothing for nobody
             record = evaluate_step(job, step, cache)
             log.info("%s step %d: %s", job.run_name, step, result_line(record))
     prune(job)
@@ -257,6 +250,7 @@ def time_point(overrides: list[str], run_dir: str, steps: int, device: str, thre
             "train.log_every=1", "train.sample_every=0", f"train.ckpt_every={steps + TIMING_WARMUP}",
             f"device={device}", "train.progress=false", "train.logger=none",
         ])
+        exit_if_orphaned()
         rows = read_metrics(run_dir)
         for path in list_checkpoints(run_dir):
             path.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ memory is its own, and a crash takes down one run, not the study), and submitit'
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import time
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from archbench.console.errors import one_line
-from archbench.study.job import die_with_parent, run_task
+from archbench.console.lifeline import die_with_parent
+from archbench.study.job import run_task
 from archbench.study.spec import StudyError
 
 
@@ -27,12 +29,18 @@ def _failed(task: dict[str, Any], exc: BaseException) -> dict[str, Any]:
 
 def run_local(tasks: list[dict[str, Any]], workers: int, poll: Callable[[], None], poll_every: float
               ) -> list[dict[str, Any]]:
-    """Run ``tasks`` ``workers`` at a time, each in a fresh spawned process; results in task order."""
+    """Run ``tasks`` ``workers`` at a time, each in a fresh spawned process; results in task order.
+
+    Each worker's first action (:func:`~archbench.console.lifeline.die_with_parent`, from a module that imports
+    no torch) ties it to this process: when the study dies, even by kill -9, its workers get SIGTERM (training
+    stops, keeping whole checkpoints only; anything else ends at once), and a worker whose study died before it
+    got that far exits.
+    The pool starts workers from this thread and from its manager thread, which both outlive them."""
     if not tasks:
         return []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent,
-                             max_tasks_per_child=1) as pool:
+                             initargs=(os.getpid(),), max_tasks_per_child=1) as pool:
         futures: list[Future] = [pool.submit(run_task, task) for task in tasks]
         try:
             _wait([f.done for f in futures], poll, poll_every)

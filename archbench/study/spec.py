@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "slurm_args": {},  # anything else submitit passes to sbatch (e.g. {account: abc, qos: high})
     },
     "device": "auto",  # every run's device
-    "threads": None,  # torch threads per run; None = torch's default (set 1 for machine-independent numbers)
+    "threads": None,  # torch threads per run; None = auto (each run measures its fastest count)
     "ckpt_every": None,  # arm steps between checkpoints; None = at each evaluation point
     "progress_every": 30.0,  # seconds between progress lines
     "study_dir": "studies/${name}",
@@ -128,7 +128,8 @@ KEY_DOCS: dict[str, str] = {
     "launcher.mem_gb": "SLURM memory per run",
     "launcher.slurm_args": "anything else submitit passes to sbatch (e.g. `{account: abc, qos: high}`)",
     "device": "every run's device",
-    "threads": "torch threads per run (null: torch's default; 1 makes CPU numbers machine-independent)",
+    "threads": "torch threads per run (null: auto, each run times its first steps at 1, 2, 4, ... threads and keeps "
+               "the fastest; 1 makes CPU numbers machine-independent)",
     "ckpt_every": "arm steps between checkpoints (null: at each evaluation point)",
     "progress_every": "seconds between progress lines",
     "study_dir": "where the study writes (results, summary, plots, runs/)",
@@ -366,6 +367,17 @@ def _check_tune(tune: dict[str, Any], arms: list[dict[str, Any]]) -> None:
                 raise StudyError(f"arms {arm['name']} sets {text} but tune.key={key} is tuned per arm: drop one")
 
 
+def _check_device(device: Any, here: bool) -> None:
+    """The runs' device, before anything trains: its kind always, and whether this machine has it when the runs
+    train here (a SLURM node may have GPUs the submitting machine lacks)."""
+    from archbench.training.distributed import check_device
+
+    try:
+        check_device(str(device), here=here)
+    except RuntimeError as exc:
+        raise StudyError(f"device={device}: {exc}") from None
+
+
 def normalise(raw: dict[str, Any], source: str = "study") -> dict[str, Any]:
     """Defaults filled in, keys and values checked (tag arms expanded; names are checked in ``plan``)."""
     raw = _numbers(dict(raw))
@@ -446,6 +458,7 @@ def normalise(raw: dict[str, Any], source: str = "study") -> dict[str, Any]:
         raise StudyError(f"launcher.cluster={launcher['cluster']!r}; valid: {', '.join(CLUSTERS)}")
     if not isinstance(launcher["workers"], int) or launcher["workers"] < 1:
         raise StudyError(f"launcher.workers must be a positive integer, got {launcher['workers']!r}")
+    _check_device(spec["device"], here=launcher["name"] == "local" or launcher["cluster"] != "slurm")
     if spec["ckpt_every"] is not None and (not isinstance(spec["ckpt_every"], int) or spec["ckpt_every"] < 1):
         raise StudyError(f"ckpt_every must be a positive integer or null, got {spec['ckpt_every']!r}")
     for text in spec["overrides"] + [o for a in normal_arms for o in a["overrides"]]:

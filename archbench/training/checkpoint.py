@@ -14,10 +14,13 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from archbench.training.signals import signals_deferred
 
 FORMAT = "archbench-checkpoint/1"
 SUBDIR = "checkpoints"
@@ -73,34 +76,50 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically: temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
+    """Write ``state`` atomically: temp file in the same folder, fsync, ``os.replace``, fsync the folder.
+
+    SIGINT/SIGTERM wait until the file is in place (:func:`~archbench.training.signals.signals_deferred`), so a
+    second Ctrl-C stops the run with this checkpoint kept.  Where they cannot wait (a write outside the main
+    thread), an interrupted write removes its temporary file and raises KeyboardInterrupt, never a disk error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch's zip writer reports ENOSPC as a RuntimeError on top
-        free = shutil.disk_usage(path.parent).free
-        cause = "the disk is full" if _disk_full(exc) else getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-        raise CheckpointSaveError(f"could not write checkpoint {path}: {cause} ({free:,} bytes free)") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    with signals_deferred():
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save({"format": FORMAT, **state}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:  # torch's zip writer reports ENOSPC as a RuntimeError on top
+            if _in_chain(exc, lambda e: isinstance(e, KeyboardInterrupt)):  # torch's clean-up masked a Ctrl-C
+                raise KeyboardInterrupt from None
+            if _disk_full(exc):
+                cause = f"the disk is full ({shutil.disk_usage(path.parent).free:,} bytes free)"
+            else:
+                cause = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise CheckpointSaveError(f"could not write checkpoint {path}: {cause}") from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        _fsync_dir(path.parent)
     return path
+
+
+def _in_chain(exc: BaseException | None, test: Callable[[BaseException], bool]) -> bool:
+    """Whether ``test`` holds for ``exc`` or anything in its cause/context chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if test(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _disk_full(exc: BaseException | None) -> bool:
     """Whether ENOSPC is anywhere in the exception chain."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return _in_chain(exc, lambda e: isinstance(e, OSError) and e.errno == errno.ENOSPC)
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:

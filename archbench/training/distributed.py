@@ -36,23 +36,56 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; anything else is used as given."""
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def available_devices() -> list[str]:
+    """The device types this machine can run on: cpu, cuda (with the number of GPUs), mps."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append(f"cuda ({torch.cuda.device_count()} GPU(s))")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(spec: str, here: bool = True) -> None:
+    """Refuse, in one line naming the valid choices and what this machine has, a device that is not one of
+    :data:`DEVICE_CHOICES` or (``here``: it is used on this machine) that this machine does not have."""
+    spec = str(spec)
     if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return
     try:
         device = torch.device(spec)
-    except RuntimeError:
-        raise RuntimeError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or (device.type != "cuda" and device.index):
+        raise RuntimeError(f"unknown device {spec!r}; valid choices: {DEVICE_CHOICES} (available here: "
+                           f"{', '.join(available_devices())})")
+    if not here:
+        return
+    if device.type == "cuda" and not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise RuntimeError(
+            f"no CUDA device is available (torch {torch.__version__}, {built}, sees 0 GPUs); "
+            f"run on the CPU with device=cpu (or device=auto); available here: {', '.join(available_devices())}"
+        )
+    if device.type == "mps" and "mps" not in available_devices():
+        raise RuntimeError(f"Apple's Metal (mps) is not available on this machine (torch {torch.__version__}); "
+                           f"valid choices: {DEVICE_CHOICES} (available here: {', '.join(available_devices())})")
+
+
+def pick_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; anything else is checked
+    (:func:`check_device`) and used as given."""
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    check_device(spec)
+    device = torch.device(spec)
     if device.type == "cuda":
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
-        if not torch.cuda.is_available():
-            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise RuntimeError(
-                f"no CUDA device is available (torch {torch.__version__}, {built}, sees 0 GPUs); "
-                "run on the CPU with device=cpu (or device=auto)"
-            )
         if device.index >= torch.cuda.device_count():
             raise RuntimeError(f"{device} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     return device

@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from archbench.console.threads import ThreadTuner
 from archbench.data.catalog import class_names
 from archbench.sampling.grid import generate, grid_columns, grid_labels, save_grid
 from archbench.training import checkpoint as ckpt
 from archbench.training.config import backbone_options
-from archbench.training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects
+from archbench.training.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_objects
 from archbench.training.log import MetricsLog, peak_memory_mb
 from archbench.training.noise import example_losses
 from archbench.training.resume_config import check_resume_config, record_config
@@ -90,6 +91,8 @@ class Trainer:
         self.total_steps = c.train.steps
         self.seed = c.seed
         self.autocast = autocast_context(c.train.precision, self.device)
+        # CPU threads: measured on the first steps (threads=auto) or fixed; announced once by the main rank.
+        self.threads = ThreadTuner(c.threads, announce=log.info if dist.is_main else log.debug)
         if self.device.type == "cuda":  # as DiT: TF32 matmuls/convolutions on Ampere and newer
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -220,6 +223,10 @@ class Trainer:
         progress = self._progress_bar()
         try:
             signum = self._loop(progress)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once, and say which checkpoint is kept
+            if self.dist.is_main:
+                self.metrics.close()
+            raise KeyboardInterrupt(self._kept_message()) from None
         except BaseException:
             if self.dist.is_main:
                 self.metrics.close()
@@ -227,13 +234,29 @@ class Trainer:
         finally:
             progress.close()
         if signum is None:
-            if self.last_checkpoint != ckpt.checkpoint_path(self.run_dir, self.step):
-                self._save()
+            signum = self._late_stop()
+        if self.last_checkpoint != ckpt.checkpoint_path(self.run_dir, self.step):
+            self._save()
+        if signum is None:
             if not c.train.sample_every or self.step % c.train.sample_every:
                 self._sample_grid()
         elif self.dist.is_main:
             log.warning("stopped by signal %s at step %d; checkpoint %s", signum, self.step, self.last_checkpoint)
         return self._finish(signum)
+
+    def _kept_message(self) -> str:
+        kept = ckpt.latest_checkpoint(self.run_dir)  # whole files only: writes are atomic and finish first
+        if kept is None:
+            return f"stopped at step {self.step}; no checkpoint was written yet"
+        return f"stopped at step {self.step}; the last checkpoint kept is {kept}"
+
+    def _late_stop(self) -> int | None:
+        """A signal that came after the last step's stop check (while its row or checkpoint was written): the
+        run is complete, but whoever sent it wants the process to end, not to draw the final grid and carry on
+        (a study worker whose study died must not go on to evaluate)."""
+        if not any_rank(self._stop_requested(), self.device):
+            return None
+        return getattr(self.stop, "signum", None)
 
     def _loop(self, progress: Any) -> int | None:
         """Epochs of steps until done; returns the signal that stopped the run early, or None."""
@@ -244,6 +267,7 @@ class Trainer:
             self.loader_generator.manual_seed(self.seed * 100_003 + self.epoch)
             batches = iter(self.loader)
             while self.step < self.total_steps and self.step_in_epoch < self.steps_per_epoch:
+                self.threads.before()
                 started = time.perf_counter()
                 try:
                     loss, grad_norm, lr, stop = self._train_step(batches)
@@ -254,6 +278,7 @@ class Trainer:
                     self._save()
                     return getattr(self.stop, "signum", None)
                 elapsed = time.perf_counter() - started
+                self.threads.after(elapsed)
                 self.step_seconds += elapsed
                 self.train_seconds += elapsed
                 self.step += 1

@@ -23,6 +23,7 @@ from archbench.training.config import ConfigError, to_yaml
 RESUMABLE = (
     "run_dir",
     "device",
+    "threads",  # a machine setting; the thread count is chosen per process anyway
     "train.steps",
     "train.resume",
     "train.log_every",

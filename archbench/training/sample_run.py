@@ -33,6 +33,7 @@ import torch
 
 from archbench.console.args import arg
 from archbench.console.errors import UsageError, one_line
+from archbench.console.threads import parse_threads
 from archbench.sampling.settings import SamplingSettings
 from archbench.training.runs import LoadedRun, load_ema_model
 
@@ -68,6 +69,8 @@ class SampleRequest:
     batch_size: int | None = arg(None, minimum=1, shown=str(PNG_BATCH_SIZE),
                                  doc="images per forward pass of a PNG grid (a set uses chunk_size)")
     device: str = arg("auto", doc="auto, cpu, cuda or cuda:N")
+    threads: str = arg("auto", doc="CPU threads: auto (time a few forward passes at 1, 2, 4, ... and keep the "
+                       "fastest; OMP_NUM_THREADS pins it) or N")
     nrow: int | None = arg(None, minimum=1, shown="one column per class", doc="grid columns")
     progress: bool = arg(True, doc="show a progress bar")
     format: Literal["auto", "png", "npz"] = arg("auto", doc="auto: npz when out ends with .npz, else png")
@@ -82,6 +85,10 @@ class SampleRequest:
             raise UsageError("give run_dir=<training run folder> (or checkpoint=<file>)")
         if self.labels is not None and self.class_ is not None:
             raise UsageError("give labels=... or class=..., not both")
+        try:
+            parse_threads(self.threads)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         out = self.out
         fmt = self.format
         if fmt == "auto":
@@ -170,6 +177,7 @@ def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
     from archbench.sampling.grid import draw_images, grid_columns, save_grid, save_npz
     from archbench.sampling.outputs import claim
     from archbench.sampling.shards import labels_for
+    from archbench.sampling.threads import settle_threads
     from archbench.training.distributed import launched_by_torchrun, pick_device
 
     if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
@@ -189,8 +197,9 @@ def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
         claim([out, out.with_suffix(".npz")], meta, request.overwrite, log)
     except ValueError as exc:
         raise UsageError(one_line(exc)) from None
-    log.info("sampling %d images from %s (EMA, step %d, cfg %.2f)", n, run.path, run.step, chosen.cfg_scale)
     batch_size = request.batch_size or PNG_BATCH_SIZE
+    settle_threads(request.threads, run.net, prepared.shape, batch_size, run.num_classes, device)
+    log.info("sampling %d images from %s (EMA, step %d, cfg %.2f)", n, run.path, run.step, chosen.cfg_scale)
     try:
         samples = draw_images(run.net, run.objective, chosen, num_samples=n, shape=prepared.shape, labels=labels,
                               seed=request.seed, batch_size=batch_size, device=device, progress=request.progress)
@@ -206,6 +215,7 @@ def draw_set(request: SampleRequest) -> SampleSetResult:
     """Draw (this rank's share of) an .npz sample set, one process or many under torchrun; rank 0 merges it."""
     from archbench.console.logs import setup_logging
     from archbench.sampling.shards import SampleSetSpec, write_sample_set
+    from archbench.sampling.threads import settle_threads
     from archbench.training.distributed import barrier, broadcast_object, cleanup, init_distributed
 
     try:
@@ -229,6 +239,8 @@ def draw_set(request: SampleRequest) -> SampleSetResult:
             )
             default = f"samples_step{run.step:07d}_n{n}_seed{request.seed}.npz"
             out = Path(request.out) if request.out else run.run_dir / "samples" / default
+            settle_threads(request.threads, run.net, prepared.shape, request.chunk_size, run.num_classes,
+                           dist.device)
             intro = (f"drawing {n} samples from {run.path} (EMA, step {run.step}, {chosen.sampler}, cfg "
                      f"{chosen.cfg_scale:.2f}) into {out}, {dist.world_size} rank(s)")
             return write_sample_set(

@@ -99,6 +99,8 @@ class RunConfig:
     run_dir: str = key("runs/${recipe}-${data.name}-${backbone.name}", "where checkpoints, logs and grids go")
     seed: int = key(0, "seed of the weights, the data order and every example's noise")
     device: str = key("auto", "auto = cuda:<local rank> when available, else cpu")
+    threads: Any = key("auto", "CPU intra-op threads: auto = time steps at 1, 2, 4, ... threads, keep the fastest "
+                       "and re-check when steps slow down (a busy machine) | N")
     recipe: str | None = key(None, "the recipe's name (set by recipe=NAME)")
     data: DataConfig = key(doc="", factory=DataConfig)
     train: TrainConfig = key(doc="", factory=TrainConfig)

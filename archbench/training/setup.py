@@ -15,10 +15,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from archbench.console.threads import parse_threads
 from archbench.diffusion import Objective
 from archbench.training.config import ConfigError, backbone_options
 from archbench.training.data_order import build_loader
-from archbench.training.distributed import DistInfo, barrier
+from archbench.training.distributed import DistInfo, barrier, check_device
 from archbench.training.ema import EMA
 from archbench.training.optim import build_optimizer, build_scheduler
 from archbench.training.schema import DataConfig, RunConfig, TrainConfig, run_config
@@ -131,6 +132,14 @@ def check_config(config: RunConfig, world_size: int) -> None:
     from backbones.registry import check_structure
 
     check_train_settings(config.train, world_size)
+    try:
+        check_device(config.device, here=False)  # the kind of device; whether this machine has one: prepare_run
+    except RuntimeError as exc:
+        raise ConfigError(f"device={config.device}: {exc}") from None
+    try:
+        parse_threads(config.threads)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     data = config.data
     for key in ("image_size", "channels"):
         value = getattr(data, key)
@@ -149,6 +158,10 @@ def prepare_run(config: dict[str, Any], rank: int = 0, world_size: int = 1) -> P
     """Once per run, before anything is built: check every value that needs no data or model, and create a
     writable run folder. Returns the folder."""
     check_config(run_config(config), world_size)
+    try:
+        check_device(config["device"])  # before the run folder is made (device=mps on a machine without one)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={config['device']}: {exc}") from None
     return prepare_run_dir(config["run_dir"], rank)
 
 

@@ -2,13 +2,16 @@
 
 Preemptible schedulers send SIGTERM and wait a grace period; Ctrl-C sends SIGINT.  The first signal sets a
 flag the training loop polls once per step; a second one restores the default handler and re-raises, so a
-stuck run can still be killed.
+stuck run can still be killed.  While a checkpoint is written, both wait (:func:`signals_deferred`): a second
+Ctrl-C then stops the run right after the file is complete, instead of cutting it in half.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
@@ -43,3 +46,36 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def signals_deferred(signals: tuple[signal.Signals, ...] = HANDLED) -> Iterator[None]:
+    """Hold ``signals`` back for the ``with`` body, then deliver them, in the order they came, to the handlers
+    that were in place (a :class:`StopRequest`, Python's KeyboardInterrupt, or the default action).
+
+    For short writes that must not be cut in half: a second Ctrl-C during a checkpoint write would otherwise
+    raise inside ``torch.save`` and lose the file; deferred, it stops the run once the checkpoint is in place.
+    Only the main thread can change handlers: elsewhere the body runs as is; ignored signals stay ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous: dict[int, object] = {}
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    try:
+        for sig in signals:
+            handler = signal.getsignal(sig)
+            if handler is None or handler == signal.SIG_IGN:  # set outside Python, or ignored: leave it alone
+                continue
+            previous[sig] = handler
+            signal.signal(sig, hold)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        for signum in pending:
+            signal.raise_signal(signum)  # runs the restored handler now (it may raise KeyboardInterrupt)

@@ -92,6 +92,15 @@ class DiffusionBackbone(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{name}: x must be a tensor (B, C, H, W), got {type(x).__name__}")
         weights = next(self.parameters(), None)
+        if weights is not None and x.device != weights.device:
+            raise ValueError(
+                f"{name}: x is on {x.device} but the model's weights are on {weights.device}; "
+                f"use x.to('{weights.device}') (or model.to('{x.device}'))"
+            )
+        for label, value in (("t", t), ("y", y)):
+            if isinstance(value, torch.Tensor) and value.device != x.device:
+                raise ValueError(f"{name}: {label} is on {value.device} but x is on {x.device}; "
+                                 f"use {label}.to('{x.device}')")
         weight_dtype = weights.dtype if weights is not None else x.dtype
         if not x.dtype.is_floating_point:
             raise ValueError(f"{name}: x must be a floating-point tensor, got {x.dtype}; use x.to({weight_dtype})")

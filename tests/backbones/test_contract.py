@@ -16,8 +16,10 @@ def contract_cases(draw):
     name = draw(st.sampled_from(TINY_BACKBONES))
     if name == "unet_t":  # its attention sits at 16x16, so the input must reach that level
         image_size = draw(st.sampled_from([16, 32]))
-    else:
-        image_size = 2 * draw(st.integers(2, 6))
+    else:  # a multiple of what the patch grid (and, for the hourglass, each 2x2 merge) needs, 4 to 12
+        config = archbench.backbone_config(name)
+        multiple = config["patch_size"] * 2 ** (len(config.get("widths", [0])) - 1)
+        image_size = multiple * draw(st.integers(max(1, 4 // multiple), 12 // multiple))
     return dict(
         name=name,
         batch=draw(st.integers(1, 3)),
@@ -197,6 +199,24 @@ class TestBadInput:
     def test_timestep_shape(self, model):
         with pytest.raises(ValueError, match="one timestep per image"):
             model(torch.randn(2, 3, 32, 32), torch.tensor([1]), torch.tensor([1, 2]))
+
+    def test_inputs_on_another_device_are_one_line_naming_both(self, model):
+        """x (or t, y) on another device than the weights, the meta device included: one ValueError naming
+        both devices, not an error from deep inside torch."""
+        x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), torch.tensor([1, 2])
+        cases = [
+            ((x.to("meta"), t.to("meta"), y.to("meta")), "x is on meta but the model's weights are on cpu"),
+            ((x, t.to("meta"), y), "t is on meta but x is on cpu"),
+            ((x, t, y.to("meta")), "y is on meta but x is on cpu"),
+        ]
+        for args, message in cases:
+            with pytest.raises(ValueError, match=message) as info:
+                model(*args)
+            assert "\n" not in str(info.value)
+        on_meta = copy.deepcopy(model).to("meta")  # weights on meta, inputs on the CPU
+        with pytest.raises(ValueError, match="x is on cpu but the model's weights are on meta") as info:
+            on_meta(x, t, y)
+        assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["dis_t2", "dit_t2", "uvit_t2"])

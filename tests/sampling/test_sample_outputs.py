@@ -42,6 +42,16 @@ def _refusal(proc) -> str:
     return lines[0]
 
 
+def _refused_in_process(capsys, *args: str) -> str:
+    """The one stderr line of a command refused in this process (exit 1, nothing else printed)."""
+    capsys.readouterr()
+    assert main(list(args)) == 1
+    printed = capsys.readouterr()
+    lines = printed.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("archbench.sample: error: ") and not printed.out, printed
+    return lines[0]
+
+
 def _ema_checksum(run_dir) -> str:
     from archbench.training.runs import load_ema_model
 
@@ -55,7 +65,7 @@ def trained(tmp_path_factory):
     return run_dir
 
 
-def test_a_retrained_run_is_refused_and_overwrite_draws_afresh(tmp_path):
+def test_a_retrained_run_is_refused_and_overwrite_draws_afresh(tmp_path, capsys):
     run_dir, out, partial = tmp_path / "run", tmp_path / "set.npz", tmp_path / "partial.npz"
     assert run_train(run_dir, "train.steps=2") == 0
     old = _ema_checksum(run_dir)
@@ -72,28 +82,28 @@ def test_a_retrained_run_is_refused_and_overwrite_draws_afresh(tmp_path):
     new = _ema_checksum(run_dir)
     assert new != old
 
-    line = _refusal(run_cli("archbench.sample", f"run_dir={run_dir}", f"out={out}", *SET))
+    # the checks in-process from here (the checksums were already compared across processes above)
+    line = _refused_in_process(capsys, f"run_dir={run_dir}", f"out={out}", *SET)
     assert line == (f"archbench.sample: error: {out} holds a sample set of 8 samples drawn from other weights "
                     f"(sha256 {old[:12]}; these weights: {new[:12]}); {PROCEED}")
     assert _sha(out) == before and not parts_dir(out).exists()  # untouched, nothing drawn
 
-    line = _refusal(run_cli("archbench.sample", f"run_dir={run_dir}", f"out={partial}", *SET))  # resuming
+    line = _refused_in_process(capsys, f"run_dir={run_dir}", f"out={partial}", *SET)  # resuming
     assert line == (f"archbench.sample: error: {parts_dir(partial)} holds 2 chunk(s) drawn from other weights "
                     f"(sha256 {old[:12]}; these weights: {new[:12]}): resuming would mix two models' samples in "
                     "one set; give another out= or overwrite=true to redraw them")
     assert sorted(parts_dir(partial).iterdir()) == parts and not partial.exists()
 
-    proc = run_cli("archbench.sample", f"run_dir={run_dir}", f"out={out}", *SET, "overwrite=true")
-    assert proc.returncode == 0, proc.stderr
+    assert main([f"run_dir={run_dir}", f"out={out}", *SET, "overwrite=true"]) == 0
+    printed = capsys.readouterr()
     assert (f"[archbench] overwrite=true: replacing {out}, which holds a sample set of 8 samples drawn from other "
-            f"weights (sha256 {old[:12]}; these weights: {new[:12]})") in proc.stderr.splitlines()
-    assert "8 samples in 2 chunks of 4: 2 drawn now, 0 already drawn" in proc.stdout
+            f"weights (sha256 {old[:12]}; these weights: {new[:12]})") in printed.err.splitlines()
+    assert "8 samples in 2 chunks of 4: 2 drawn now, 0 already drawn" in printed.out
     assert read_set_meta(out)["weights"] == new and not np.array_equal(_images(out), old_images)
 
-    proc = run_cli("archbench.sample", f"run_dir={run_dir}", f"out={partial}", *SET, "overwrite=true")
-    assert proc.returncode == 0, proc.stderr
+    assert main([f"run_dir={run_dir}", f"out={partial}", *SET, "overwrite=true"]) == 0
     assert (f"[archbench] overwrite=true: redrawing the 2 chunk(s) of {parts_dir(partial)} drawn from other "
-            f"weights (sha256 {old[:12]})") in proc.stderr.splitlines()
+            f"weights (sha256 {old[:12]})") in capsys.readouterr().err.splitlines()
     assert _sha(partial) == _sha(out)  # every chunk redrawn from the new weights: the same set, byte for byte
 
 

@@ -1,6 +1,7 @@
 """The FD regression check must be able to fail: degrade a trained model on purpose and see it flagged."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -13,24 +14,37 @@ from archbench.study.job import eval_path
 from archbench.training import checkpoint as ckpt
 
 SETTINGS = ci.RunSettings(steps=250, num_samples=200, sampler="ddim", sample_steps=10, seed=0, cfg_scale=4.0)
+ARM = "dit_t4"  # a CI arm (its tuned learning rate), 16 tokens: the cheapest model that learns in 250 steps
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained_dir(tmp_path_factory):
+    """One short CI run of ARM, trained once for the module; tests copy it before changing anything."""
     work = tmp_path_factory.mktemp("ci-fid")
-    spec = ci.ci_spec(["dit_t2"], steps=SETTINGS.steps, num_samples=SETTINGS.num_samples, sampler=SETTINGS.sampler,
+    spec = ci.ci_spec([ARM], steps=SETTINGS.steps, num_samples=SETTINGS.num_samples, sampler=SETTINGS.sampler,
                       sample_steps=SETTINGS.sample_steps, seeds=[SETTINGS.seed], work_dir=work, threads=1)
-    return spec, ci.run_ci_study(spec)[("dit_t2", 0)]
+    ci.run_ci_study(spec)
+    return work
+
+
+@pytest.fixture
+def trained(trained_dir, tmp_path):
+    """A private copy of the trained study (resumed, so nothing retrains) and its result row."""
+    work = tmp_path / "ci-fid"
+    shutil.copytree(trained_dir, work)
+    spec = ci.ci_spec([ARM], steps=SETTINGS.steps, num_samples=SETTINGS.num_samples, sampler=SETTINGS.sampler,
+                      sample_steps=SETTINGS.sample_steps, seeds=[SETTINGS.seed], work_dir=work, threads=1)
+    return spec, ci.run_ci_study(spec, fresh=False)[(ARM, 0)]
 
 
 def test_noise_in_the_weights_is_flagged(trained, tmp_path):
     spec, good = trained
     baseline_path = ci.write_baseline(good, [good["fd"]], min_tolerance=0.10, directory=tmp_path)
-    baseline = ci.load_baseline("dit_t2", tmp_path)
+    baseline = ci.load_baseline(ARM, tmp_path)
     assert baseline_path.exists() and ci.verdict(good, baseline) == "ok"
     assert good["settings"] == SETTINGS.as_dict() and good["feature_checksum"] == baseline["feature_checksum"]
 
-    run_dir = ci.Path(spec["study_dir"]) / "runs" / "dit_t2-s0"
+    run_dir = ci.Path(spec["study_dir"]) / "runs" / f"{ARM}-s0"
     newest = ckpt.latest_checkpoint(run_dir)
     state = ckpt.load_checkpoint(newest)
     generator = torch.Generator().manual_seed(0)
@@ -39,31 +53,34 @@ def test_noise_in_the_weights_is_flagged(trained, tmp_path):
             value.add_(value.std().nan_to_num(0.0) * torch.randn(value.shape, generator=generator))
     ckpt.save_checkpoint(state, newest)
     eval_path(run_dir, SETTINGS.steps).unlink()  # the study re-scores the damaged weights, without retraining
-    degraded = ci.run_ci_study(spec, fresh=False)[("dit_t2", 0)]
+    degraded = ci.run_ci_study(spec, fresh=False)[(ARM, 0)]
     assert degraded["fd"] > good["fd"] * 1.1
     assert ci.verdict(degraded, baseline) == "REGRESSED"
 
 
-def test_cli_exits_nonzero_on_regression(tmp_path, capsys):
-    """A baseline far better than what the code can reach: the command prints REGRESSED and exits 1."""
+def test_cli_exits_nonzero_on_regression(trained, tmp_path, capsys):
+    """A baseline far better than what the code can reach: the command prints REGRESSED and exits 1 (on a copy of
+    the trained study, which it resumes: nothing retrains)."""
+    spec, _ = trained
     row = {
-        "backbone": "dit_t2", "dataset": None, "score_name": "FD", "fd": 1e-3, "params": 0, "gmacs": 0.0,
+        "backbone": ARM, "dataset": None, "score_name": "FD", "fd": 1e-3, "params": 0, "gmacs": 0.0,
         "feature_checksum": None, "settings": SETTINGS.as_dict(), "s_per_step": 0.0,
     }
     ci.write_baseline(row, [row["fd"]], 0.1, tmp_path)
-    args = ["fid", "--backbones", "dit_t2", "--steps", "250", "--num-samples", "200", "--sample-steps", "10",
-            "--work-dir", str(tmp_path / "runs"), "--baselines", str(tmp_path)]
+    args = ["fid", "--backbones", ARM, "--steps", "250", "--num-samples", "200", "--sample-steps", "10",
+            "--work-dir", spec["study_dir"], "--baselines", str(tmp_path), "--resume=true"]
     # fill in the facts the real run will report, so only the FD can make the verdict fail
     from archbench.data import default_dataset
     from archbench.evaluation import sha256_file
 
-    stored = json.loads((tmp_path / "dit_t2.json").read_text())
+    stored = json.loads((tmp_path / f"{ARM}.json").read_text())
     stored["dataset"] = default_dataset()
     stored["feature_checksum"] = sha256_file(ci.feature_weights())
-    (tmp_path / "dit_t2.json").write_text(json.dumps(stored))
+    (tmp_path / f"{ARM}.json").write_text(json.dumps(stored))
     assert ci_command.main(args) == 1
     out = capsys.readouterr()
-    assert "REGRESSED" in out.out and "FD regression check failed for dit_t2" in out.err
+    assert "REGRESSED" in out.out and f"FD regression check failed for {ARM}" in out.err
+    assert "step 1/" not in out.err + out.out  # resumed: the finished run was not trained again
 
 
 def test_settings_mismatch_is_not_a_pass():

@@ -160,3 +160,56 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     # 130 = 128 + SIGINT as our exit code, -2 = the process reported as ended by SIGINT: both mean Ctrl-C.
     assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
     assert lines[-1] == "archbench.train: interrupted (Ctrl-C)" or "stopped by signal" in err
+
+
+def test_ctrl_c_twice_during_the_first_checkpoint_write_keeps_it_and_exits_130(tmp_path):
+    """Two SIGINTs while step 1's checkpoint is being written (a 32M-parameter model: ~0.5 GB, a write of a
+    second or more): the write finishes, the run stops with exit code 130 and one line naming the checkpoint
+    it kept, which loads; no temporary file and no disk message."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, "backbone=dit_s2", "train.steps=50", "train.ckpt_every=1")
+    folder = ckpt.checkpoint_dir(run_dir)
+    try:
+        # The temporary file exists from the first byte written until os.replace: poll for it closely.
+        _wait_for(lambda: proc.poll() is not None or (folder.is_dir() and any(folder.glob(".step_*.tmp-*"))),
+                  timeout=300)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        in_write = any(folder.glob(".step_*.tmp-*"))  # both signals landed before the write finished
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and "bytes free" not in err and "unexpected pos" not in err, err
+    kept = ckpt.checkpoint_path(run_dir, 1)
+    assert lines[-1] == f"archbench.train: interrupted (Ctrl-C); stopped at step 1; the last checkpoint kept is {kept}"
+    assert in_write, "the write finished before the signals arrived: nothing was tested"
+    assert [p.name for p in folder.iterdir()] == [kept.name]  # the complete file, no temporary one
+    state = torch.load(kept, map_location="cpu", weights_only=True)
+    assert state["step"] == 1 and ckpt.load_checkpoint(kept)["step"] == 1
+
+
+def test_signals_wait_for_a_deferred_write_then_reach_the_handlers_in_order():
+    """In process: two SIGINTs inside ``signals_deferred`` change nothing until it ends; then the first is the
+    stop request and the second the "stop now" KeyboardInterrupt, as if they had come just after the write."""
+    import pytest
+
+    from archbench.training.signals import StopRequest, signals_deferred
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                assert stop.signum is None  # held back: the body runs to its end
+                finished = True
+        assert finished and stop.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before
