@@ -15,7 +15,7 @@ from archbench.console.args import arg, key_table, parse_args, split_command, wa
 from archbench.console.errors import UsageError, fail, interruptible
 
 PROGRAM = "archbench.bench"
-ScanImpl = Literal["reference", "fast", "pscan", "triton", "mamba_ssm"]
+ScanImpl = Literal["reference", "fast", "cpu", "pscan", "triton", "mamba_ssm"]
 MixerName = Literal["attention", "bimamba", "mamba2", "linear_attention"]
 ABOUT = {
     "scan": """\

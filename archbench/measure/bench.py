@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCAN_BENCH_IMPLS = ("reference", "fast", "pscan", "triton", "mamba_ssm")
+SCAN_BENCH_IMPLS = ("reference", "fast", "cpu", "pscan", "triton", "mamba_ssm")
 
 
 def _pscan_available() -> bool:
@@ -229,8 +229,9 @@ def mixer_bench(cfg: MixerConfig, lengths: Sequence[int], mixers: Sequence[str],
 def available_impls(device: str) -> list[str]:
     """The scan implementations worth timing on ``device`` with what is installed here."""
     from backbones.ssm import mamba_ssm_available, triton_available
+    from backbones.ssm.cpu_kernel import cpu_available
 
-    impls = ["reference", "fast"]
+    impls = ["reference", "fast", *(["cpu"] if device == "cpu" and cpu_available() else [])]
     if _pscan_available():
         impls.append("pscan")
     # Triton only on CUDA: its CPU interpreter (TRITON_INTERPRET=1) is for tests, its timings meaningless.

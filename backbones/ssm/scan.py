@@ -22,12 +22,21 @@ Implementations (``impl``):
   Decays are only ever multiplied (never divided), so ``delta * A`` of -100 or less just underflows
   to zero instead of producing inf/nan.  It computes in the token layout ``(batch, L, d_inner)``: pass
   ``x.transpose(1, 2)`` views of token-layout tensors (as the mixers do) and nothing is transposed.
+* ``cpu``: a compiled C++ kernel pair (:mod:`backbones.ssm.cpu_kernel`, source ``cpu_scan.cpp``), built
+  on first use with ``torch.utils.cpp_extension`` and cached in torch's extension directory.  Same
+  semantics and layout as ``fast`` (token layout, grouped B/C, decays only multiplied), with the
+  softplus, ``D`` skip and ``silu(z)`` gate fused in; SIMD over channels, a state checkpoint every 64
+  steps at most, recomputed in the backward pass, torch's intra-op threads over (batch x channel
+  blocks).  It computes in fp32, or fp64 for fp64 inputs.  If the build fails (no compiler), or
+  ``ARCHBENCH_NO_CPU_KERNEL=1`` is set, it is unavailable: ``auto`` then runs ``fast``, and an
+  explicit ``impl="cpu"`` raises with the reason.
 * ``triton``: the Triton kernel pair of :mod:`backbones.ssm.triton_scan` (CUDA; on CPU only under
   ``TRITON_INTERPRET=1``, for tests).
 * ``mamba_ssm``: the fused CUDA kernel, when installed and the tensors live on CUDA.
-* ``auto``: on CUDA ``mamba_ssm`` when it imports, else ``triton`` when it imports, else ``fast``; off
-  CUDA ``fast``.  :func:`resolve_impl` says which one a call would run (``archbench.report`` shows it),
-  and the first ``auto`` call logs its choice once.
+* ``auto``: on CUDA ``mamba_ssm`` when it imports, else ``triton`` when it imports, else ``fast``; on
+  CPU ``cpu`` when the kernel builds (or is cached), else ``fast``; elsewhere ``fast``.
+  :func:`resolve_impl` says which one a call would run (``archbench.report`` shows it), and the first
+  ``auto`` call logs its choice once.
 
 All paths accumulate in (at least) fp32 and return ``u``'s dtype, also under autocast.
 ``return_last_state=True`` also returns the state after the last step, ``(batch, d_inner, N)`` in fp32,
@@ -43,13 +52,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from backbones.ssm.cpu_kernel import cpu_available, cpu_selective_scan, cpu_unavailable_reason
 from backbones.ssm.fast import auto_chunk, chunked_scan
 from backbones.ssm.kernels import mamba_ssm_available, mamba_ssm_scan
 from backbones.ssm.reference import reference_scan
 from backbones.ssm.softplus import softplus
 from backbones.ssm.triton_scan import triton_available, triton_selective_scan
 
-SCAN_IMPLS = ("auto", "reference", "fast", "triton", "mamba_ssm")
+SCAN_IMPLS = ("auto", "reference", "fast", "cpu", "triton", "mamba_ssm")
 # Timesteps per chunk of the fast path; None sizes the chunk to the cache (backbones.ssm.fast.auto_chunk).
 DEFAULT_CHUNK: int | None = None
 
@@ -127,7 +137,10 @@ def resolve_impl(impl: str, device: torch.device | str) -> str:
         raise ValueError(f"selective_scan: unknown impl {impl!r}; valid choices are {SCAN_IMPLS}")
     if impl != "auto":
         return impl
-    if torch.device(device).type != "cuda":
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return "cpu" if cpu_available() else "fast"  # the first call builds the kernel (or loads it)
+    if kind != "cuda":
         return "fast"
     return "mamba_ssm" if mamba_ssm_available() else "triton" if triton_available() else "fast"
 
@@ -171,16 +184,35 @@ def selective_scan(
         return triton_selective_scan(
             u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, delta_softplus, return_last_state
         )
+    if chosen == "cpu":
+        _require_cpu_kernel(u)
     out_dtype = u.dtype
     # fp32 accumulation (fp64 stays fp64); autocast off so matmuls inside do not drop to bf16.
     compute = torch.promote_types(u.dtype, torch.float32)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        if chosen == "reference":
+        if chosen == "cpu":
+            y, last = cpu_selective_scan(
+                u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, delta_softplus, compute
+            )
+        elif chosen == "reference":
             y, last = _reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute)
         else:
             y, last = _fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute)
     y = y.to(out_dtype)
     return (y, last.float()) if return_last_state else y
+
+
+def _require_cpu_kernel(u: Tensor) -> None:
+    if u.device.type != "cpu":
+        raise RuntimeError(
+            f"selective_scan(impl='cpu'): the compiled kernel needs CPU tensors, got device {u.device}; "
+            "use impl='auto'"
+        )
+    if not cpu_available():
+        raise RuntimeError(
+            f"selective_scan(impl='cpu'): the compiled CPU kernel is unavailable ({cpu_unavailable_reason()}); "
+            "use impl='fast' (or impl='auto', which falls back to it)"
+        )
 
 
 class _NoGradThroughKernelState(torch.autograd.Function):

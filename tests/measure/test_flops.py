@@ -87,7 +87,7 @@ def test_nothing_significant_is_skipped(tiny_rows, name):
     skipped = [op for op in row["unsupported"] if any(word in op.lower() for word in MATMUL_WORDS)]
     assert skipped == []
     assert suspicious_unsupported(flops.FlopReport(0, {}, row["unsupported"])) == []
-    if row["family"] == "dis":
+    if row["family"] == "dis" and "linear_attention" not in name:  # a DiS skeleton with an SSM mixer scans
         assert row["by_operator"].get("selective_scan", 0) + row["by_operator"].get("ssd_scan", 0) > 0
     if row["family"] in ("dit", "uvit") and "bimamba" not in name:
         assert row["by_operator"]["scaled_dot_product_attention"] > 0
