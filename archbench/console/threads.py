@@ -74,6 +74,15 @@ def pinned_by_environment() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def measurement_units(setting: str | int, rounds: int = 2) -> int:
+    """How many units of work ``setting`` spends measuring before its count is fixed (0 for a fixed or pinned
+    count): what a timing run must skip to time the steps that follow."""
+    counts = candidate_counts()
+    if parse_threads(setting) != AUTO or pinned_by_environment() is not None or len(counts) == 1:
+        return 0
+    return 1 + rounds * len(counts)
+
+
 def set_threads(count: int) -> None:
     import torch
 

@@ -237,24 +237,27 @@ def run_job(job_data: dict[str, Any], cache: str | None = None) -> dict[str, Any
 
 def time_point(overrides: list[str], run_dir: str, steps: int, device: str, threads: int | None) -> float:
     """Median seconds per training step of ``steps`` real steps after a warm-up, from the loop's own log."""
+    from archbench.console.threads import measurement_units
     from archbench.training.checkpoint import list_checkpoints
     from archbench.training.launch import train_from_overrides
     from archbench.training.log import read_metrics
 
     configure(threads)
+    setting = threads or "auto"
+    skip = TIMING_WARMUP + measurement_units(setting)  # threads=auto's measuring steps are not what is timed
     rows = read_metrics(run_dir) if Path(run_dir, "metrics.jsonl").is_file() else []
-    if len(rows) < steps + TIMING_WARMUP:
+    if len(rows) < steps + skip:
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted timing run starts over: it is short
         train_from_overrides([
-            *overrides, f"run_dir={run_dir}", f"train.steps={steps + TIMING_WARMUP}", "train.resume=null",
-            "train.log_every=1", "train.sample_every=0", f"train.ckpt_every={steps + TIMING_WARMUP}",
-            f"device={device}", "train.progress=false", "train.logger=none",
+            *overrides, f"run_dir={run_dir}", f"train.steps={steps + skip}", "train.resume=null",
+            "train.log_every=1", "train.sample_every=0", f"train.ckpt_every={steps + skip}",
+            f"device={device}", f"threads={setting}", "train.progress=false", "train.logger=none",
         ])
         exit_if_orphaned()
         rows = read_metrics(run_dir)
         for path in list_checkpoints(run_dir):
             path.unlink(missing_ok=True)
-    seconds = [1.0 / row["it_per_s"] for row in rows if row["step"] > TIMING_WARMUP]
+    seconds = [1.0 / row["it_per_s"] for row in rows if row["step"] > skip]
     return statistics.median(seconds)
 
 

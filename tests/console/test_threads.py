@@ -116,3 +116,19 @@ def test_auto_is_not_slower_than_one_thread_on_a_loaded_machine(tmp_path, unpinn
             burner.kill()
             burner.wait()
     assert results["auto"] <= 1.5 * results["1"] + 5, results
+
+
+def test_measurement_units_is_what_a_timing_run_must_skip(unpinned, monkeypatch):
+    from archbench.console.threads import measurement_units
+
+    counts = candidate_counts()
+    assert measurement_units(AUTO) == (0 if len(counts) == 1 else 1 + 2 * len(counts))
+    tuner = ThreadTuner(AUTO)
+    measured = 0
+    while tuner.measuring:
+        tuner.run(lambda: None)
+        measured += 1
+    assert measured == measurement_units(AUTO)
+    assert measurement_units(1) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert measurement_units(AUTO) == 0
