@@ -12,7 +12,7 @@ from backbones import registry
 def test_list_backbones_patterns_are_sorted_and_complete():
     dis = archbench.list_backbones("dis_*")
     assert dis == sorted(dis)
-    kinds = ("zigzag", "cross", "alternate", "dim", "hybrid", "mamba2")
+    kinds = ("zigzag", "cross", "alternate", "dim", "hybrid", "mamba2", "linear_attention")
     variants = {f"dis_{v}_{size}" for v in kinds for size in ("s2", "t2")}
     expected = {f"dis_{s}{p}" for s in "sbmlh" for p in (2, 4)} | {"dis_t2", "dis_t4"} | variants
     assert set(dis) == expected
@@ -21,6 +21,8 @@ def test_list_backbones_patterns_are_sorted_and_complete():
     uvit = set(archbench.list_backbones("uvit_*"))
     assert {f"uvit_{s}{p}" for s in ("s", "s_deep", "m", "l", "h") for p in (2, 4)} <= uvit
     assert {"unet_ddpm", "unet_adm", "unet_t"} <= set(archbench.list_backbones("unet_*"))
+    assert {"hourglass_s2", "hourglass_b2", "hourglass_mixed_s2", "hourglass_t2", "hourglass_mixed_t2"} == set(
+        archbench.list_backbones("hourglass_*"))
     assert archbench.list_backbones(["dit_xl*", "dis_h?"]) == ["dis_h2", "dis_h4", "dit_xl2", "dit_xl4", "dit_xl8"]
 
 
