@@ -18,9 +18,16 @@ from archbench.training import checkpoint as ckpt
 from archbench.training.log import read_metrics
 
 
+def _interruptible() -> None:
+    """A run started from a background job inherits SIGINT ignored (POSIX shells ignore it for `cmd &`, and an
+    ignored signal survives exec): give the child the disposition a terminal user's process has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "archbench.train", *QUICK, f"run_dir={run_dir}", *overrides]
-    return subprocess.Popen(args, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -202,6 +209,9 @@ def test_signals_wait_for_a_deferred_write_then_reach_the_handlers_in_order():
 
     from archbench.training.signals import StopRequest, signals_deferred
 
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited == signal.SIG_IGN:  # pytest run as a background job: Ctrl-C's disposition, as at a terminal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     before = signal.getsignal(signal.SIGINT)
     with StopRequest() as stop:
         with pytest.raises(KeyboardInterrupt):
@@ -213,3 +223,4 @@ def test_signals_wait_for_a_deferred_write_then_reach_the_handlers_in_order():
                 finished = True
         assert finished and stop.signum == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, inherited)
