@@ -51,26 +51,7 @@ def _stable(x: dict) -> dict:
     return x
 
 
-# The grid test_ssm.py runs the other implementations on.
-@settings(max_examples=30, deadline=None)
-@given(
-    batch=st.integers(1, 2),
-    d_inner=st.integers(1, 4),
-    N=st.integers(1, 5),
-    L=st.sampled_from([1, 2, 5, 31, 33, 64, 70]),
-    K=st.sampled_from([1, 3, 32]),
-    with_D=st.booleans(),
-    with_z=st.booleans(),
-    with_bias=st.booleans(),
-    softplus=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
-def test_matches_float64_truth_on_the_ssm_grid(batch, d_inner, N, L, K, with_D, with_z, with_bias, softplus, seed):
-    x = make_inputs(batch, d_inner, N, L, seed=seed, with_D=with_D, with_z=with_z, with_bias=with_bias)
-    expected = values_and_grads(lambda **k: truth(**k, delta_softplus=softplus), x)
-    with mock.patch.object(cpu_kernel, "CHUNK", K):
-        got = values_and_grads(partial(selective_scan, delta_softplus=softplus, impl="cpu"), x)
-    assert_rel_close(got, expected, 1e-4, f"cpu L={L} chunk={K}")
+# test_ssm.py::test_impls_match_float64_truth runs this kernel on the other implementations' grid.
 
 
 # Wider: several SIMD blocks, partial blocks, the N=16 specialisation, batch 3.

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backbones.ssm import SCAN_IMPLS, mamba_ssm_available, resolve_impl, selective_scan, selective_scan_macs
+from backbones.ssm import SCAN_IMPLS, cpu_kernel, mamba_ssm_available, resolve_impl, selective_scan, selective_scan_macs
 from backbones.ssm import scan as ssm_scan
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -103,8 +103,9 @@ def assert_rel_close(actual: list[torch.Tensor], expected: list[torch.Tensor], r
 def test_impls_match_float64_truth(batch, d_inner, N, L, chunk, with_D, with_z, with_bias, softplus, seed):
     x = make_inputs(batch, d_inner, N, L, seed=seed, with_D=with_D, with_z=with_z, with_bias=with_bias)
     expected = values_and_grads(lambda **k: truth(**k, delta_softplus=softplus), x)
-    with mock.patch.object(ssm_scan, "DEFAULT_CHUNK", chunk):
-        for impl in CPU_IMPLS:
+    compiled = ("cpu",) if cpu_kernel.cpu_available() else ()  # the compiled CPU kernel, at the same chunk sizes
+    with mock.patch.object(ssm_scan, "DEFAULT_CHUNK", chunk), mock.patch.object(cpu_kernel, "CHUNK", chunk):
+        for impl in (*CPU_IMPLS, *compiled):
             got = values_and_grads(partial(selective_scan, delta_softplus=softplus, impl=impl), x)
             assert_rel_close(got, expected, 1e-4, f"{impl} L={L} chunk={chunk}")
 
