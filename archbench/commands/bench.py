@@ -13,6 +13,7 @@ from typing import Literal
 
 from archbench.console.args import arg, key_table, parse_args, split_command, wants_help
 from archbench.console.errors import UsageError, fail, interruptible
+from archbench.console.threads import parse_threads
 
 PROGRAM = "archbench.bench"
 ScanImpl = Literal["reference", "fast", "cpu", "pscan", "triton", "mamba_ssm"]
@@ -35,6 +36,10 @@ steps.""",
 }
 
 
+THREADS_DOC = ("torch intra-op threads: auto (per measurement, the fastest of 1, 2, 4, ...; one thread with "
+               "timer=cpu; OMP_NUM_THREADS pins it) or N")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScanArgs:
     lengths: tuple[int, ...] = arg((257, 1025, 4097), minimum=1, doc="sequence lengths L")
@@ -44,7 +49,7 @@ class ScanArgs:
     d_inner: int = arg(736, minimum=1, doc="channels of the scan (DiS-S/2's d_inner)")
     state: int = arg(16, minimum=1, doc="SSM state size N")
     skip_reference_above: int | None = arg(None, doc="skip the slow reference loop for sequences longer than L")
-    threads: int | None = arg(None, minimum=1, shown="torch's", doc="torch intra-op threads")
+    threads: str = arg("auto", doc=THREADS_DOC)
     timer: Literal["wall", "cpu"] = arg("wall", doc="cpu: process CPU time, steadier on a busy machine (threads=1)")
     impls: tuple[ScanImpl, ...] | None = arg(None, shown="all available", doc="implementations to run")
 
@@ -58,7 +63,7 @@ class MixersArgs:
     repeats: int = arg(3, minimum=1, doc="timed repeats per measurement (median)")
     rounds: int = arg(2, minimum=1, doc="interleaved passes over every (mixer, L)")
     device: str | None = arg(None, shown="cuda if available", doc="cpu or cuda")
-    threads: int | None = arg(None, minimum=1, shown="torch's", doc="torch intra-op threads")
+    threads: str = arg("auto", doc=THREADS_DOC)
     timer: Literal["wall", "cpu"] = arg("wall", doc="cpu: process CPU time, steadier on a busy machine")
     mixers: tuple[MixerName, ...] | None = arg(None, shown="all", doc="mixers to run")
 
@@ -78,13 +83,16 @@ def usage(command: str | None = None) -> str:
     return "\n\n".join([f"usage: python -m {PROGRAM} scan|mixers|step [key=value ...]", *parts])
 
 
-def _device_and_threads(device: str | None, threads: int | None, timer: str) -> tuple[str, int]:
+def _device_and_threads(device: str | None, threads: str, timer: str) -> tuple[str, str | int]:
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if timer == "cpu" and device.startswith("cuda"):
         raise UsageError("timer=cpu measures host CPU time; use timer=wall on CUDA")
-    return device, threads or torch.get_num_threads()
+    try:
+        return device, parse_threads(threads)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _ratio(num: dict | None, den: dict | None, key: str) -> str:
@@ -101,13 +109,13 @@ def scan(args: list[str]) -> int:
     impls = [i for i in available_impls(device) if not request.impls or i in request.impls]
     print(f"selective scan: batch={cfg.batch} d_inner={cfg.d_inner} N={cfg.state} device={cfg.device} "
           f"threads={cfg.threads} timer={cfg.timer} (median of {cfg.repeats} after 1 warm-up)")
-    print(f"{'L':>6} {'impl':>10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd MiB':>9} {'fwd+bwd MiB':>12}")
+    print(f"{'L':>6} {'impl':>10} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd MiB':>9} {'fwd+bwd MiB':>12} {'threads':>8}")
     for length in request.lengths:
         results: dict[str, dict] = {}
         for L, impl, r in scan_bench(cfg, [length], impls, request.skip_reference_above):
             results[impl] = r
             print(f"{L:>6} {impl:>10} {r['fwd'] * 1e3:>10.1f} {r['train'] * 1e3:>11.1f} "
-                  f"{r['fwd_peak'] / 2**20:>9.1f} {r['train_peak'] / 2**20:>12.1f}", flush=True)
+                  f"{r['fwd_peak'] / 2**20:>9.1f} {r['train_peak'] / 2**20:>12.1f} {r['threads']:>8}", flush=True)
         _print_scan_ratios(length, results)
     return 0
 
@@ -134,13 +142,13 @@ def mixers(args: list[str]) -> int:
           f"timer={cfg.timer} (median of {cfg.repeats} after 1 warm-up, then of {request.rounds} interleaved rounds)")
     medians = mixer_bench(cfg, request.lengths, names, request.rounds)
     print(f"{'L':>6} {'mixer':>16} {'fwd ms':>10} {'fwd+bwd ms':>11} {'fwd MiB':>9} {'fwd+bwd MiB':>12} "
-          f"{'fwd/attn':>9} {'fwd+bwd/attn':>13}")
+          f"{'fwd/attn':>9} {'fwd+bwd/attn':>13} {'threads':>8}")
     for L, by_mixer in medians.items():
         base = by_mixer.get("attention")
         for mixer, r in by_mixer.items():
             print(f"{L:>6} {mixer:>16} {r['fwd'] * 1e3:>10.1f} {r['train'] * 1e3:>11.1f} "
                   f"{r['fwd_peak'] / 2**20:>9.1f} {r['train_peak'] / 2**20:>12.1f} "
-                  f"{_ratio(r, base, 'fwd'):>9} {_ratio(r, base, 'train'):>13}")
+                  f"{_ratio(r, base, 'fwd'):>9} {_ratio(r, base, 'train'):>13} {r['threads']:>8g}")
     return 0
 
 

@@ -22,6 +22,7 @@ from archbench.console.args import (
     wants_help,
 )
 from archbench.console.errors import UsageError, fail
+from archbench.console.threads import parse_threads
 
 PROGRAM = "archbench.report"
 USAGE = """\
@@ -63,7 +64,8 @@ class ScalingArgs:
     batch: int | None = arg(None, minimum=1, shown="1", doc="images per pass; times and memory are per image")
     repeats: int | None = arg(None, minimum=1, shown="5", doc="timed passes per measurement (median)")
     warmup: int | None = arg(None, minimum=0, shown="1", doc="untimed passes first")
-    threads: int | None = arg(None, minimum=1, shown="torch's", doc="torch CPU threads")
+    threads: str = arg("auto", doc="torch CPU threads: auto (per resolution, the fastest of 1, 2, 4, ... over "
+                                   "all the backbones together; OMP_NUM_THREADS pins it) or N")
     memory: bool = arg(True, doc="measure peak memory (in a fresh process)")
 
 
@@ -130,8 +132,12 @@ def scaling(args: list[str]) -> str:
     report.check_overrides(names, overrides, _own_keys(ScalingArgs), exclude={"image_size": "use resolutions="})
     if not request.resolutions:
         raise UsageError("scaling: resolutions must be positive integers, got none")
-    options = {k: getattr(request, k) for k in ("batch", "repeats", "warmup", "threads")
-               if getattr(request, k) is not None}
+    try:
+        threads = parse_threads(request.threads)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    options = {k: getattr(request, k) for k in ("batch", "repeats", "warmup") if getattr(request, k) is not None}
+    options["threads"] = threads
     return report.scaling_report(names, request.resolutions, overrides, request.out, device=request.device,
                                  memory=request.memory, options=options)
 

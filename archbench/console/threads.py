@@ -199,3 +199,20 @@ def choose_threads(setting: str | int, probe: Callable[[], object], announce: Ca
         tuner.run(probe)
     set_threads(tuner.chosen)  # type: ignore[arg-type]
     return tuner.chosen  # type: ignore[return-value]
+
+
+def threads_for_timing(setting: str | int, probe: Callable[[], object], *, timer: str = "wall", device: str = "cpu",
+                       announce: Callable[[str], None] = log.debug) -> int:
+    """The count a benchmark times its work at.  A fixed count is set as given.  ``auto`` measures ``probe`` (one
+    unit of the timed work) like :func:`choose_threads`, with two exceptions: under ``timer="cpu"`` it is one
+    thread, because process CPU time adds up every thread's time and reads the same work as costlier at each
+    added thread; off the CPU it keeps torch's count, as the timed work does not run on the CPU's threads."""
+    import torch
+
+    setting = parse_threads(setting)
+    if setting == AUTO and not device.startswith("cpu"):
+        return torch.get_num_threads()
+    if setting == AUTO and timer == "cpu" and pinned_by_environment() is None:
+        set_threads(1)
+        return 1
+    return choose_threads(setting, probe, announce=announce)

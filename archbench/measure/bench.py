@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from archbench.console.threads import threads_for_timing
+
 SCAN_BENCH_IMPLS = ("reference", "fast", "cpu", "pscan", "triton", "mamba_ssm")
 
 
@@ -122,7 +124,7 @@ class ScanConfig:
     state: int
     repeats: int
     device: str
-    threads: int
+    threads: str | int
     timer: str
 
 
@@ -151,8 +153,8 @@ def _time_and_peak(
 
 
 def _measure_scan(impl: str, L: int, cfg: ScanConfig) -> dict[str, float]:
-    """Runs in its own process: times forward and forward+backward, and their peak memory."""
-    torch.set_num_threads(cfg.threads)
+    """Runs in its own process: times forward and forward+backward, and their peak memory, at the thread count
+    ``cfg.threads`` gives (``auto``: the fastest for forward+backward, chosen here)."""
     fn = _scan_fn(impl)
     inputs = _scan_inputs(cfg.batch, cfg.d_inner, L, cfg.state, cfg.device)
     tiny = _scan_inputs(cfg.batch, cfg.d_inner, min(L, 8), cfg.state, cfg.device)
@@ -165,9 +167,16 @@ def _measure_scan(impl: str, L: int, cfg: ScanConfig) -> dict[str, float]:
         out = fn(*xs)
         torch.autograd.grad(out, xs, torch.ones_like(out))
 
+    return _timed_pair(forward, forward_backward, inputs, tiny, cfg)
+
+
+def _timed_pair(forward: Callable[[list], object], forward_backward: Callable[[list], object], inputs: list,
+                tiny: list, cfg: ScanConfig | MixerConfig) -> dict[str, float]:
+    """Forward and forward+backward timed and measured at one thread count, settled on forward+backward."""
+    threads = threads_for_timing(cfg.threads, lambda: forward_backward(inputs), timer=cfg.timer, device=cfg.device)
     fwd, fwd_peak = _time_and_peak(forward, inputs, tiny, cfg)
     train, train_peak = _time_and_peak(forward_backward, inputs, tiny, cfg)
-    return {"fwd": fwd, "train": train, "fwd_peak": fwd_peak, "train_peak": train_peak}
+    return {"fwd": fwd, "train": train, "fwd_peak": fwd_peak, "train_peak": train_peak, "threads": threads}
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,7 @@ class MixerConfig:
     heads: int
     repeats: int
     device: str
-    threads: int
+    threads: str | int
     timer: str
 
 
@@ -190,7 +199,6 @@ def _measure_mixer(mixer: str, L: int, cfg: MixerConfig) -> dict[str, float]:
     """Runs in its own process: one mixer layer at sequence length L (one time token + patches)."""
     from backbones.layers.mixers import build_mixer
 
-    torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
     side = max(1, round((L - 1) ** 0.5))
     layer = build_mixer(mixer, cfg.width, layer=0, grid=(side, side), extras=1, num_heads=cfg.heads).to(cfg.device)
@@ -205,9 +213,7 @@ def _measure_mixer(mixer: str, L: int, cfg: MixerConfig) -> dict[str, float]:
         out = layer(xs[0])
         torch.autograd.grad(out, [xs[0], *layer.parameters()], torch.ones_like(out))
 
-    fwd, fwd_peak = _time_and_peak(forward, inputs, tiny, cfg)
-    train, train_peak = _time_and_peak(forward_backward, inputs, tiny, cfg)
-    return {"fwd": fwd, "train": train, "fwd_peak": fwd_peak, "train_peak": train_peak}
+    return _timed_pair(forward, forward_backward, inputs, tiny, cfg)
 
 
 def mixer_bench(cfg: MixerConfig, lengths: Sequence[int], mixers: Sequence[str], rounds: int

@@ -313,7 +313,8 @@ def _stderr_log(message: str) -> None:
 
 
 SCALING_COLUMNS = (
-    "backbone", "resolution", "tokens", "params", "gmacs", "fwd_ms", "fwdbwd_ms", "fwd_mem_mb", "fwdbwd_mem_mb", "error"
+    "backbone", "resolution", "tokens", "params", "gmacs", "fwd_ms", "fwdbwd_ms", "fwd_mem_mb", "fwdbwd_mem_mb",
+    "threads", "error",
 )
 
 
@@ -324,7 +325,7 @@ def scaling_report(
     out: str | Path,
     device: str = "cpu",
     memory: bool = True,
-    options: dict[str, int] | None = None,
+    options: dict[str, int | str] | None = None,
     log: Callable[[str], None] = _stderr_log,
 ) -> str:
     """Time and memory per image over input sizes (``options``: batch, repeats, warmup, threads), written to
@@ -360,13 +361,14 @@ def _write_crossovers(found: list[dict[str, Any]], path: Path) -> None:
     path.write_text(format_rows(found, columns, "csv") + "\n")
 
 
-def _scaling_header(device: str, options: dict[str, int]) -> str:
+def _scaling_header(device: str, options: dict[str, int | str]) -> str:
     import torch
 
     threads = options.get("threads") or torch.get_num_threads()
+    threads_text = "threads=auto (per size: see the threads column)" if threads == "auto" else f"{threads} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"scaling on {device} (torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {load:.1f}); "
+        f"scaling on {device} (torch {torch.__version__}, {threads_text}, {os.cpu_count()} CPUs, load {load:.1f}); "
         f"batch {options.get('batch', 1)}, median of {options.get('repeats', 5)} after {options.get('warmup', 1)} "
         f"warm-up; {'bf16 autocast' if device == 'cuda' else 'fp32'}"
     )

@@ -34,13 +34,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from archbench.console.threads import AUTO, threads_for_timing
 from archbench.measure.flops import backbone_flops, example_inputs
 from backbones.registry import backbone_config, build
 
 MODES = ("fwd", "fwdbwd")
 COLUMNS = (
     "backbone", "family", "resolution", "tokens", "params", "gmacs",
-    "fwd_ms", "fwdbwd_ms", "fwd_mem_mb", "fwdbwd_mem_mb", "error",
+    "fwd_ms", "fwdbwd_ms", "fwd_mem_mb", "fwdbwd_mem_mb", "threads", "error",
 )
 
 
@@ -177,15 +178,17 @@ def measure_scaling(
     batch: int = 1,
     repeats: int = 5,
     warmup: int = 1,
-    threads: int | None = None,
+    threads: str | int | None = None,
     memory: bool = True,
     overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """One row per (backbone, resolution); see the module docstring for what each column means."""
+    """One row per (backbone, resolution); see the module docstring for what each column means.  ``threads``:
+    a count, ``auto`` (settled per resolution on one forward+backward of every backbone, so all backbones at a
+    size run at the same count) or None (torch's)."""
     previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None and threads != AUTO:
+        torch.set_num_threads(int(threads))
     try:
         return _measure(backbones, resolutions, torch.device(device), batch, repeats, warmup, threads, memory,
                         dict(overrides or {}), log)
@@ -200,7 +203,7 @@ def _measure(
     batch: int,
     repeats: int,
     warmup: int,
-    threads: int | None,
+    threads: str | int | None,
     memory: bool,
     overrides: dict[str, Any],
     log: Callable[[str], None],
@@ -223,6 +226,7 @@ def _measure(
             except (RuntimeError, ValueError) as error:
                 row["error"] = _one_line(error)
                 log(f"  {name} @ {resolution}: {row['error']}")
+        count = _settle_threads(models, row_of, threads, dev, log, resolution)
         times: dict[tuple[str, str], list[float]] = {(n, m): [] for n in models for m in MODES}
         for name in list(models):
             for _ in range(warmup):
@@ -254,7 +258,7 @@ def _measure(
                     continue
                 for mode in MODES:
                     try:
-                        peak = _cpu_peak_in_subprocess(name, config, mode, batch, threads)
+                        peak = _cpu_peak_in_subprocess(name, config, mode, batch, count)
                     except RuntimeError as error:
                         row["error"] = _one_line(error)
                         continue
@@ -262,6 +266,24 @@ def _measure(
         for name in backbones:
             log(_progress_line(row_of[name]))
     return rows
+
+
+def _settle_threads(models: dict, row_of: dict, threads: str | int | None, dev: torch.device,
+                    log: Callable[[str], None], resolution: int) -> int:
+    """The count every backbone at this resolution is timed at (``auto``: measured on all of them together, one
+    forward+backward each, so the comparison is at one count), recorded in each row."""
+    def probe() -> None:
+        for name in list(models):
+            _guarded(models, row_of, name, log, _timed, "fwdbwd", dev)
+
+    if threads == AUTO:
+        count = threads_for_timing(AUTO, probe, device=dev.type,
+                                   announce=lambda line: log(f"  resolution {resolution}: {line}"))
+    else:
+        count = torch.get_num_threads()
+    for name in models:
+        row_of[name]["threads"] = count
+    return count
 
 
 def _guarded(models: dict, row_of: dict, name: str, log: Callable[[str], None], fn: Callable, *args: Any) -> Any:

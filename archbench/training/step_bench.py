@@ -27,6 +27,7 @@ import torch
 from archbench.console.args import arg
 from archbench.console.errors import UsageError
 from archbench.console.files import write_text_atomic
+from archbench.console.threads import parse_threads, threads_for_timing
 from archbench.measure.bench import PeakMemory
 from backbones.registry import list_backbones
 
@@ -51,7 +52,8 @@ class StepConfig:
     image_size: int = arg(16, minimum=1, doc="input side in pixels")
     in_channels: int = arg(1, minimum=1, doc="input channels")
     num_classes: int = arg(10, minimum=0, doc="classes of the conditional model (0: unconditional)")
-    threads: int = arg(1, minimum=1, doc="CPU intra-op threads")
+    threads: str = arg("auto", doc="CPU intra-op threads: auto (per backbone, the fastest of 1, 2, 4, ...; one "
+                                   "thread with timer=cpu, the CPU default) or N")
     timed_steps: int = arg(5, minimum=1, aliases=("steps",),
                            doc="timed training steps per round, median (not sampling steps)")
     warmup: int = arg(2, minimum=0, doc="untimed steps first")
@@ -74,6 +76,10 @@ class StepConfig:
             raise UsageError("device=cuda but torch sees no CUDA device")
         if self.device.startswith("cuda") and self.timer == "cpu":
             raise UsageError("timer=cpu measures host CPU time; use timer=wall on CUDA")
+        try:
+            parse_threads(self.threads)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         return self
 
 
@@ -114,12 +120,13 @@ def _training_step(name: str, cfg: StepConfig):
 
 def measure_step(name: str, cfg: StepConfig) -> dict[str, float]:
     """Runs in its own process: median step time over ``cfg.timed_steps`` after ``cfg.warmup`` steps, and peak
-    memory."""
-    torch.set_num_threads(cfg.threads)
+    memory, at the thread count ``cfg.threads`` gives (``auto`` settles it on this backbone's steps)."""
     cuda = cfg.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    clock = time.perf_counter if (cfg.timer or ("wall" if cuda else "cpu")) == "wall" else time.process_time
+    timer = cfg.timer or ("wall" if cuda else "cpu")
+    clock = time.perf_counter if timer == "wall" else time.process_time
     step = _training_step(name, cfg)
+    threads = threads_for_timing(cfg.threads, step, timer=timer, device=cfg.device)
     started = time.perf_counter()
     for _ in range(max(1, cfg.warmup)):
         step()
@@ -136,7 +143,8 @@ def measure_step(name: str, cfg: StepConfig) -> dict[str, float]:
         times.append(clock() - t0)
     if loss != loss:
         raise RuntimeError(f"bench step: {name} produced a non-finite loss")
-    return {"step_s": statistics.median(times), "peak_bytes": memory.peak(), "warmup_s": warmup_s}
+    return {"step_s": statistics.median(times), "peak_bytes": memory.peak(), "warmup_s": warmup_s,
+            "threads": threads}
 
 
 def run_step_bench(cfg: StepConfig) -> list[dict[str, Any]]:
@@ -156,6 +164,7 @@ def run_step_bench(cfg: StepConfig) -> list[dict[str, Any]]:
             "img_per_s": cfg.batch / step_s,
             "peak_mib": statistics.median(r["peak_bytes"] for r in results) / 2**20,
             "warmup_s": statistics.median(r["warmup_s"] for r in results),
+            "threads": statistics.median(r["threads"] for r in results),
         })
     base = rows[0]
     for row in rows:
@@ -171,12 +180,13 @@ def format_rows(cfg: StepConfig, rows: list[dict[str, Any]]) -> str:
         f"classes={cfg.num_classes} device={cfg.device} precision={cfg.precision} compile={cfg.compile} "
         f"grad_checkpoint={cfg.grad_checkpoint} threads={cfg.threads} timer={timer} "
         f"(median of {cfg.timed_steps} steps after {cfg.warmup} warm-up, then of {cfg.rounds} interleaved rounds)",
-        f"{'backbone':>16} {'step ms':>9} {'img/s':>8} {'step MiB':>9} {'time/first':>11} {'mem/first':>10}",
+        f"{'backbone':>16} {'step ms':>9} {'img/s':>8} {'step MiB':>9} {'time/first':>11} {'mem/first':>10} "
+        f"{'threads':>8}",
     ]
     for r in rows:
         lines.append(
             f"{r['backbone']:>16} {r['step_ms']:>9.1f} {r['img_per_s']:>8.1f} {r['peak_mib']:>9.1f} "
-            f"{r['time_ratio']:>10.2f}x {r['memory_ratio']:>9.2f}x"
+            f"{r['time_ratio']:>10.2f}x {r['memory_ratio']:>9.2f}x {r['threads']:>8g}"
         )
     return "\n".join(lines)
 

@@ -11,7 +11,14 @@ import sys
 import pytest
 import torch
 
-from archbench.console.threads import AUTO, ThreadTuner, candidate_counts, choose_threads, parse_threads
+from archbench.console.threads import (
+    AUTO,
+    ThreadTuner,
+    candidate_counts,
+    choose_threads,
+    parse_threads,
+    threads_for_timing,
+)
 
 
 @pytest.fixture
@@ -87,6 +94,21 @@ def test_choose_threads_probes_real_work_and_sets_the_count(unpinned):
     chosen = choose_threads(AUTO, lambda: x @ x, announce=lambda _: None)
     assert chosen in candidate_counts() and torch.get_num_threads() == chosen
     assert choose_threads(1, lambda: pytest.fail("a fixed count runs no probe")) == 1
+
+
+def test_benchmarks_time_at_one_thread_under_the_cpu_clock_and_measure_under_the_wall_clock(unpinned):
+    """Process CPU time adds up every thread's time, so a CPU-clock benchmark times one thread; the wall clock
+    measures every candidate (warm-up + two rounds); off the CPU nothing is measured."""
+    calls = []
+    torch.set_num_threads(2)
+    assert threads_for_timing(AUTO, lambda: calls.append(1), timer="cpu") == 1 and torch.get_num_threads() == 1
+    assert calls == []
+    torch.set_num_threads(1)
+    assert threads_for_timing(AUTO, lambda: calls.append(1), device="cuda") == 1 and calls == []
+    x = torch.randn(64, 64)
+    chosen = threads_for_timing(AUTO, lambda: calls.append(x @ x), timer="wall")
+    assert chosen in candidate_counts() and len(calls) == 1 + 2 * len(candidate_counts())
+    assert threads_for_timing(2, lambda: pytest.fail("a fixed count runs no probe"), timer="cpu") == 2
 
 
 def _median_step_ms(run_dir, skip: int) -> float:

@@ -131,10 +131,14 @@ def test_summary_shows_torchinfo_table_and_our_count(capsys):
     assert "dit_t2:" in out and "GMACs" in out
 
 
-def test_scaling_tiny_run_writes_csv_and_png(capsys, tmp_path):
+def test_scaling_tiny_run_writes_csv_and_png(capsys, tmp_path, monkeypatch):
+    """threads=auto (the default, unpinned here) times every backbone of a resolution at one settled count."""
+    from archbench.console.threads import candidate_counts
+
     pytest.importorskip("matplotlib")
-    code, out, _ = run_main(
-        capsys, "scaling", "backbones=dis_t2,dit_t2", "resolutions=16,32", "repeats=1", "threads=1", f"out={tmp_path}"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    code, out, err = run_main(
+        capsys, "scaling", "backbones=dis_t2,dit_t2", "resolutions=16,32", "repeats=1", f"out={tmp_path}"
     )
     assert code == 0
     rows = list(csv.DictReader((tmp_path / "scaling.csv").open()))
@@ -145,6 +149,10 @@ def test_scaling_tiny_run_writes_csv_and_png(capsys, tmp_path):
         assert not row["error"]
         assert all(float(row[k]) > 0 for k in ("gmacs", "fwd_ms", "fwdbwd_ms", "fwdbwd_mem_mb"))
     assert [int(r["tokens"]) for r in rows] == [66, 64, 258, 256]
+    for resolution in (16, 32):
+        counts = {int(r["threads"]) for r in rows if int(r["resolution"]) == resolution}
+        assert len(counts) == 1 and counts <= set(candidate_counts())
+    assert "threads=auto" in err
     assert (tmp_path / "scaling.png").stat().st_size > 1000
     assert (tmp_path / "crossover.csv").exists()
     assert "Crossover" in out and "dis_t2 vs dit_t2" in out

@@ -26,6 +26,7 @@ def test_arguments_are_parsed_and_checked():
         (["compile=maybe"], "compile must be true or false"),
         (["diffusion=nope"], "diffusion must be one of ddpm"),
         (["speed=fast"], "unknown key 'speed'; valid keys: backbones"),
+        (["threads=0"], "threads must be 'auto' or a positive integer, got '0'"),
     ]:
         with pytest.raises(UsageError, match=message):
             parse_step_args(bad)
@@ -39,6 +40,16 @@ def test_a_tiny_interleaved_run_reports_every_backbone(tmp_path):
     assert rows[0]["time_ratio"] == 1.0 and all(r["step_ms"] > 0 and r["img_per_s"] > 0 for r in rows)
     table = format_rows(cfg, rows)
     assert "grad_checkpoint=True" in table and "dis_t2" in table
+    assert all(r["threads"] == 1 for r in rows)  # threads=auto under the CPU clock times one thread
+
+
+def test_auto_threads_under_the_wall_clock_settle_each_backbone_on_its_own_steps(monkeypatch):
+    from archbench.console.threads import candidate_counts
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # spawned measuring processes inherit the environment
+    cfg = StepConfig(backbones=("dit_t2",), batch=2, image_size=8, timed_steps=1, warmup=0, rounds=1, timer="wall")
+    rows = run_step_bench(cfg)
+    assert rows[0]["threads"] in candidate_counts() and "threads=auto" in format_rows(cfg, rows)
 
 
 def test_cli_writes_json_and_plot(tmp_path, capsys):
