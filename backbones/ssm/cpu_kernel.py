@@ -78,6 +78,9 @@ def _capability() -> str:
 
 
 def _load(capability: str):
+    # Importing cpp_extension on a machine with a CUDA toolkit but no GPU warns "No CUDA runtime is found"
+    # in every process: noise for a CPU-only build, which needs no CUDA.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", "-ffp-contract=fast", "-fopenmp", *_ISA_FLAGS.get(capability, [])]
