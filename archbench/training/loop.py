@@ -32,6 +32,7 @@ from archbench.sampling.grid import generate, grid_columns, grid_labels, save_gr
 from archbench.training import checkpoint as ckpt
 from archbench.training.config import backbone_options
 from archbench.training.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_objects
+from archbench.training.init_from import backbone_family, read_source
 from archbench.training.log import MetricsLog, peak_memory_mb
 from archbench.training.noise import example_losses
 from archbench.training.resume_config import check_resume_config, record_config
@@ -83,7 +84,14 @@ class Trainer:
         if resume_state is not None:
             ckpt.check_backbone(resume_state, *backbone_options(config), self.resume_from)
             saved = ckpt.checkpoint_config(resume_state)
+            # a fine-tune's source checksum was filled when it started; the resumed run keeps that record
+            config["train"]["init_from_sha256"] = saved.get("train", {}).get("init_from_sha256")
             self.config_changes = check_resume_config(saved, config, self.resume_from)
+        # a new run from trained weights (train.init_from): read now, so a bad source fails before the data loads
+        init_weights = None
+        if resume_state is None and c.train.init_from:
+            init_weights = read_source(c.train.init_from, backbone_family(config))
+            config["train"]["init_from_sha256"] = init_weights.sha256
 
         self.accum = c.train.grad_accum
         self.global_batch = c.train.batch_size
@@ -97,7 +105,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        parts = build_run(c, dist, self.micro_batch)
+        parts = build_run(c, dist, self.micro_batch, init_weights)
+        del init_weights  # the source's tensors: the model holds its own copy now
         self.dataset, self.model, self.objective, self.ema = parts.dataset, parts.model, parts.objective, parts.ema
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
         self.loader, self.sampler, self.loader_generator = parts.loader, parts.sampler, parts.loader_generator
@@ -122,6 +131,8 @@ class Trainer:
         if dist.is_main:
             resumed = self.step if self.resume_from is not None else None
             record_config(self.run_dir, config, resumed, self.config_changes)
+            if parts.init is not None:
+                parts.init.write(self.run_dir)
             tracker = open_tracker(
                 c.train.logger, self.run_dir, start_step=self.step, config=config, project=c.train.project
             )

@@ -26,6 +26,7 @@ RESUMABLE = (
     "threads",  # a machine setting; the thread count is chosen per process anyway
     "train.steps",
     "train.resume",
+    "train.init_from_sha256",  # filled when the run started; a resume continues from its own checkpoint
     "train.log_every",
     "train.ckpt_every",
     "train.sample_every",

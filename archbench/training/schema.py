@@ -71,6 +71,11 @@ class TrainConfig:
     sample_every: int = key(1000, "steps between sample grids (0 = only at the end)")
     keep_last: int = key(3, "checkpoints kept (0 = all)")
     resume: str | None = key("auto", "auto = newest checkpoint in run_dir (if any) | a path | null = fresh")
+    init_from: str | None = key(None, "start a new run (step 0, fresh optimiser) from these weights: a run_dir (its "
+                                "EMA), a checkpoint, a save_pretrained folder, a Hub id or an official checkpoint; "
+                                "position and label tables are fitted to this run's size and classes")
+    init_from_sha256: str | None = key(None, "filled at the start: SHA-256 of the file init_from's weights came "
+                                       "from")
     progress: bool = key(True, "progress bar")
     logger: str = key("auto", "beside metrics.jsonl: auto (tensorboard if installed) | tensorboard | wandb | none")
     project: str = key("archbench", "the W&B project (train.logger=wandb)")

@@ -21,6 +21,7 @@ from archbench.training.config import ConfigError, backbone_options
 from archbench.training.data_order import build_loader
 from archbench.training.distributed import DistInfo, barrier, check_device
 from archbench.training.ema import EMA
+from archbench.training.init_from import InitRecord, SourceWeights, start_from
 from archbench.training.optim import build_optimizer, build_scheduler
 from archbench.training.schema import DataConfig, RunConfig, TrainConfig, run_config
 
@@ -179,15 +180,18 @@ class RunParts:
     sampler: Any
     loader_generator: torch.Generator
     train_model: nn.Module  # what the step calls: the model, under DDP and/or torch.compile when asked
+    init: InitRecord | None = None  # what train.init_from loaded, resized and left new
 
 
-def build_run(c: RunConfig, dist: DistInfo, micro_batch: int) -> RunParts:
-    """Data, model, objective, EMA, optimiser and LR schedule, loader, then DDP and compile: a run's parts in
-    reading order, from the checked config. Every rank builds identical initial weights (seeded from ``seed``)."""
+def build_run(c: RunConfig, dist: DistInfo, micro_batch: int, init_weights: SourceWeights | None = None) -> RunParts:
+    """Data, model (with ``init_weights`` fitted in, for train.init_from), objective, EMA, optimiser and LR schedule,
+    loader, then DDP and compile: a run's parts in reading order, from the checked config. Every rank builds
+    identical initial weights (seeded from ``seed``, or read from the same source)."""
     t = c.train
     dataset = build_training_data(c.data, dist)
     seed_everything(c.seed)
     model = build_model(c).to(dist.device)
+    init = start_from(model, init_weights) if init_weights is not None else None
     if t.grad_checkpoint:
         model.set_grad_checkpointing(True)
     objective = build_objective(c)
@@ -216,7 +220,7 @@ def build_run(c: RunConfig, dist: DistInfo, micro_batch: int) -> RunParts:
     if backend is not None:
         train_model = torch.compile(train_model, backend=backend)
     return RunParts(
-        dataset, model, objective, ema, optimizer, scheduler, loader, sampler, loader_generator, train_model
+        dataset, model, objective, ema, optimizer, scheduler, loader, sampler, loader_generator, train_model, init
     )
 
 
