@@ -119,7 +119,7 @@ class BiMamba(nn.Module):
         """
         conv, x_proj, dt_proj, a_log, d_skip = self.direction_params(backward)
         # The conv in token layout (B, L, d_inner): no transposes, and much faster than nn.Conv1d on CPU.
-        x = F.silu(causal_conv1d(x.transpose(1, 2), conv.weight[:, 0], conv.bias))
+        x = causal_conv1d(x.transpose(1, 2), conv.weight[:, 0], conv.bias, silu=True)
         dt, b, c = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight)
         return selective_scan(

@@ -4,7 +4,10 @@
 before the sequence start: what ``nn.Conv1d(groups=channels, padding=K-1)`` cut to the first ``L`` outputs
 computes (and mamba's ``causal_conv1d_fn``), written as K shifted multiply-adds.  On CPU this is several
 times faster than the depthwise convolution (whose backward in particular is slow), and it needs no
-transpose of the token-layout activations.  A registered custom op, so the FLOP counter can price it
+transpose of the token-layout activations.  ``silu=True`` applies the SiLU that follows it in every Mamba
+block inside the op.  With the compiled CPU kernel available (``cpu_kernel.py``; fp32/fp64 on the CPU) the op
+runs ``cpu_conv.cpp``, one fused pass forward and one backward (the pre-activation recomputed, never stored);
+otherwise the PyTorch ops below.  A registered custom op, so the FLOP counter can price it
 (``causal_conv1d_macs``) and torch.compile / torch.export see one node.
 """
 
@@ -33,27 +36,56 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
 # Weights are used as contiguous (K, channels) rows: a strided weight column makes every op several times slower.
 
 
-@torch.library.custom_op("backbones::causal_conv1d", mutates_args=())
-def _causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    L, K = x.shape[1], weight.shape[1]
-    taps = weight.t().contiguous()
+def _compiled(x: Tensor):
+    """The compiled kernel's module when it can run on ``x`` (fp32/fp64 on the CPU, unit stride along the
+    channels), else None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.stride(2) != 1:
+        return None
+    from backbones.ssm.cpu_kernel import cpu_kernel
+
+    return cpu_kernel()
+
+
+def _preactivation(x: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
+    L, K = x.shape[1], taps.shape[0]
     y = x * taps[K - 1]
     for shift in range(1, min(K, L)):
         y[:, shift:].addcmul_(x[:, : L - shift], taps[K - 1 - shift])
     return y if bias is None else y.add_(bias)
 
 
+@torch.library.custom_op("backbones::causal_conv1d", mutates_args=())
+def _causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    taps = weight.t().contiguous()
+    module = _compiled(x)
+    if module is not None:
+        return module.conv_forward(x, taps, bias, silu)
+    y = _preactivation(x, taps, bias)
+    return torch.nn.functional.silu(y) if silu else y
+
+
 @_causal_conv1d.register_fake
-def _causal_conv1d_fake(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _causal_conv1d_fake(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("backbones::causal_conv1d_backward", mutates_args=())
-def _causal_conv1d_backward(gy: Tensor, x: Tensor, weight: Tensor, has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of x, weight and bias (zeros when there is no bias)."""
+def _causal_conv1d_backward(gy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, has_bias: bool,
+                            silu: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of x, weight and bias (zeros when there is no bias); ``bias`` is needed only to recompute the
+    pre-activation under ``silu``."""
     L, K = x.shape[1], weight.shape[1]
     taps = weight.t().contiguous()
     gy = gy.contiguous()
+    module = _compiled(x)
+    if module is not None:
+        g_x, g_taps, g_b = module.conv_backward(gy, x, taps, bias, silu)
+        g_b = g_b if has_bias else weight.new_zeros(weight.shape[0])
+        return g_x, g_taps.t().contiguous().to(weight.dtype), g_b.to(weight.dtype)
+    if silu:  # d silu(a) / da = s (1 + a (1 - s)), s = sigmoid(a), at the recomputed pre-activation a
+        a = _preactivation(x, taps, bias)
+        s = torch.sigmoid(a)
+        gy = gy * s * (1 + a * (1 - s))
     g_x = gy * taps[K - 1]
     g_taps = [(x * gy).sum((0, 1))]  # tap K-1 (no shift) first
     for shift in range(1, K):
@@ -68,20 +100,20 @@ def _causal_conv1d_backward(gy: Tensor, x: Tensor, weight: Tensor, has_bias: boo
 
 
 @_causal_conv1d_backward.register_fake
-def _causal_conv1d_backward_fake(gy, x, weight, has_bias):
+def _causal_conv1d_backward_fake(gy, x, weight, bias, has_bias, silu):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
 def _setup(ctx, inputs, output) -> None:
-    x, weight, bias = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.has_bias = bias is not None
+    x, weight, bias, silu = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.has_bias, ctx.silu = bias is not None, silu
 
 
 def _grad(ctx, gy: Tensor):
-    x, weight = ctx.saved_tensors
-    g_x, g_w, g_b = _causal_conv1d_backward(gy, x, weight, ctx.has_bias)
-    return g_x, g_w, g_b if ctx.has_bias else None
+    x, weight, bias = ctx.saved_tensors
+    g_x, g_w, g_b = _causal_conv1d_backward(gy, x, weight, bias, ctx.has_bias, ctx.silu)
+    return g_x, g_w, g_b if ctx.has_bias else None, None
 
 
 def _no_double_backward(ctx, *grads: Tensor):
@@ -92,12 +124,13 @@ _causal_conv1d.register_autograd(_grad, setup_context=_setup)
 _causal_conv1d_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Depthwise causal convolution of token-layout ``x (batch, L, channels)`` with ``weight (channels, K)``.
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = False) -> Tensor:
+    """Depthwise causal convolution of token-layout ``x (batch, L, channels)`` with ``weight (channels, K)``,
+    followed by a SiLU when ``silu``.
 
     Computes in ``x``'s dtype promoted with the weight's (so under autocast a bf16 x meets fp32 weights
     in fp32), and returns that dtype.
     """
     _check(x, weight, bias)
     dtype = torch.promote_types(x.dtype, weight.dtype)
-    return _causal_conv1d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+    return _causal_conv1d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), silu)

@@ -37,6 +37,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_scan.cpp")
+CONV_SOURCE = Path(__file__).with_name("cpu_conv.cpp")  # the causal conv (+ SiLU) before the scan
 DISABLE_ENV = "ARCHBENCH_NO_CPU_KERNEL"
 # At most this many timesteps between the forward pass's state checkpoints, i.e. per chunk of the backward
 # pass's recomputation (see cpu_scan.cpp; its buffers are about 4 CHUNK N W values per thread, 96 KiB at
@@ -89,7 +90,7 @@ def _load(capability: str):
     version = re.sub(r"\W", "_", torch.__version__)
     return load(
         name=f"archbench_cpu_scan_{capability.lower()}_torch{version}",
-        sources=[str(SOURCE)],
+        sources=[str(SOURCE), str(CONV_SOURCE)],
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
         verbose=False,

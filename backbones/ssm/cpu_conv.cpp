@@ -1,0 +1,143 @@
+// Depthwise causal conv1d in the token layout, with the SiLU after it fused in: the short convolution in front of
+// every Mamba scan, compiled for the CPU beside the selective scan (one extension, built by cpu_kernel.py).
+//
+//   a[b, t, c] = bias[c] + sum_k taps[k, c] * x[b, t - (K-1) + k, c]      (zeros before the sequence start)
+//   y          = a                  (silu = false)
+//   y          = a * sigmoid(a)     (silu = true)
+//
+// In PyTorch ops this is K shifted multiply-adds, a SiLU and, in the backward pass, 2K+3 more passes over
+// (batch, L, channels) tensors; here each token is one pass over its channels in SIMD vectors (cpu_vec.h: the
+// sigmoid from exp(-|a|), as the scan's gate computes it), and the pre-activation is never stored: the
+// backward pass recomputes it (K multiply-adds per element, cheaper than a round trip through memory).
+//
+// Parallelism: at::parallel_for over tokens in the forward pass and over batch elements in the backward pass
+// (each batch element keeps its own partial weight and bias gradients, summed over the batch afterwards), so
+// the results are the same at every thread count.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "cpu_vec.h"
+
+namespace {
+
+using namespace archbench_cpu;
+
+void check_conv(const at::Tensor& x, const at::Tensor& taps, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1, "cpu causal conv: x must be (batch, L, channels) with unit stride "
+              "along channels");
+  TORCH_CHECK(taps.dim() == 2 && taps.size(1) == x.size(2) && taps.is_contiguous() &&
+                  taps.scalar_type() == x.scalar_type(),
+              "cpu causal conv: taps must be a contiguous (K, channels) tensor of x's dtype");
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(2) && bias->is_contiguous() &&
+                    bias->scalar_type() == x.scalar_type(),
+                "cpu causal conv: bias must be a contiguous (channels,) tensor of x's dtype");
+  }
+}
+
+// The pre-activation of token t at channels [c, c + nv): bias + sum_k taps[k] * x[t - (K-1) + k].
+template <typename M>
+inline typename M::V preactivation(const typename M::T* x, int64_t sl, int64_t t, const typename M::T* taps,
+                                   const typename M::T* bias, int64_t K, int64_t C, int64_t c, int nv) {
+  using V = typename M::V;
+  V acc = bias ? loadv<V>(bias + c, nv) : M::bc(0);
+  for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k)
+    acc += loadv<V>(taps + k * C + c, nv) * loadv<V>(x + (t - (K - 1) + k) * sl + c, nv);
+  return acc;
+}
+
+template <typename T>
+void forward_tokens(const at::Tensor& x, const at::Tensor& taps, const c10::optional<at::Tensor>& bias, bool silu,
+                    at::Tensor& y) {
+  using M = typename MathOf<T>::type;
+  using V = typename M::V;
+  constexpr int W = sizeof(V) / sizeof(T);
+  const int64_t L = x.size(1), C = x.size(2), K = taps.size(0), sb = x.stride(0), sl = x.stride(1);
+  const T* xp = x.data_ptr<T>();
+  const T* tp = taps.data_ptr<T>();
+  const T* bp = bias ? bias->data_ptr<T>() : nullptr;
+  T* yp = y.data_ptr<T>();
+  at::parallel_for(0, x.size(0) * L, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t it = lo; it < hi; ++it) {
+      const int64_t b = it / L, t = it % L;
+      for (int64_t c = 0; c < C; c += W) {
+        const int nv = static_cast<int>(std::min<int64_t>(W, C - c));
+        V a = preactivation<M>(xp + b * sb, sl, t, tp, bp, K, C, c, nv);
+        if (silu) a = a * M::sigmoid_from(a, M::exp_neg_abs(a));
+        storev(yp + it * C + c, a, nv);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_batch(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& taps,
+                    const c10::optional<at::Tensor>& bias, bool silu, at::Tensor& gx, at::Tensor& gtaps_part,
+                    at::Tensor& gbias_part) {
+  using M = typename MathOf<T>::type;
+  using V = typename M::V;
+  constexpr int W = sizeof(V) / sizeof(T);
+  const int64_t L = x.size(1), C = x.size(2), K = taps.size(0), sb = x.stride(0), sl = x.stride(1);
+  const T* xp = x.data_ptr<T>();
+  const T* tp = taps.data_ptr<T>();
+  const T* bp = bias ? bias->data_ptr<T>() : nullptr;
+  const T* gp = gy.data_ptr<T>();
+  at::parallel_for(0, x.size(0), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const T* xb = xp + b * sb;
+      T* gw = gtaps_part.data_ptr<T>() + b * K * C;
+      T* gbias = gbias_part.data_ptr<T>() + b * C;
+      T* gxb = gx.data_ptr<T>() + b * L * C;
+      for (int64_t t = 0; t < L; ++t) {
+        for (int64_t c = 0; c < C; c += W) {
+          const int nv = static_cast<int>(std::min<int64_t>(W, C - c));
+          V ga = loadv<V>(gp + (b * L + t) * C + c, nv);
+          if (silu) {  // d silu(a) / da = s (1 + a (1 - s)), s = sigmoid(a)
+            const V a = preactivation<M>(xb, sl, t, tp, bp, K, C, c, nv);
+            const V s = M::sigmoid_from(a, M::exp_neg_abs(a));
+            ga = ga * s * (a * (M::bc(1) - s) + M::bc(1));
+          }
+          storev(gbias + c, loadv<V>(gbias + c, nv) + ga, nv);
+          for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
+            const int64_t src = t - (K - 1) + k;
+            T* gwk = gw + k * C + c;
+            T* gxs = gxb + src * C + c;
+            storev(gwk, loadv<V>(gwk, nv) + loadv<V>(xb + src * sl + c, nv) * ga, nv);
+            storev(gxs, loadv<V>(gxs, nv) + loadv<V>(tp + k * C + c, nv) * ga, nv);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& taps, const c10::optional<at::Tensor>& bias,
+                        bool silu) {
+  check_conv(x, taps, bias);
+  auto y = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv_forward", [&] {
+    forward_tokens<scalar_t>(x, taps, bias, silu, y);
+  });
+  return y;
+}
+
+// Gradients of x, taps (K, channels) and bias from the output's gradient gy (batch, L, channels).
+std::vector<at::Tensor> conv_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& taps,
+                                      const c10::optional<at::Tensor>& bias, bool silu) {
+  check_conv(x, taps, bias);
+  TORCH_CHECK(gy.sizes() == x.sizes() && gy.is_contiguous() && gy.scalar_type() == x.scalar_type(),
+              "cpu causal conv: the output's gradient must be a contiguous tensor of x's shape and dtype");
+  const int64_t batch = x.size(0), C = x.size(2), K = taps.size(0);
+  auto gx = at::zeros(x.sizes(), x.options());
+  auto gtaps_part = at::zeros({batch, K, C}, x.options());
+  auto gbias_part = at::zeros({batch, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv_backward", [&] {
+    backward_batch<scalar_t>(gy, x, taps, bias, silu, gx, gtaps_part, gbias_part);
+  });
+  return {gx, gtaps_part.sum(0), gbias_part.sum(0)};
+}
