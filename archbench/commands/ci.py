@@ -11,11 +11,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from archbench.console.args import arg, help_text, parse_args, split_command, wants_help
 from archbench.console.errors import fail, interruptible
 from archbench.console.logs import setup_logging
+
+if TYPE_CHECKING:
+    from archbench.study.schema import StudySpec
 
 PROGRAM = "archbench.ci"
 ABOUT = """\
@@ -47,7 +50,7 @@ class FidArgs:
                               doc="torch threads; ci.yaml's 1 makes scores independent of the core count")
 
 
-def fid_spec(request: FidArgs) -> dict[str, Any]:
+def fid_spec(request: FidArgs) -> StudySpec:
     """The study file with the keys the user gave (and only those) applied."""
     from archbench.study.regression import ci_spec
 

@@ -44,8 +44,8 @@ def usage() -> str:
 
 
 def study_keys() -> str:
-    """The study file's keys with their defaults, generated from :data:`archbench.study.spec.KEY_DOCS`."""
-    from archbench.study.spec import key_rows
+    """The study file's keys with their defaults, generated from the schema (:mod:`archbench.study.schema`)."""
+    from archbench.study.schema import key_rows
 
     lines = ["Study file keys [defaults]:"]
     for key, shown, doc in key_rows():
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs = plan_study(spec, measure=False)[1]
             candidates = tune_jobs(spec, jobs)
             if candidates:
-                print(f"Tuning runs ({spec['tune']['key']} per arm, {spec['tune']['metric']} picks the value the "
+                print(f"Tuning runs ({spec.tune.key} per arm, {spec.tune.metric} picks the value the "
                       "main runs then train with):\n")
                 print(format_plan(candidates) + "\n\nMain runs:\n")
             print(format_plan(jobs))
@@ -91,6 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROGRAM, one_line(exc))
     for item in result.failed:
         print(f"{PROGRAM}: run {item['run']} {item['status']}: {one_line(item.get('error', ''))}", file=sys.stderr)
-    print(f"study {spec['name']}: {len(result.rows)} result rows; wrote {', '.join(p.name for p in result.outputs)} "
+    print(f"study {spec.name}: {len(result.rows)} result rows; wrote {', '.join(p.name for p in result.outputs)} "
           f"in {result.study_dir}")
     return 1 if result.failed else 0

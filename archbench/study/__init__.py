@@ -7,6 +7,7 @@
 """
 
 from archbench.study.runner import StudyResult, plan_study, run_study
-from archbench.study.spec import DEFAULTS, StudyError, load_study, study_names
+from archbench.study.schema import StudySpec
+from archbench.study.spec import StudyError, load_study, study_names
 
-__all__ = ["DEFAULTS", "StudyError", "StudyResult", "load_study", "plan_study", "run_study", "study_names"]
+__all__ = ["StudyError", "StudyResult", "StudySpec", "load_study", "plan_study", "run_study", "study_names"]

@@ -23,6 +23,7 @@ from archbench.study.plan import Job
 
 if TYPE_CHECKING:
     from archbench.evaluation.evaluate import EvalRequest
+    from archbench.training.schema import RunConfig
 
 log = logging.getLogger("archbench.study")
 EVALS_DIR = "evals"
@@ -34,7 +35,8 @@ def eval_path(run_dir: str | Path, step: int) -> Path:
 
 
 def run_overrides(job: Job) -> list[str]:
-    """The job's training run as ``archbench.train`` overrides (the study's keys last: they win)."""
+    """The job's training run as ``archbench.train`` overrides (the study's keys last: they win): the run's record
+    in plan.json, and what torchrun's ranks compose in their own processes."""
     return [
         *job.overrides,
         f"run_dir={job.run_dir}",
@@ -50,21 +52,29 @@ def run_overrides(job: Job) -> list[str]:
     ]
 
 
+def job_config(job: Job) -> RunConfig:
+    """The typed training config of the job's run, composed once from :func:`run_overrides`."""
+    from archbench.training.launch import compose_run
+
+    return compose_run(run_overrides(job))
+
+
 def check_reuse(job: Job) -> None:
     """Refuse, in one line, a run on disk that was trained with other settings than the job asks for now.
 
     An edited study (another recipe, an arm's override, a tuned value that changed) must never pass off the old
     runs' scores as the new experiment's; what may differ is what a resume may change (the step budget, logging,
     devices: :data:`archbench.training.resume_config.RESUMABLE`)."""
-    from archbench.study.spec import StudyError
-    from archbench.training.config import ConfigError, compose_config, to_container
+    from archbench.study.schema import StudyError
+    from archbench.training.config import ConfigError
+    from archbench.training.launch import config_record
     from archbench.training.resume_config import read_run_config, trajectory_changes
 
     try:
         saved = read_run_config(job.run_dir)
         if saved is None:
             return
-        changes = trajectory_changes(saved, to_container(compose_config(run_overrides(job))))
+        changes = trajectory_changes(saved, config_record(job_config(job)))
     except ConfigError as exc:
         raise StudyError(f"run {job.run_name}: {exc}") from None
     if changes:
@@ -78,7 +88,7 @@ def check_reuse(job: Job) -> None:
 def _check_checkpoints_kept(job: Job) -> None:
     """A run trained past an evaluation point the study now asks for must still hold that checkpoint (a lowered
     budget moves the points onto steps that were pruned): refuse rather than score something else."""
-    from archbench.study.spec import StudyError
+    from archbench.study.schema import StudyError
     from archbench.training.checkpoint import checkpoint_path
 
     reached = trained_step(job.run_dir)
@@ -169,10 +179,9 @@ def record_divergence(job: Job, message: str) -> None:
 
 def _train(job: Job) -> int | None:
     """Train to the job's steps; returns the signal that stopped it, or None."""
-    overrides = run_overrides(job)
-    if job.gpus > 1:
+    if job.gpus > 1:  # the ranks are processes of their own: they get the strings and compose them there
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.gpus}",
-                   "-m", "archbench.train", *overrides]
+                   "-m", "archbench.train", *run_overrides(job)]
         # torchrun gets SIGTERM when this worker dies and passes it on to its ranks (they save and stop)
         code = subprocess.run(command, preexec_fn=child_dies_with_us()).returncode
         if code >= 128:
@@ -180,9 +189,9 @@ def _train(job: Job) -> int | None:
         if code:
             raise RuntimeError(f"torchrun training of {job.run_name} failed with exit code {code}")
         return None
-    from archbench.training.launch import train_from_overrides
+    from archbench.training.launch import train_from_config
 
-    return train_from_overrides(overrides).signum
+    return train_from_config(job_config(job)).signum
 
 
 def prune(job: Job) -> None:
@@ -239,7 +248,7 @@ def time_point(overrides: list[str], run_dir: str, steps: int, device: str, thre
     """Median seconds per training step of ``steps`` real steps after a warm-up, from the loop's own log."""
     from archbench.console.threads import measurement_units
     from archbench.training.checkpoint import list_checkpoints
-    from archbench.training.launch import train_from_overrides
+    from archbench.training.launch import compose_run, train_from_config
     from archbench.training.log import read_metrics
 
     configure(threads)
@@ -248,11 +257,11 @@ def time_point(overrides: list[str], run_dir: str, steps: int, device: str, thre
     rows = read_metrics(run_dir) if Path(run_dir, "metrics.jsonl").is_file() else []
     if len(rows) < steps + skip:
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted timing run starts over: it is short
-        train_from_overrides([
+        train_from_config(compose_run([
             *overrides, f"run_dir={run_dir}", f"train.steps={steps + skip}", "train.resume=null",
             "train.log_every=1", "train.sample_every=0", f"train.ckpt_every={steps + skip}",
             f"device={device}", f"threads={setting}", "train.progress=false", "train.logger=none",
-        ])
+        ]))
         exit_if_orphaned()
         rows = read_metrics(run_dir)
         for path in list_checkpoints(run_dir):

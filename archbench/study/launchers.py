@@ -19,7 +19,7 @@ from typing import Any
 from archbench.console.errors import one_line
 from archbench.console.lifeline import die_with_parent
 from archbench.study.job import run_task
-from archbench.study.spec import StudyError
+from archbench.study.schema import LauncherSpec, StudyError, StudySpec
 
 
 def _failed(task: dict[str, Any], exc: BaseException) -> dict[str, Any]:
@@ -66,32 +66,32 @@ def _wait(done: list[Callable[[], bool]], poll: Callable[[], None], poll_every: 
     poll()
 
 
-def submitit_executor(folder: Path, launcher: dict[str, Any], study_name: str) -> Any:
+def submitit_executor(folder: Path, launcher: LauncherSpec, study_name: str) -> Any:
     """A submitit executor for ``launcher`` (cluster slurm / local / debug) with the study's job resources."""
     try:
         import submitit
     except ImportError:
         raise StudyError("launcher=submitit needs the submitit package: pip install 'archbench[slurm]'") from None
-    cluster = None if launcher["cluster"] == "slurm" else launcher["cluster"]
+    cluster = None if launcher.cluster == "slurm" else launcher.cluster
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     except RuntimeError as exc:  # no sbatch on this machine
         raise StudyError(f"submitit cannot reach SLURM here ({one_line(exc)}); launcher.cluster=local runs the "
                          "same jobs on this machine") from None
-    gpus = int(launcher["gpus_per_job"])
+    gpus = launcher.gpus_per_job
     params: dict[str, Any] = {
         "name": f"archbench-{study_name}",
-        "timeout_min": int(launcher["timeout_min"]),
+        "timeout_min": launcher.timeout_min,
         "nodes": 1,
         "tasks_per_node": 1,  # one process per job: it starts torchrun itself when gpus_per_job > 1
         "gpus_per_node": gpus or None,
-        "cpus_per_task": launcher["cpus_per_job"],
-        "mem_gb": launcher["mem_gb"],
+        "cpus_per_task": launcher.cpus_per_job,
+        "mem_gb": launcher.mem_gb,
     }
     if executor.cluster == "slurm":
-        params["slurm_partition"] = launcher["partition"]
-        if launcher["slurm_args"]:
-            params["slurm_additional_parameters"] = dict(launcher["slurm_args"])
+        params["slurm_partition"] = launcher.partition
+        if launcher.slurm_args:
+            params["slurm_additional_parameters"] = dict(launcher.slurm_args)
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return executor
 
@@ -103,7 +103,7 @@ def _error_line(text: str) -> str:
     return errors[-1] if errors else (lines[-1] if lines else "")
 
 
-def run_submitit(tasks: list[dict[str, Any]], folder: Path, launcher: dict[str, Any], study_name: str,
+def run_submitit(tasks: list[dict[str, Any]], folder: Path, launcher: LauncherSpec, study_name: str,
                  poll: Callable[[], None], poll_every: float) -> list[dict[str, Any]]:
     """Submit one job per task and wait for all of them; results in task order."""
     if not tasks:
@@ -120,11 +120,11 @@ def run_submitit(tasks: list[dict[str, Any]], folder: Path, launcher: dict[str, 
     return results
 
 
-def run_tasks(tasks: list[dict[str, Any]], spec: dict[str, Any], poll: Callable[[], None],
+def run_tasks(tasks: list[dict[str, Any]], spec: StudySpec, poll: Callable[[], None],
               workers: int | None = None) -> list[dict[str, Any]]:
     """Run tasks through the study's launcher."""
-    launcher = spec["launcher"]
-    every = float(spec["progress_every"])
-    if launcher["name"] == "submitit":
-        return run_submitit(tasks, Path(spec["study_dir"]) / "submitit", launcher, spec["name"], poll, every)
-    return run_local(tasks, workers or int(launcher["workers"]), poll, every)
+    launcher = spec.launcher
+    every = spec.progress_every
+    if launcher.name == "submitit":
+        return run_submitit(tasks, Path(spec.study_dir) / "submitit", launcher, str(spec.name), poll, every)
+    return run_local(tasks, workers or launcher.workers, poll, every)

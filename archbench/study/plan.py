@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from archbench.study import budget
-from archbench.study.spec import StudyError
+from archbench.study.schema import StudyError, StudySpec
 
 
 @dataclass(frozen=True)
@@ -104,21 +104,21 @@ def _compose(overrides: list[str], what: str) -> dict[str, Any]:
         raise StudyError(f"{what}: {exc}") from None
 
 
-def describe_arms(spec: dict[str, Any]) -> list[ArmPoint]:
+def describe_arms(spec: StudySpec) -> list[ArmPoint]:
     """Compose and measure every arm at every sweep point (params, GMACs at the recipe's resolution)."""
     from archbench.measure.flops import backbone_flops
     from archbench.training.config import backbone_options
 
     points = []
-    for arm in spec["arms"]:
-        for point in sweep_points(spec["sweep"]):
-            label = point_label(arm["name"], point)
-            overrides = [f"recipe={spec['recipe']}", f"backbone={arm['backbone']}", *spec["overrides"],
-                         *arm["overrides"], *(override(k, v) for k, v in point.items())]
+    for arm in spec.arms:
+        for point in sweep_points(spec.sweep):
+            label = point_label(str(arm.name), point)
+            overrides = [f"recipe={spec.recipe}", f"backbone={arm.backbone}", *spec.overrides,
+                         *arm.overrides, *(override(k, v) for k, v in point.items())]
             config = _compose(overrides, f"arm {label}")
             name, options = backbone_options(config)
-            if arm["match_params"] is not None:
-                key, value, _ = budget.match_params(name, options, float(arm["match_params"]), arm["match_by"])
+            if arm.match_params is not None:
+                key, value, _ = budget.match_params(name, options, float(arm.match_params), arm.match_by)
                 overrides.append(f"backbone.{key}={value}")
                 config = _compose(overrides, f"arm {label}")
                 name, options = backbone_options(config)
@@ -127,24 +127,24 @@ def describe_arms(spec: dict[str, Any]) -> list[ArmPoint]:
             except (ValueError, RuntimeError, AssertionError) as exc:
                 raise StudyError(f"arm {label}: {name} does not build with {options}: {exc}") from None
             points.append(ArmPoint(
-                label=label, arm=arm["name"], backbone=name, sweep=point, overrides=overrides,
+                label=label, arm=str(arm.name), backbone=name, sweep=point, overrides=overrides,
                 params=int(counted["params"]), gmacs=float(counted["gmacs"]),
                 batch_size=int(config["train"]["batch_size"]), dataset=str(config["data"]["name"]),
             ))
     return points
 
 
-def reference_points(spec: dict[str, Any], points: list[ArmPoint]) -> dict[str, ArmPoint]:
+def reference_points(spec: StudySpec, points: list[ArmPoint]) -> dict[str, ArmPoint]:
     """For each point, the reference arm at the same sweep point (its steps set the budget there)."""
-    reference = spec["budget"]["reference"] or spec["arms"][0]["name"]
+    reference = spec.budget.reference or spec.arms[0].name
     by_sweep = {tuple(sorted(p.sweep.items(), key=str)): p for p in points if p.arm == reference}
     return {p.label: by_sweep[tuple(sorted(p.sweep.items(), key=str))] for p in points}
 
 
-def arm_steps(spec: dict[str, Any], points: list[ArmPoint], seconds_per_step: dict[str, float] | None = None
+def arm_steps(spec: StudySpec, points: list[ArmPoint], seconds_per_step: dict[str, float] | None = None
               ) -> dict[str, int]:
     """Training steps per point under the budget rule (``wall_clock`` needs measured seconds per step)."""
-    match, ref_steps = spec["budget"]["match"], int(spec["budget"]["steps"])
+    match, ref_steps = spec.budget.match, spec.budget.steps
     refs = reference_points(spec, points)
     steps = {}
     for point in points:
@@ -162,30 +162,29 @@ def arm_steps(spec: dict[str, Any], points: list[ArmPoint], seconds_per_step: di
     return steps
 
 
-def make_jobs(spec: dict[str, Any], points: list[ArmPoint], steps: dict[str, int], recipe_log_every: int = 10
+def make_jobs(spec: StudySpec, points: list[ArmPoint], steps: dict[str, int], recipe_log_every: int = 10
               ) -> list[Job]:
     """Arms x seeds, each with its run folder, evaluation points and checkpoint interval."""
     refs = reference_points(spec, points)
-    every = spec["eval"]["every"]
+    every = spec.eval.every
     jobs = []
     for point in points:
         ref_steps = steps[refs[point.label].label]
         n = steps[point.label]
         evals, interval = budget.eval_points(n, ref_steps, every)
-        ckpt_every = math.gcd(int(spec["ckpt_every"]), interval) if spec["ckpt_every"] else interval
-        for seed in spec["seeds"]:
+        ckpt_every = math.gcd(spec.ckpt_every, interval) if spec.ckpt_every else interval
+        for seed in spec.seeds:
             jobs.append(Job(
                 label=point.label, arm=point.arm, backbone=point.backbone, seed=int(seed), sweep=point.sweep,
                 overrides=point.overrides, steps=n, eval_steps=evals, ckpt_every=ckpt_every,
                 log_every=math.gcd(recipe_log_every, ckpt_every),
-                run_dir=str(Path(spec["study_dir"]) / "runs" / f"{point.label}-s{seed}"),
-                eval=dict(spec["eval"]), params=point.params, gmacs=point.gmacs, batch_size=point.batch_size,
-                dataset=point.dataset, device=str(spec["device"]), threads=spec["threads"],
-                gpus=int(spec["launcher"]["gpus_per_job"]),
+                run_dir=str(Path(spec.study_dir) / "runs" / f"{point.label}-s{seed}"),
+                eval=asdict(spec.eval), params=point.params, gmacs=point.gmacs, batch_size=point.batch_size,
+                dataset=point.dataset, device=spec.device, threads=spec.threads, gpus=spec.launcher.gpus_per_job,
             ))
     return jobs
 
 
-def recipe_log_every(spec: dict[str, Any]) -> int:
-    config = _compose([f"recipe={spec['recipe']}", *spec["overrides"]], "the study's recipe")
+def recipe_log_every(spec: StudySpec) -> int:
+    config = _compose([f"recipe={spec.recipe}", *spec.overrides], "the study's recipe")
     return int(config["train"]["log_every"])

@@ -24,13 +24,14 @@ import logging
 import os
 import shutil
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from archbench.console.errors import UsageError
 from archbench.console.files import write_text_atomic
 from archbench.study.job import eval_settings, read_eval
+from archbench.study.schema import StudySpec
 
 STUDY = "ci"  # recipes/studies/ci.yaml: the recipe, the arms (the registry's "tiny" tag), the evaluation, seeds
 FEATURES = "fashion_mnist_cnn"
@@ -78,13 +79,13 @@ def ci_spec(
     work_dir: str | Path | None = None,
     threads: int | None = None,
     study: str | Path = STUDY,
-) -> dict[str, Any]:
+) -> StudySpec:
     """The ``ci`` study file (or ``study``) with only the settings given here replaced.
 
     ``None`` keeps the file's value, so the file is what CI runs and a flag changes one thing.  The file may
     leave the features out: CI then scores with the committed Fashion-MNIST CNN, as its baselines do.
     """
-    from archbench.study.spec import expand_tag_arms, normalise, read_study_file
+    from archbench.study.spec import compose_study, expand_tag_arms, read_study_file
 
     raw, path = read_study_file(str(study))
     if names is not None:  # a named backbone keeps the file's arm (its learning rate), others train as they are
@@ -106,14 +107,14 @@ def ci_spec(
     if evaluation["features"] == FEATURES and evaluation.get("weights") is None:
         evaluation["weights"] = str(feature_weights())
     raw.update(budget=budget, eval=evaluation)
-    return normalise(raw, source=str(path))
+    return compose_study(raw, source=str(path))
 
 
-def run_ci_study(spec: dict[str, Any], fresh: bool = True) -> dict[tuple[str, int], dict[str, Any]]:
+def run_ci_study(spec: StudySpec, fresh: bool = True) -> dict[tuple[str, int], dict[str, Any]]:
     """Run the study (from scratch unless ``fresh`` is false); (backbone, seed) -> its CI table row."""
     from archbench.study.runner import run_study
 
-    runs = Path(spec["study_dir"]) / "runs"
+    runs = Path(spec.study_dir) / "runs"
     if fresh and runs.exists():  # a scratch folder of an earlier check: every CI run trains from scratch
         shutil.rmtree(runs)
     result = run_study(spec)
@@ -138,8 +139,8 @@ def run_ci_study(spec: dict[str, Any], fresh: bool = True) -> dict[tuple[str, in
             "precision": record.get("precision"),
             "recall": record.get("recall"),
             "feature_checksum": record["feature_checksum"],
-            "settings": RunSettings(job.steps, spec["eval"]["num_samples"], spec["eval"]["sampler"],
-                                    spec["eval"]["steps"], job.seed, float(spec["eval"]["cfg_scale"])).as_dict(),
+            "settings": RunSettings(job.steps, spec.eval.num_samples, spec.eval.sampler, spec.eval.steps, job.seed,
+                                    spec.eval.cfg_scale).as_dict(),
             "cond_accuracy": record.get("cond_accuracy"),
             "train_s": row["wall_s"],
         }
@@ -213,24 +214,24 @@ class RegressionResult:
         return [r["backbone"] for r in self.rows if r["verdict"] not in ("ok", "better")]
 
 
-def check_spec(spec: dict[str, Any], update_baselines: bool = False) -> None:
+def check_spec(spec: StudySpec, update_baselines: bool = False) -> None:
     """What the check refuses before training anything: unknown or repeated backbones, several seeds outside
     ``update_baselines``; a UsageError naming it."""
     from backbones.registry import list_backbones
 
-    names = [arm["backbone"] for arm in spec["arms"]]
+    names = [arm.backbone for arm in spec.arms]
     unknown = [n for n in names if n not in list_backbones()]
     if unknown:
         raise UsageError(f"unknown backbone(s) {', '.join(unknown)}; e.g. "
                          f"{', '.join(list_backbones(tag='cpu_study'))}")
     if len(set(names)) != len(names):
         raise UsageError(f"each backbone is compared once, got {', '.join(names)}")
-    if not update_baselines and len(spec["seeds"]) > 1:
-        raise UsageError(f"CI compares one seed, got {spec['seeds']}; several seeds are for update_baselines")
+    if not update_baselines and len(spec.seeds) > 1:
+        raise UsageError(f"CI compares one seed, got {spec.seeds}; several seeds are for update_baselines")
 
 
 def run_regression(
-    spec: dict[str, Any],
+    spec: StudySpec,
     *,
     update_baselines: bool = False,
     min_tolerance: float = 0.10,
@@ -241,8 +242,8 @@ def run_regression(
     study folder are resumed, e.g. an interrupted baseline update), optionally rewrite the baselines from this run,
     and give each backbone its verdict; the rows are also written to ``study_dir/ci_fid.json``."""
     check_spec(spec, update_baselines)
-    names = [arm["backbone"] for arm in spec["arms"]]
-    seeds = spec["seeds"]
+    names = [arm.backbone for arm in spec.arms]
+    seeds = spec.seeds
     directory = Path(baselines) if baselines else baselines_dir()
     scored = run_ci_study(spec, fresh=fresh)
     rows = []
@@ -258,5 +259,5 @@ def run_regression(
         row["verdict"] = verdict(row, baseline)
         rows.append(row)
         log.info("%s: %s %.3f -> %s", name, row["score_name"], row["fd"], row["verdict"])
-    table_path = write_text_atomic(Path(spec["study_dir"]) / "ci_fid.json", json.dumps(rows, indent=2) + "\n")
-    return RegressionResult(rows, list(seeds), dict(spec["eval"]), table_path)
+    table_path = write_text_atomic(Path(spec.study_dir) / "ci_fid.json", json.dumps(rows, indent=2) + "\n")
+    return RegressionResult(rows, list(seeds), asdict(spec.eval), table_path)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from archbench.study.plots import write_plots
 from archbench.study.progress import Progress
 from archbench.study.results import collect, write_csv
 from archbench.study.samples import write_grid
-from archbench.study.spec import StudyError
+from archbench.study.schema import StudyError, StudySpec
 from archbench.study.summary import write_summary
 
 log = logging.getLogger("archbench.study")
@@ -64,14 +64,13 @@ def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def measure_seconds_per_step(spec: dict[str, Any], points: list[planning.ArmPoint]) -> dict[str, float]:
+def measure_seconds_per_step(spec: StudySpec, points: list[planning.ArmPoint]) -> dict[str, float]:
     """``budget.match=wall_clock``: each point's seconds per step, measured once (kept in timing.json)."""
-    path = Path(spec["study_dir"]) / TIMING_FILE
+    path = Path(spec.study_dir) / TIMING_FILE
     known: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
     tasks = [{
-        "kind": "time", "label": p.label, "overrides": p.overrides, "steps": int(spec["budget"]["timing_steps"]),
-        "run_dir": str(Path(spec["study_dir"]) / "timing" / p.label), "device": spec["device"],
-        "threads": spec["threads"],
+        "kind": "time", "label": p.label, "overrides": p.overrides, "steps": spec.budget.timing_steps,
+        "run_dir": str(Path(spec.study_dir) / "timing" / p.label), "device": spec.device, "threads": spec.threads,
     } for p in points if p.label not in known]
     if tasks:
         log.info("timing %d arm(s) for budget.match=wall_clock, one at a time", len(tasks))
@@ -83,11 +82,11 @@ def measure_seconds_per_step(spec: dict[str, Any], points: list[planning.ArmPoin
     return known
 
 
-def plan_study(spec: dict[str, Any], measure: bool = True) -> tuple[list[planning.ArmPoint], list[planning.Job]]:
+def plan_study(spec: StudySpec, measure: bool = True) -> tuple[list[planning.ArmPoint], list[planning.Job]]:
     """The arms (composed and counted) and the jobs; wall-clock budgets are measured when ``measure``."""
     points = planning.describe_arms(spec)
     seconds = None
-    if spec["budget"]["match"] == "wall_clock":
+    if spec.budget.match == "wall_clock":
         if not measure:
             raise StudyError("budget.match=wall_clock: the plan needs each arm's measured seconds per step")
         seconds = measure_seconds_per_step(spec, points)
@@ -95,11 +94,11 @@ def plan_study(spec: dict[str, Any], measure: bool = True) -> tuple[list[plannin
     return points, planning.make_jobs(spec, points, steps, planning.recipe_log_every(spec))
 
 
-def write_outputs(spec: dict[str, Any], jobs: list[planning.Job], candidates: list[planning.Job] | None = None
+def write_outputs(spec: StudySpec, jobs: list[planning.Job], candidates: list[planning.Job] | None = None
                   ) -> tuple[list[dict[str, Any]], list[Path]]:
     """results.csv (and tune.csv), summary.md, the plots and the grid, from what the runs hold now."""
-    folder = Path(spec["study_dir"])
-    rows = collect(spec["name"], jobs)
+    folder = Path(spec.study_dir)
+    rows = collect(str(spec.name), jobs)
     outputs = [write_csv(rows, folder / "results.csv")]
     tune_rows = tuning.tune_rows(spec, candidates) if candidates else []
     if candidates:
@@ -107,18 +106,18 @@ def write_outputs(spec: dict[str, Any], jobs: list[planning.Job], candidates: li
     if rows:
         outputs.append(write_summary(spec, rows, folder / "summary.md", machine_description(),
                                      sections=tuning.tune_section(spec, tune_rows)))
-        outputs += write_plots(rows, folder, spec["name"])
+        outputs += write_plots(rows, folder, str(spec.name))
     grid = write_grid(jobs, spec, folder)
     if grid is not None:
         outputs.append(grid)
     return rows, outputs
 
 
-def run_study(spec: dict[str, Any]) -> StudyResult:
+def run_study(spec: StudySpec) -> StudyResult:
     """Run (or resume) the study ``spec`` (from ``load_study``) and write its outputs."""
     from archbench.training.run_lock import RunDirLockedError, run_dir_lock
 
-    folder = Path(spec["study_dir"])
+    folder = Path(spec.study_dir)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with run_dir_lock(folder):
@@ -139,7 +138,7 @@ def check_feature_networks(jobs: list[planning.Job], cache: str) -> None:
             raise StudyError(f"eval: {exc}") from None
 
 
-def _run_locked(spec: dict[str, Any], folder: Path) -> StudyResult:
+def _run_locked(spec: StudySpec, folder: Path) -> StudyResult:
     points, jobs = plan_study(spec)
     check_feature_networks(jobs, str(folder / "cache"))
     candidates = tuning.tune_jobs(spec, jobs)
@@ -149,20 +148,20 @@ def _run_locked(spec: dict[str, Any], folder: Path) -> StudyResult:
         if any(r["status"] != "done" for r in ran):
             return _finish(spec, folder, jobs, ran, candidates)
         jobs = tuning.apply_choices(spec, jobs, tuning.choices(spec, tuning.tune_rows(spec, candidates)))
-    log.info("study %s: %d arm(s) x %d seed(s) = %d run(s)", spec["name"], len(points), len(spec["seeds"]), len(jobs))
+    log.info("study %s: %d arm(s) x %d seed(s) = %d run(s)", spec.name, len(points), len(spec.seeds), len(jobs))
     ran += _run_jobs(spec, jobs, "main", plan=candidates + jobs)
     return _finish(spec, folder, jobs, ran, candidates)
 
 
-def _run_jobs(spec: dict[str, Any], jobs: list[planning.Job], stage: str, plan: list[planning.Job]
+def _run_jobs(spec: StudySpec, jobs: list[planning.Job], stage: str, plan: list[planning.Job]
               ) -> list[dict[str, Any]]:
     """Run the jobs not done yet through the study's launcher; their results.  Every run already on disk is
     checked first: one trained with other settings stops the study before anything is reused, trained or
     written (study.yaml and plan.json describe the study only once its runs are known to belong to it)."""
     for job in jobs:
         check_reuse(job)
-    folder = Path(spec["study_dir"])
-    write_text_atomic(folder / "study.yaml", yaml.safe_dump(spec, sort_keys=False))
+    folder = Path(spec.study_dir)
+    write_text_atomic(folder / "study.yaml", yaml.safe_dump(asdict(spec), sort_keys=False))
     _write_json(folder / PLAN_FILE, [job.to_dict() for job in plan])
     pending = [job for job in jobs if not job_done(job)]
     log.info("%s: %d run(s), %d to do", stage, len(jobs), len(pending))
@@ -170,11 +169,11 @@ def _run_jobs(spec: dict[str, Any], jobs: list[planning.Job], stage: str, plan: 
     tasks = [{"kind": "train", "job": job.to_dict(), "cache": cache} for job in pending]
     progress = Progress(jobs)
     # submitit jobs run side by side (as the cluster schedules them); local ones ``workers`` at a time
-    parallel = len(pending) if spec["launcher"]["name"] == "submitit" else int(spec["launcher"]["workers"])
+    parallel = len(pending) if spec.launcher.name == "submitit" else spec.launcher.workers
     return run_tasks(tasks, spec, poll=lambda: progress(parallel))
 
 
-def _finish(spec: dict[str, Any], folder: Path, jobs: list[planning.Job], results: list[dict[str, Any]],
+def _finish(spec: StudySpec, folder: Path, jobs: list[planning.Job], results: list[dict[str, Any]],
             candidates: list[planning.Job]) -> StudyResult:
     failed = [r for r in results if r["status"] != "done"]
     rows, outputs = write_outputs(spec, jobs, candidates)

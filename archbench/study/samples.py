@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from archbench.console.files import write_text_atomic
 from archbench.study.job import trained_step
 from archbench.study.plan import Job
+from archbench.study.schema import EvalSpec, GridSpec, StudySpec
 
 PICTURE = "labelled/1"  # how samples.png is drawn: a new value redraws the grids of finished studies once
 
@@ -43,7 +44,7 @@ class Row:
     class_names: tuple[str, ...] | None
 
 
-def _row(checkpoint: str, grid: dict[str, Any], eval_spec: dict[str, Any]) -> Row:
+def _row(checkpoint: str, grid: GridSpec, eval_spec: EvalSpec) -> Row:
     from archbench.data.catalog import class_names
     from archbench.sampling.grid import displayable, generate
     from archbench.training.runs import load_ema_model
@@ -51,16 +52,16 @@ def _row(checkpoint: str, grid: dict[str, Any], eval_spec: dict[str, Any]) -> Ro
     device = torch.device("cpu")
     run = load_ema_model(None, checkpoint, device)
     data, num_classes = run.data, run.num_classes
-    columns = int(grid["columns"])
+    columns = grid.columns
     labels = torch.arange(columns) % num_classes if num_classes else None
-    cfg_scale = float(grid["cfg_scale"])
+    cfg_scale = grid.cfg_scale
     if cfg_scale != 1.0 and getattr(run.net, "null_class", None) is None:
         cfg_scale = 1.0
     samples = generate(
         run.net, run.objective, num_samples=columns,
         shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])),
-        labels=labels, sampler=eval_spec["sampler"], steps=int(eval_spec["steps"]), cfg_scale=cfg_scale,
-        seed=int(grid["seed"]), batch_size=columns, device=device,
+        labels=labels, sampler=eval_spec.sampler, steps=eval_spec.steps, cfg_scale=cfg_scale,
+        seed=grid.seed, batch_size=columns, device=device,
     )
     return Row(displayable(samples).clamp(-1, 1), labels, class_names(data.get("name")))
 
@@ -100,19 +101,19 @@ def draw(rows: dict[str, Row], path: str | Path, title: str | None = None,
                      class_names=first.class_names, row_names=list(rows), title=title)
 
 
-def write_grid(jobs: list[Job], spec: dict[str, Any], folder: str | Path) -> Path | None:
+def write_grid(jobs: list[Job], spec: StudySpec, folder: str | Path) -> Path | None:
     """``samples.png`` (and ``samples.json``: which checkpoint drew each row); skipped when nothing changed."""
     folder = Path(folder)
     sources = grid_sources(jobs)
     if not sources:
         return None
     path, meta_path = folder / "samples.png", folder / "samples.json"
-    meta = {"rows": sources, "grid": spec["grid"], "sampler": spec["eval"]["sampler"], "steps": spec["eval"]["steps"],
+    meta = {"rows": sources, "grid": asdict(spec.grid), "sampler": spec.eval.sampler, "steps": spec.eval.steps,
             "picture": PICTURE}
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return path
-    rows = {label: _row(ckpt, spec["grid"], spec["eval"]) for label, ckpt in sources.items()}
-    title = f"{spec['name']}: same noise and labels per column (cfg {spec['grid']['cfg_scale']})"
+    rows = {label: _row(ckpt, spec.grid, spec.eval) for label, ckpt in sources.items()}
+    title = f"{spec.name}: same noise and labels per column (cfg {spec.grid.cfg_scale})"
     tmp = folder / f".samples.tmp-{os.getpid()}.png"
     draw(rows, tmp, title, meta)
     os.replace(tmp, path)

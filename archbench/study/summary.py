@@ -26,6 +26,7 @@ from archbench.study.readings import (
     size_matched,
     sweep_point,
 )
+from archbench.study.schema import StudySpec
 from archbench.study.stats import mean_interval, welch_interval
 
 TINY_NOTE = (
@@ -134,7 +135,7 @@ BUDGETS = {  # x column -> (section title, what x is, how it is shown, the budge
 }
 
 
-def _budget_section(spec: dict[str, Any], rows: list[dict[str, Any]], x_key: str,
+def _budget_section(spec: StudySpec, rows: list[dict[str, Any]], x_key: str,
                     learnings: dict[str, Learning | None], with_accuracy: bool) -> list[str]:
     """One sweep point's arms read at the largest ``x_key`` every seed reached, tabled and ranked."""
     title, what, show, match = BUDGETS[x_key]
@@ -146,7 +147,7 @@ def _budget_section(spec: dict[str, Any], rows: list[dict[str, Any]], x_key: str
     budget = show(reading.budget)
     lines = [f"### At {title}: {budget}", "",
              f"The budget is the smallest final {what} over every arm's seeds, so every seed reached it."]
-    if spec["budget"]["match"] == match:
+    if spec.budget.match == match:
         lines[-1] += (f" With budget.match={match} the arms were already trained to (nearly) this budget: this is "
                       "the end-of-training budget again, read where the shortest run ended.")
     lines += ["", f"| arm | {lead.label} at {budget} (mean +- 95% CI) | "
@@ -181,7 +182,7 @@ def _learned_cell(seen: Learning | None) -> str:
     return f"{'yes' if seen.learned else '**not learned yet**'} [{seen.low:.3f}, {seen.high:.3f}]"
 
 
-def render(spec: dict[str, Any], rows: list[dict[str, Any]], machine: str, chance: float | None = None,
+def render(spec: StudySpec, rows: list[dict[str, Any]], machine: str, chance: float | None = None,
            sections: list[str] | None = None) -> str:
     """The whole summary.md: the settings, a row per arm (the headline's interval, then every summary metric of
     the metrics table, then whether it has learned) and the rankings at each sweep point. ``chance`` is the
@@ -193,15 +194,15 @@ def render(spec: dict[str, Any], rows: list[dict[str, Any]], machine: str, chanc
     with_accuracy = any(seen is not None for seen in learnings.values())
     lead, others = headline(), summary_metrics()
     score = summaries[0]["score_name"] if summaries else lead.label
-    budget = spec["budget"]
-    ev = spec["eval"]
+    budget = spec.budget
+    ev = spec.eval
     lines = [
-        f"# Study `{spec['name']}`",
+        f"# Study `{spec.name}`",
         "",
-        f"Recipe `{spec['recipe']}`, budget matched by **{budget['match']}** ({budget['steps']} steps of "
-        f"`{budget['reference'] or spec['arms'][0]['name']}`), seeds {spec['seeds']}; {score} of "
-        f"{ev['num_samples']} EMA samples ({ev['sampler']}, {ev['steps']} steps, cfg {ev['cfg_scale']}) against the "
-        f"{ev['ref_split']} split. Machine: {machine}.",
+        f"Recipe `{spec.recipe}`, budget matched by **{budget.match}** ({budget.steps} steps of "
+        f"`{budget.reference or spec.arms[0].name}`), seeds {spec.seeds}; {score} of "
+        f"{ev.num_samples} EMA samples ({ev.sampler}, {ev.steps} steps, cfg {ev.cfg_scale}) against the "
+        f"{ev.ref_split} split. Machine: {machine}.",
         "",
         "| arm | params | GMACs | steps | train PFLOPs | wall-clock s | "
         f"{score} (mean +- 95% CI) | {''.join(f'{m.heading} | ' for m in others)}seeds |"
@@ -238,11 +239,11 @@ def render(spec: dict[str, Any], rows: list[dict[str, Any]], machine: str, chanc
         for x_key in BUDGETS:
             lines += _budget_section(spec, point_rows[point], x_key, learnings, with_accuracy)
     lines += sections or []
-    lines += [TINY_NOTE if "cpu" in machine.lower() or spec["recipe"] in ("ci_fid", "default", "cpu_study") else "", ""]
+    lines += [TINY_NOTE if "cpu" in machine.lower() or spec.recipe in ("ci_fid", "default", "cpu_study") else "", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_summary(spec: dict[str, Any], rows: list[dict[str, Any]], path: str | Path, machine: str,
+def write_summary(spec: StudySpec, rows: list[dict[str, Any]], path: str | Path, machine: str,
                   chance: float | None = None, sections: list[str] | None = None) -> Path:
     """summary.md; ``sections`` (Markdown lines, e.g. the tuning stage's) go before the closing note."""
     return write_text_atomic(path, render(spec, rows, machine, chance, sections))

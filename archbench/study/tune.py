@@ -19,15 +19,15 @@ from typing import Any
 
 from archbench.evaluation.metrics import Metric, column_metrics
 from archbench.study.plan import Job, override
-from archbench.study.spec import StudyError
+from archbench.study.schema import StudyError, StudySpec
 
 TUNE_DIR = "tune"
 TUNE_FILE = "tune.csv"
 DIVERGED = "diverged"
 
 
-def enabled(spec: dict[str, Any]) -> bool:
-    return spec["tune"]["key"] is not None
+def enabled(spec: StudySpec) -> bool:
+    return spec.tune.key is not None
 
 
 def value_label(key: str, value: Any) -> str:
@@ -37,46 +37,47 @@ def value_label(key: str, value: Any) -> str:
     return f"{short_key(key)}{format_value(value)}"
 
 
-def tune_jobs(spec: dict[str, Any], jobs: list[Job]) -> list[Job]:
+def tune_jobs(spec: StudySpec, jobs: list[Job]) -> list[Job]:
     """One short run per point and candidate value, derived from the point's main job of the tuning seed."""
     if not enabled(spec):
         return []
-    tune = spec["tune"]
-    seed = spec["seeds"][0] if tune["seed"] is None else int(tune["seed"])
+    tune = spec.tune
+    key = str(tune.key)
+    seed = spec.seeds[0] if tune.seed is None else tune.seed
     firsts: dict[str, Job] = {}
     for job in jobs:
         firsts.setdefault(job.label, job)
     out = []
     for label, main in firsts.items():
-        steps = max(1, round(float(tune["budget"]) * main.steps))
-        for index, value in enumerate(tune["values"]):
-            name = f"{label}-{value_label(tune['key'], value)}"
+        steps = max(1, round(tune.budget * main.steps))
+        for index, value in enumerate(tune.values):
+            name = f"{label}-{value_label(key, value)}"
             out.append(dataclasses.replace(
                 main, label=name, seed=seed, steps=steps, eval_steps=[steps], ckpt_every=steps,
-                log_every=math.gcd(main.log_every, steps), overrides=[*main.overrides, override(tune["key"], value)],
-                run_dir=str(Path(spec["study_dir"]) / TUNE_DIR / f"{name}-s{seed}"), sweep=dict(main.sweep),
-                extra={"tunes": label, "key": tune["key"], "value": value, "order": index},
+                log_every=math.gcd(main.log_every, steps), overrides=[*main.overrides, override(key, value)],
+                run_dir=str(Path(spec.study_dir) / TUNE_DIR / f"{name}-s{seed}"), sweep=dict(main.sweep),
+                extra={"tunes": label, "key": key, "value": value, "order": index},
             ))
     return out
 
 
-def tune_rows(spec: dict[str, Any], jobs: list[Job]) -> list[dict[str, Any]]:
+def tune_rows(spec: StudySpec, jobs: list[Job]) -> list[dict[str, Any]]:
     """A row per tuning run that has finished (scored, or diverged), with its candidate and the choice."""
     from archbench.study.job import eval_settings, read_eval
     from archbench.study.results import job_rows
 
-    metric = column_metrics()[spec["tune"]["metric"]]
+    metric = column_metrics()[spec.tune.metric]
     rows = []
     for job in jobs:
         base = {"tunes": job.extra["tunes"], "key": job.extra["key"], "value": job.extra["value"],
                 "order": job.extra["order"], "metric": metric.name}
         record = read_eval(job.run_dir, job.eval_steps[-1], eval_settings(job))
         if record is not None and record.get("status") == DIVERGED:
-            rows.append({"study": spec["name"], "arm": job.arm, "label": job.label, "backbone": job.backbone,
+            rows.append({"study": spec.name, "arm": job.arm, "label": job.label, "backbone": job.backbone,
                          "seed": job.seed, "step": job.steps, "steps": job.steps, "status": DIVERGED,
                          "score": math.nan, **base})
             continue
-        for row in job_rows(spec["name"], job):
+        for row in job_rows(str(spec.name), job):
             score = row.get(metric.column)
             rows.append({**row, **base, "status": "scored",
                          "score": math.nan if score is None else float(score)})
@@ -95,9 +96,9 @@ def choose(rows: list[dict[str, Any]], metric: Metric) -> dict[str, Any]:
     return min(scored, key=lambda r: (sign * r["score"], r["order"]))
 
 
-def choices(spec: dict[str, Any], rows: list[dict[str, Any]], require_all: bool = True) -> dict[str, Any]:
+def choices(spec: StudySpec, rows: list[dict[str, Any]], require_all: bool = True) -> dict[str, Any]:
     """point label -> chosen value; with ``require_all`` every point must have a finished, scored candidate."""
-    metric = column_metrics()[spec["tune"]["metric"]]
+    metric = column_metrics()[spec.tune.metric]
     by_point: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_point.setdefault(row["tunes"], []).append(row)
@@ -107,16 +108,16 @@ def choices(spec: dict[str, Any], rows: list[dict[str, Any]], require_all: bool 
         if best:
             out[point] = best["value"]
         elif require_all:
-            raise StudyError(f"tuning {spec['tune']['key']} for {point}: no candidate finished with a score "
-                             f"(every one of {spec['tune']['values']} diverged or failed); add smaller values")
+            raise StudyError(f"tuning {spec.tune.key} for {point}: no candidate finished with a score "
+                             f"(every one of {spec.tune.values} diverged or failed); add smaller values")
     return out
 
 
-def apply_choices(spec: dict[str, Any], jobs: list[Job], chosen: dict[str, Any]) -> list[Job]:
+def apply_choices(spec: StudySpec, jobs: list[Job], chosen: dict[str, Any]) -> list[Job]:
     """The main jobs with each point's chosen value as their last override (so it wins)."""
     if not enabled(spec):
         return jobs
-    key = spec["tune"]["key"]
+    key = str(spec.tune.key)
     missing = sorted({j.label for j in jobs} - set(chosen))
     if missing:
         raise StudyError(f"tuning {key}: no choice for {', '.join(missing)}")
@@ -130,21 +131,21 @@ def write_tune_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return write_csv(sorted(rows, key=lambda r: (r["tunes"], r["order"])), path)
 
 
-def tune_section(spec: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def tune_section(spec: StudySpec, rows: list[dict[str, Any]]) -> list[str]:
     """summary.md's tuning section: every candidate's score, the choice, and the tuning compute on its own."""
     if not enabled(spec) or not rows:
         return []
-    tune = spec["tune"]
-    metric = column_metrics()[tune["metric"]]
+    tune = spec.tune
+    metric = column_metrics()[tune.metric]
     better = "lower" if metric.lower_is_better else "higher"
-    values = list(tune["values"])
+    values = list(tune.values)
     lines = [
         "## Tuning",
         "",
-        f"`{tune['key']}` tuned per arm over {values}: one run per value at {tune['budget']:g} of the arm's steps "
+        f"`{tune.key}` tuned per arm over {values}: one run per value at {tune.budget:g} of the arm's steps "
         f"(seed {rows[0]['seed']}), {better} {metric.label} wins; the main runs use the chosen value.",
         "",
-        "| arm | " + " | ".join(f"{tune['key']}={v}" for v in values) + " | chosen |",
+        "| arm | " + " | ".join(f"{tune.key}={v}" for v in values) + " | chosen |",
         "|---|" + "---:|" * len(values) + "---|",
     ]
     by_point: dict[str, dict[Any, dict[str, Any]]] = {}

@@ -1,4 +1,5 @@
-"""The compiled CPU selective scan (``cpu_scan.cpp`` beside this file), built on first use, with a fallback.
+"""The compiled CPU selective scan (``cpu_scan.cpp`` beside this file, with the causal conv + SiLU in front of it in
+``cpu_conv.cpp`` and their shared vector math in ``cpu_vec.h``), built on first use, with a fallback.
 
 The C++ source is compiled by ``torch.utils.cpp_extension.load`` the first time :func:`cpu_available` or the
 kernel is asked for, into torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
@@ -23,6 +24,7 @@ nodes with shape-only fake implementations for torch.compile and torch.export), 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_scan.cpp")
 CONV_SOURCE = Path(__file__).with_name("cpu_conv.cpp")  # the causal conv (+ SiLU) before the scan
+HEADER = Path(__file__).with_name("cpu_vec.h")  # the vector math both use
 DISABLE_ENV = "ARCHBENCH_NO_CPU_KERNEL"
 # At most this many timesteps between the forward pass's state checkpoints, i.e. per chunk of the backward
 # pass's recomputation (see cpu_scan.cpp; its buffers are about 4 CHUNK N W values per thread, 96 KiB at
@@ -85,11 +88,12 @@ def _load(capability: str):
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", "-ffp-contract=fast", "-fopenmp", *_ISA_FLAGS.get(capability, [])]
-    # torch's cache key covers the source and the flags, not torch itself: the version in the name keeps a
-    # build against another torch's headers from being loaded after an upgrade.
+    # torch's cache key covers the listed sources and the flags, not the shared header nor torch itself: a
+    # digest of all three files and the torch version in the name keep a stale build from being loaded.
     version = re.sub(r"\W", "_", torch.__version__)
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in (SOURCE, CONV_SOURCE, HEADER))).hexdigest()
     return load(
-        name=f"archbench_cpu_scan_{capability.lower()}_torch{version}",
+        name=f"archbench_cpu_scan_{capability.lower()}_torch{version}_{digest[:10]}",
         sources=[str(SOURCE), str(CONV_SOURCE)],
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],

@@ -6,7 +6,7 @@ import pytest
 
 from archbench.study import budget
 from archbench.study.plan import arm_steps, describe_arms, make_jobs
-from archbench.study.spec import StudyError, normalise
+from archbench.study.spec import StudyError, compose_study
 
 
 def test_matched_steps_by_hand():
@@ -40,7 +40,7 @@ def test_listed_eval_points_keep_their_compute_fractions_on_a_checkpoint_grid():
 
 
 def test_flops_matched_study_plan_uses_the_flop_counter():
-    spec = normalise({"name": "m", "recipe": "ci_fid", "arms": [{"backbone": "dit_t2"}, {"backbone": "dis_t2"}],
+    spec = compose_study({"name": "m", "recipe": "ci_fid", "arms": [{"backbone": "dit_t2"}, {"backbone": "dis_t2"}],
                       "budget": {"match": "train_flops", "steps": 240, "reference": "dit_t2"},
                       "overrides": ["train.batch_size=32"], "seeds": [0, 1], "eval": {"every": 120}})
     points = describe_arms(spec)
@@ -54,7 +54,7 @@ def test_flops_matched_study_plan_uses_the_flop_counter():
 
 
 def test_per_arm_batch_enters_the_compute():
-    spec = normalise({"name": "m", "recipe": "ci_fid", "budget": {"match": "train_flops", "steps": 100},
+    spec = compose_study({"name": "m", "recipe": "ci_fid", "budget": {"match": "train_flops", "steps": 100},
                       "arms": [{"backbone": "dit_t2"},
                                {"name": "dit_big_batch", "backbone": "dit_t2", "overrides": ["train.batch_size=64"]}]})
     assert arm_steps(spec, describe_arms(spec)) == {"dit_t2": 100, "dit_big_batch": 50}
@@ -71,18 +71,18 @@ def test_nearest_size_on_a_known_curve():
 
 @pytest.mark.parametrize(("backbone", "target"), [("dit_t2", 4.2e5), ("dis_t2", 4.0e5), ("unet_t", 2.6e6)])
 def test_match_params_lands_within_two_percent(backbone, target):
-    spec = normalise({"name": "p", "recipe": "ci_fid", "arms": [{"backbone": backbone, "match_params": target}]})
+    spec = compose_study({"name": "p", "recipe": "ci_fid", "arms": [{"backbone": backbone, "match_params": target}]})
     (point,) = describe_arms(spec)
     assert abs(point.params - target) / target <= 0.02, point
     assert any(o.startswith("backbone.") for o in point.overrides[-1:])
 
 
 def test_match_params_by_depth_and_impossible_targets():
-    spec = normalise({"name": "p", "recipe": "ci_fid",
+    spec = compose_study({"name": "p", "recipe": "ci_fid",
                       "arms": [{"backbone": "dit_t2", "match_params": 5.6e5, "match_by": "depth"}]})
     (point,) = describe_arms(spec)
     assert point.overrides[-1] == "backbone.depth=3" and abs(point.params - 5.6e5) / 5.6e5 <= 0.02
-    bad = normalise({"name": "p", "recipe": "ci_fid",
+    bad = compose_study({"name": "p", "recipe": "ci_fid",
                      "arms": [{"backbone": "dit_t2", "match_params": 6.0e5, "match_by": "depth"}]})
     with pytest.raises(StudyError, match="try match_by=width"):
         describe_arms(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from archbench.evaluation.metrics import METRICS, Metric, ScoringPass
 from archbench.study.job import eval_path, eval_request, evaluate_step
 from archbench.study.plan import Job
 from archbench.study.results import collect, columns, numeric_columns, read_csv, write_csv
-from archbench.study.spec import DEFAULTS, normalise
+from archbench.study.schema import EvalSpec
+from archbench.study.spec import compose_study
 from archbench.study.summary import render
 
 STEPS = 2
@@ -36,7 +38,7 @@ def trained(tmp_path_factory):
 
 
 def _job(root) -> Job:
-    settings = {**DEFAULTS["eval"], "num_samples": 20, "steps": 2, "batch_size": 10, "features": "digits_cnn"}
+    settings = {**asdict(EvalSpec()), "num_samples": 20, "steps": 2, "batch_size": 10, "features": "digits_cnn"}
     return Job(label="dit_t2", arm="dit_t2", backbone="dit_t2", seed=0, sweep={}, overrides=[], steps=STEPS,
                eval_steps=[STEPS], ckpt_every=STEPS, log_every=1, run_dir=str(root / "run"), eval=settings,
                params=1, gmacs=0.001, batch_size=16, dataset="digits", device="cpu")
@@ -88,7 +90,7 @@ def test_a_metric_added_to_the_table_reaches_results_and_summary(trained, tmp_pa
     assert header == list(columns()) and header.index("mean_feature") == header.index("num_samples") - 1
     (row,) = read_csv(tmp_path / "results.csv")
     assert row["mean_feature"] == record["mean_feature"] and row["fd"] == record["score"]  # read back as numbers
-    spec = normalise({"name": "t", "arms": [{"backbone": "dit_t2"}], "eval": job.eval})
+    spec = compose_study({"name": "t", "arms": [{"backbone": "dit_t2"}], "eval": job.eval})
     summary = render(spec, rows, "test machine")
     assert "| cond. acc. | mean feat. | seeds |" in summary
     assert f"| {record['mean_feature']:.4f} | 1 |" in summary  # its mean over the one seed, in its format

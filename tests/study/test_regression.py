@@ -11,6 +11,7 @@ from archbench.commands import ci as ci_command
 from archbench.console.args import parse_args
 from archbench.study import regression as ci
 from archbench.study.job import eval_path
+from archbench.study.schema import StudySpec
 from archbench.training import checkpoint as ckpt
 
 SETTINGS = ci.RunSettings(steps=250, num_samples=200, sampler="ddim", sample_steps=10, seed=0, cfg_scale=4.0)
@@ -44,7 +45,7 @@ def test_noise_in_the_weights_is_flagged(trained, tmp_path):
     assert baseline_path.exists() and ci.verdict(good, baseline) == "ok"
     assert good["settings"] == SETTINGS.as_dict() and good["feature_checksum"] == baseline["feature_checksum"]
 
-    run_dir = ci.Path(spec["study_dir"]) / "runs" / f"{ARM}-s0"
+    run_dir = ci.Path(spec.study_dir) / "runs" / f"{ARM}-s0"
     newest = ckpt.latest_checkpoint(run_dir)
     state = ckpt.load_checkpoint(newest)
     generator = torch.Generator().manual_seed(0)
@@ -68,7 +69,7 @@ def test_cli_exits_nonzero_on_regression(trained, tmp_path, capsys):
     }
     ci.write_baseline(row, [row["fd"]], 0.1, tmp_path)
     args = ["fid", "--backbones", ARM, "--steps", "250", "--num-samples", "200", "--sample-steps", "10",
-            "--work-dir", spec["study_dir"], "--baselines", str(tmp_path), "--resume=true"]
+            "--work-dir", spec.study_dir, "--baselines", str(tmp_path), "--resume=true"]
     # fill in the facts the real run will report, so only the FD can make the verdict fail
     from archbench.data import default_dataset
     from archbench.evaluation import sha256_file
@@ -101,7 +102,7 @@ def test_the_ci_recipe_grid_uses_enough_sampling_steps_to_show_samples():
     assert config["train"]["sample_every"] == 0  # one grid, at the end of the run
 
 
-def _spec(*flags: str) -> dict:
+def _spec(*flags: str) -> StudySpec:
     return ci_command.fid_spec(parse_args(ci_command.FidArgs, flags))
 
 
@@ -122,48 +123,48 @@ def test_default_command_runs_what_ci_ran_before(tmp_path):
     from backbones.registry import list_backbones
 
     spec = _spec("--work-dir", str(tmp_path))
-    assert sorted(a["backbone"] for a in spec["arms"]) == list_backbones(tag="cpu_study")
-    assert all(any(o.startswith("train.lr=") for o in a["overrides"]) for a in spec["arms"])
-    assert spec["budget"]["match"] == "steps" and spec["budget"]["steps"] == 1000 and spec["seeds"] == [0]
-    ev = spec["eval"]
-    assert (ev["num_samples"], ev["sampler"], ev["steps"], ev["every"], ev["cfg_scale"]) == (250, "ddim", 25, 0, 4.0)
-    assert ev["features"] == ci.FEATURES and ev["weights"] == str(ci.feature_weights())
-    assert (spec["threads"], spec["device"], spec["recipe"], spec["study_dir"]) == (1, "cpu", "cpu_study",
+    assert sorted(a.backbone for a in spec.arms) == list_backbones(tag="cpu_study")
+    assert all(any(o.startswith("train.lr=") for o in a.overrides) for a in spec.arms)
+    assert spec.budget.match == "steps" and spec.budget.steps == 1000 and spec.seeds == [0]
+    ev = spec.eval
+    assert (ev.num_samples, ev.sampler, ev.steps, ev.every, ev.cfg_scale) == (250, "ddim", 25, 0, 4.0)
+    assert ev.features == ci.FEATURES and ev.weights == str(ci.feature_weights())
+    assert (spec.threads, spec.device, spec.recipe, spec.study_dir) == (1, "cpu", "cpu_study",
                                                                                    str(tmp_path))
-    assert _spec()["study_dir"] == "runs/ci-fid"
-    named = _spec("--backbones", "unet_t,dit_t2")["arms"]  # a named arm keeps the file's learning rate
-    assert named[0]["overrides"] == ["train.lr=1.0e-3"] and named[1]["overrides"] == []
+    assert _spec().study_dir == "runs/ci-fid"
+    named = _spec("--backbones", "unet_t,dit_t2").arms  # a named arm keeps the file's learning rate
+    assert named[0].overrides == ["train.lr=1.0e-3"] and named[1].overrides == []
 
 
 def test_every_baseline_is_of_a_ci_arm_and_was_measured_over_three_seeds():
     spec = _spec()
-    for arm in spec["arms"]:
-        baseline = ci.load_baseline(arm["backbone"], ci.baselines_dir())
-        assert baseline is not None, arm["backbone"]
-        assert len(baseline["spread"]["seed_fds"]) == 3 and baseline["settings"]["steps"] == spec["budget"]["steps"]
-        assert baseline["settings"]["cfg_scale"] == spec["eval"]["cfg_scale"]
+    for arm in spec.arms:
+        baseline = ci.load_baseline(arm.backbone, ci.baselines_dir())
+        assert baseline is not None, arm.backbone
+        assert len(baseline["spread"]["seed_fds"]) == 3 and baseline["settings"]["steps"] == spec.budget.steps
+        assert baseline["settings"]["cfg_scale"] == spec.eval.cfg_scale
         assert baseline["measured"]["cond_accuracy"] > 0.3  # recognisable: far above chance (0.1)
     kept = {p.stem for p in ci.baselines_dir().glob("*.json")} - {"fashion_mnist_cnn"}
-    assert kept == {a["backbone"] for a in spec["arms"]}, "a stale baseline of a backbone CI no longer runs"
+    assert kept == {a.backbone for a in spec.arms}, "a stale baseline of a backbone CI no longer runs"
 
 
 def test_ci_yaml_settings_take_effect_and_flags_override_them(tmp_path):
     study = _edited_ci_yaml(tmp_path, arms=[{"backbone": "unet_t"}], seeds=[3], threads=2, study_dir="elsewhere",
                             budget={"steps": 123}, eval={"num_samples": 77, "sampler": "ddpm", "steps": 9})
     spec = _spec("--study", study)
-    assert [a["backbone"] for a in spec["arms"]] == ["unet_t"] and spec["seeds"] == [3]
-    assert spec["budget"]["steps"] == 123 and spec["threads"] == 2 and spec["study_dir"] == "elsewhere"
-    assert (spec["eval"]["num_samples"], spec["eval"]["sampler"], spec["eval"]["steps"]) == (77, "ddpm", 9)
+    assert [a.backbone for a in spec.arms] == ["unet_t"] and spec.seeds == [3]
+    assert spec.budget.steps == 123 and spec.threads == 2 and spec.study_dir == "elsewhere"
+    assert (spec.eval.num_samples, spec.eval.sampler, spec.eval.steps) == (77, "ddpm", 9)
 
     spec = _spec("--study", study, "--backbones", "dit_t2,dis_t2", "--steps", "5", "--num-samples", "8",
                  "--sampler", "ddim", "--sample-steps", "4", "--seed", "1", "--threads", "1", "--work-dir", "w")
-    assert [a["backbone"] for a in spec["arms"]] == ["dit_t2", "dis_t2"] and spec["seeds"] == [1]
-    assert spec["budget"]["steps"] == 5 and spec["threads"] == 1 and spec["study_dir"] == "w"
-    assert (spec["eval"]["num_samples"], spec["eval"]["sampler"], spec["eval"]["steps"]) == (8, "ddim", 4)
-    assert _spec("--study", study, "--seeds", "0,1,2")["seeds"] == [0, 1, 2]
+    assert [a.backbone for a in spec.arms] == ["dit_t2", "dis_t2"] and spec.seeds == [1]
+    assert spec.budget.steps == 5 and spec.threads == 1 and spec.study_dir == "w"
+    assert (spec.eval.num_samples, spec.eval.sampler, spec.eval.steps) == (8, "ddim", 4)
+    assert _spec("--study", study, "--seeds", "0,1,2").seeds == [0, 1, 2]
 
     one_flag = _spec("--study", study, "--steps", "7")  # one flag changes one setting; the file keeps the rest
-    assert one_flag["budget"]["steps"] == 7 and one_flag["eval"]["num_samples"] == 77 and one_flag["seeds"] == [3]
+    assert one_flag.budget.steps == 7 and one_flag.eval.num_samples == 77 and one_flag.seeds == [3]
 
     keys = _spec(f"study={study}", "backbones=dit_t2,dis_t2", "train_steps=5", "num_samples=8", "sampler=ddim",
                  "sample_steps=4", "seed=1", "threads=1", "work_dir=w")  # the key=value grammar: the same spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,13 @@ import yaml
 from study_support import run_study_cli, tiny_study
 
 from archbench.study.plan import describe_arms
-from archbench.study.spec import DEFAULTS, StudyError, apply_overrides, load_study, normalise, study_names
+from archbench.study.schema import StudySpec, sections
+from archbench.study.spec import StudyError, compose_study, load_study, study_names
 
 
 def _spec(**changes):
     raw = {"name": "x", "arms": [{"backbone": "dit_t2"}], "recipe": "ci_fid", **changes}
-    return normalise(raw)
+    return compose_study(raw)
 
 
 @pytest.mark.parametrize(
@@ -58,21 +60,21 @@ def test_registry_and_config_errors_before_training(changes, message):
 
 def test_overrides_use_the_training_grammar():
     raw = {"name": "x", "arms": [{"backbone": "dit_t2"}], "launcher": "local"}
-    spec = normalise(apply_overrides(raw, ["seeds=[0,3]", "launcher=submitit", "launcher.cluster=local",
-                                           "budget.steps=600", "eval.every=100", "sweep.backbone.depth=[2,4]"]))
-    assert spec["seeds"] == [0, 3] and spec["budget"]["steps"] == 600 and spec["eval"]["every"] == 100
-    assert spec["launcher"]["name"] == "submitit" and spec["launcher"]["cluster"] == "local"
-    assert spec["sweep"] == {"backbone.depth": [2, 4]}
-    assert spec["study_dir"] == "studies/x"
+    spec = compose_study(raw, ["seeds=[0,3]", "launcher=submitit", "launcher.cluster=local", "budget.steps=600",
+                               "eval.every=100", "sweep.backbone.depth=[2,4]"])
+    assert spec.seeds == [0, 3] and spec.budget.steps == 600 and spec.eval.every == 100
+    assert spec.launcher.name == "submitit" and spec.launcher.cluster == "local"
+    assert spec.sweep == {"backbone.depth": [2, 4]}
+    assert spec.study_dir == "studies/x"
     with pytest.raises(StudyError, match="unknown key 'budget.step'"):
-        apply_overrides(raw, ["budget.step=5"])
+        compose_study(raw, ["budget.step=5"])
     with pytest.raises(StudyError, match="key=value"):
-        apply_overrides(raw, ["seeds"])
+        compose_study(raw, ["seeds"])
 
 
 def test_yaml_numbers_people_write_are_numbers():
-    spec = normalise({"name": "x", "arms": [{"backbone": "dit_t2", "match_params": "30e6"}]})
-    assert spec["arms"][0]["match_params"] == 30e6
+    spec = compose_study({"name": "x", "arms": [{"backbone": "dit_t2", "match_params": "30e6"}]})
+    assert spec.arms[0].match_params == 30e6
 
 
 def test_every_preset_loads_and_every_documented_key_exists():
@@ -83,19 +85,22 @@ def test_every_preset_loads_and_every_documented_key_exists():
     from archbench.commands.study import usage
 
     help_text = usage()
-    for key in DEFAULTS:
-        assert key in help_text, key
-    for section in ("budget", "eval", "tune", "grid", "launcher"):
-        for key in DEFAULTS[section]:
-            assert f"{section}.{key}" in help_text, f"{section}.{key}"
+    for key in fields(StudySpec):
+        assert key.name in help_text, key.name
+    assert set(sections()) == {"budget", "eval", "tune", "grid", "launcher"}
+    for section, schema in sections().items():
+        for key in fields(schema):
+            assert f"{section}.{key.name}" in help_text, f"{section}.{key.name}"
 
 
 def test_study_keys_are_documented_once_and_the_readme_table_is_generated():
-    """KEY_DOCS is the one place a study key is described: every key of DEFAULTS has a line there, and the
-    README's table and ``study --help`` come from it."""
-    from archbench.study.spec import KEY_DOCS, README_BEGIN, README_END, _flat_defaults, key_table
+    """The schema's fields are the one place a study key is described: every key, an arm's included, has its line
+    there, and the README's table and ``study --help`` come from it."""
+    from archbench.study.schema import README_BEGIN, README_END, ArmSpec, key_rows, key_table
 
-    assert set(_flat_defaults(DEFAULTS)) <= set(KEY_DOCS)
+    rows = {key: doc for key, _, doc in key_rows()}
+    assert all(rows.values()), [key for key, doc in rows.items() if not doc]
+    assert {f"arms[].{f.name}" for f in fields(ArmSpec)} <= set(rows) and "budget.match" in rows
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
     assert table == key_table(), "regenerate the README's study key table from archbench.study.spec.key_table()"
@@ -126,13 +131,13 @@ def test_arms_by_registry_tag():
     from backbones.registry import list_backbones
 
     tiny = list_backbones(tag="tiny")
-    assert [a["backbone"] for a in _spec(arms={"tag": "tiny"})["arms"]] == tiny
-    mixed = _spec(arms=[{"backbone": "dis_t4"}, {"tag": "tiny", "overrides": ["train.lr=1e-3"]}])["arms"]
-    assert [a["backbone"] for a in mixed] == ["dis_t4", *tiny] and [a["name"] for a in mixed] == ["dis_t4", *tiny]
-    assert mixed[0]["overrides"] == [] and all(a["overrides"] == ["train.lr=1e-3"] for a in mixed[1:])
-    assert mixed[1]["overrides"] is not mixed[2]["overrides"]
-    from_cli = normalise(apply_overrides({"name": "x", "arms": []}, ["arms={tag: tiny_variant}"]))
-    assert [a["backbone"] for a in from_cli["arms"]] == list_backbones(tag="tiny_variant")
+    assert [a.backbone for a in _spec(arms={"tag": "tiny"}).arms] == tiny
+    mixed = _spec(arms=[{"backbone": "dis_t4"}, {"tag": "tiny", "overrides": ["train.lr=1e-3"]}]).arms
+    assert [a.backbone for a in mixed] == ["dis_t4", *tiny] and [a.name for a in mixed] == ["dis_t4", *tiny]
+    assert mixed[0].overrides == [] and all(a.overrides == ["train.lr=1e-3"] for a in mixed[1:])
+    assert mixed[1].overrides is not mixed[2].overrides
+    from_cli = compose_study({"name": "x", "arms": []}, ["arms={tag: tiny_variant}"])
+    assert [a.backbone for a in from_cli.arms] == list_backbones(tag="tiny_variant")
 
 
 @pytest.mark.parametrize(
@@ -158,7 +163,7 @@ def test_family_presets_run_the_tiny_member_of_every_family(preset, tag):
     member (the hourglass skeleton is compared with isotropy in the hierarchy preset), and no stale list."""
     from backbones.registry import get_spec, list_backbones
 
-    arms = [a["backbone"] for a in load_study(preset)["arms"]]
+    arms = [a.backbone for a in load_study(preset).arms]
     assert sorted(arms) == list_backbones(tag=tag)
     assert sorted(get_spec(n).family for n in arms) == ["dis", "dit", "unet", "uvit"]
 
@@ -174,9 +179,9 @@ def test_cpu_presets_learn_on_the_study_recipe_and_plan(preset):
     from archbench.study.runner import plan_study
 
     spec = load_study(preset)
-    assert spec["recipe"] == "cpu_study" and spec["eval"]["cfg_scale"] > 1 and len(spec["seeds"]) >= 3
+    assert spec.recipe == "cpu_study" and spec.eval.cfg_scale > 1 and len(spec.seeds) >= 3
     points, jobs = plan_study(spec, measure=False)
-    reference = spec["budget"]["reference"] or spec["arms"][0]["name"]
+    reference = spec.budget.reference or spec.arms[0].name
     assert {j.steps for j in jobs if j.arm == reference} == {2000}
     assert all(j.steps >= 1000 and len(j.eval_steps) >= 3 for j in jobs)
 
@@ -207,3 +212,45 @@ def test_a_missing_feature_network_is_found_before_any_arm_trains(tmp_path):
     with pytest.raises(StudyError, match=r"digits_cnn network, which is not at .* train-features dataset=digits"):
         run_study(load_study(str(path)))
     assert not (tmp_path / "tiny" / "runs").exists()
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"budget": {"steps": "many"}}, "budget.steps must be an integer, got 'many'"),
+    ({"seeds": [0, "one"]}, "seeds[1] must be an integer, got 'one'"),
+    ({"threads": "auto"}, "threads must be an integer or null, got 'auto'"),
+    ({"overrides": "train.lr=1e-3"}, "overrides must be a list of strings, got 'train.lr=1e-3'"),
+    ({"eval": 5}, "eval must be a section with keys every, num_samples"),
+    ({"arms": [{"backbone": "dit_t2", "match_params": "big"}]}, "arms[0].match_params must be a number or null"),
+])
+def test_a_wrongly_typed_key_in_a_study_file_is_one_line(tmp_path, changes, message):
+    """OmegaConf types every key from the schema; its error comes back naming the key and the type it wants."""
+    with pytest.raises(StudyError) as info:
+        load_study(str(tiny_study(tmp_path, **changes)))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_wrongly_typed_override_is_one_line(tmp_path):
+    with pytest.raises(StudyError, match=r"^budget.timing_steps must be an integer, got 'slow'$"):
+        load_study(str(tiny_study(tmp_path)), ["budget.timing_steps=slow"])
+
+
+def test_interpolations_resolve_against_study_keys(tmp_path):
+    raw = {"name": "x", "recipe": "ci_fid", "arms": [{"backbone": "dit_t2"}]}
+    assert compose_study(raw).study_dir == "studies/x"
+    assert compose_study(raw, ["study_dir=studies/${name}"]).study_dir == "studies/x"
+    assert compose_study(raw, ["name=y", "study_dir=out/${name}-${recipe}"]).study_dir == "out/y-ci_fid"
+    with pytest.raises(StudyError, match=r"cannot resolve study_dir: Interpolation key 'nmae' not found"):
+        compose_study(raw, ["study_dir=studies/${nmae}"])
+    # a training override's ${...} is the training's to resolve: the study passes it on untouched
+    kept = compose_study({**raw, "overrides": ["sample.grid_cfg_scale=${sample.cfg_scale}"]})
+    assert kept.overrides == ["sample.grid_cfg_scale=${sample.cfg_scale}"]
+
+
+def test_the_saved_study_yaml_is_the_study(tmp_path):
+    """study.yaml in a study folder is plain data that loads back to the same typed spec."""
+    from dataclasses import asdict
+
+    spec = load_study(str(tiny_study(tmp_path)), ["seeds=[0]", "sweep.train.lr=[1e-3, 3e-3]"])
+    saved = tmp_path / "study.yaml"
+    saved.write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+    assert isinstance(spec, StudySpec) and load_study(str(saved)) == spec

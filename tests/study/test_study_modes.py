@@ -66,10 +66,10 @@ def test_plots_include_the_sweep_axis(tmp_path):
 
 
 def test_summary_calls_noise_noise_and_a_gap_a_gap():
-    from archbench.study.spec import normalise
+    from archbench.study.spec import compose_study
     from archbench.study.summary import render
 
-    spec = normalise({"name": "s", "arms": [{"backbone": "dis_t2"}, {"backbone": "dit_t2"}]})
+    spec = compose_study({"name": "s", "arms": [{"backbone": "dis_t2"}, {"backbone": "dit_t2"}]})
     close = render(spec, _rows([4], gap=0.5), "test machine")
     assert "dis-depth4 and dit-depth4 are **within noise**" in close and "includes 0" in close
     far = render(spec, _rows([4], gap=20.0), "test machine")

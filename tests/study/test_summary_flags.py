@@ -6,17 +6,13 @@ from __future__ import annotations
 from PIL import Image
 
 from archbench.study.plots import _curves, write_plots
+from archbench.study.schema import ArmSpec, BudgetSpec, EvalSpec, StudySpec
 from archbench.study.summary import render, write_summary
 
-SPEC = {
-    "name": "s", "recipe": "default", "seeds": [0, 1, 2], "arms": [{"name": "a"}, {"name": "b"}],
-    "budget": {"match": "steps", "steps": 10, "reference": None},
-    "eval": {"num_samples": 500, "sampler": "ddim", "steps": 25, "cfg_scale": 1.0, "ref_split": "test"},
-}
 
-
-def _spec(match="steps"):
-    return {**SPEC, "budget": {**SPEC["budget"], "match": match}}
+def _spec(match="steps", seeds=(0, 1, 2)):
+    return StudySpec(name="s", recipe="default", seeds=list(seeds), arms=[ArmSpec("a", "a"), ArmSpec("b", "b")],
+                     budget=BudgetSpec(match=match, steps=10), eval=EvalSpec(num_samples=500, steps=25))
 
 
 def _row(label, seed, step, gflops, wall, fd, acc=0.5, params=1000, **extra):
@@ -106,7 +102,7 @@ def test_without_a_classifier_nothing_is_flagged(tmp_path):
 
 def test_one_seed_is_not_tested():
     rows = [r for r in _crossing() if r["seed"] == 0]
-    text = render({**_spec(), "seeds": [0]}, rows, "test machine")
+    text = render(_spec(seeds=[0]), rows, "test machine")
     assert text.count("with one seed there is no interval: not tested (add seeds)") == 3
 
 

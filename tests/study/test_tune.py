@@ -16,14 +16,15 @@ from study_support import scores, study_env, tiny_study
 from archbench.evaluation.metrics import column_metrics
 from archbench.study import load_study, run_study
 from archbench.study.results import read_csv
+from archbench.study.schema import StudySpec, TuneSpec
 from archbench.study.spec import StudyError
 from archbench.study.tune import DIVERGED, choices, choose
 
-SPEC = {"name": "t", "tune": {"key": "train.lr", "values": [1e-3, 3e-3, 1e-2], "metric": "fd"}}
+SPEC = StudySpec(name="t", tune=TuneSpec(key="train.lr", values=[1e-3, 3e-3, 1e-2], metric="fd"))
 
 
 def _row(point: str, order: int, score: float, status: str = "scored") -> dict:
-    return {"tunes": point, "order": order, "value": SPEC["tune"]["values"][order], "score": score, "status": status}
+    return {"tunes": point, "order": order, "value": SPEC.tune.values[order], "score": score, "status": status}
 
 
 @pytest.mark.parametrize(("metric", "expected"), [("fd", 3e-3), ("cond_accuracy", 1e-2)])
