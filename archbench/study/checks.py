@@ -61,10 +61,23 @@ def _check_arms(arms: list[ArmSpec], source: str) -> list[str]:
             raise StudyError(f"arms[{index}].match_by={arm.match_by!r}; valid: {', '.join(MATCH_BY)}")
         if arm.match_params is not None and arm.match_params <= 0:
             raise StudyError(f"arms[{index}].match_params must be a positive parameter count, e.g. 30e6")
+        if not 0 < arm.budget_share <= 1:
+            raise StudyError(f"arms[{index}].budget_share must lie in (0, 1], got {arm.budget_share}")
     names = [str(arm.name) for arm in arms]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise StudyError(f"two arms are both called {duplicated[0]!r}: give one a 'name'")
+    sources = {str(arm.name): arm.init_from for arm in arms}
+    for index, arm in enumerate(arms):
+        if arm.init_from is None:
+            continue
+        if arm.init_from not in names or arm.init_from == arm.name:
+            raise StudyError(f"arms[{index}].init_from={arm.init_from!r} must name another arm; arms: "
+                             f"{', '.join(n for n in names if n != arm.name)}")
+        if sources[arm.init_from] is not None:
+            raise StudyError(f"arms[{index}].init_from={arm.init_from!r}: that arm starts from "
+                             f"{sources[arm.init_from]!r} itself; an arm may start only from an arm trained from "
+                             "scratch")
     return names
 
 
@@ -110,6 +123,9 @@ def _check_tune(tune: TuneSpec, arms: list[ArmSpec]) -> None:
                              "e.g. tune.key=train.lr")
         return
     key = tune.key
+    if any(arm.init_from for arm in arms):
+        raise StudyError("tune.key with arms[].init_from: tune the source arms in a study of their own and give each "
+                         "arm its value in its overrides")
     if not re.fullmatch(r"[A-Za-z_][\w.]*", key):
         raise StudyError(f"tune.key must be a dotted training key such as train.lr, got {tune.key!r}")
     if key in MANAGED_KEYS:

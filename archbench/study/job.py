@@ -49,6 +49,7 @@ def run_overrides(job: Job) -> list[str]:
         f"device={job.device}",
         f"threads={job.threads or 'auto'}",
         "train.progress=false",
+        *([f"train.init_from={job.init_from}"] if job.init_from else []),
     ]
 
 

@@ -31,6 +31,8 @@ class ArmPoint:
     gmacs: float
     batch_size: int
     dataset: str
+    init_from: str | None = None  # the label of the point whose runs this one starts from
+    budget_share: float = 1.0
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Job:
     threads: int | None = None
     gpus: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # the run folder this run starts from (arms[].init_from), trained first
+    pre_gflops: float = 0.0  # that run's training compute, counted on this run's side
 
     @property
     def run_name(self) -> str:
@@ -130,6 +134,8 @@ def describe_arms(spec: StudySpec) -> list[ArmPoint]:
                 label=label, arm=str(arm.name), backbone=name, sweep=point, overrides=overrides,
                 params=int(counted["params"]), gmacs=float(counted["gmacs"]),
                 batch_size=int(config["train"]["batch_size"]), dataset=str(config["data"]["name"]),
+                init_from=None if arm.init_from is None else point_label(arm.init_from, point),
+                budget_share=float(arm.budget_share),
             ))
     return points
 
@@ -159,13 +165,34 @@ def arm_steps(spec: StudySpec, points: list[ArmPoint], seconds_per_step: dict[st
                 raise StudyError("budget.match=wall_clock needs each arm's seconds per step measured first")
             steps[point.label] = budget.matched_steps(ref_steps, seconds_per_step[ref.label],
                                                       seconds_per_step[point.label])
+    for point in points:
+        if point.budget_share != 1.0:
+            steps[point.label] = max(1, math.floor(steps[point.label] * point.budget_share + 0.5))
+    if match == "train_flops":
+        by_label = {p.label: p for p in points}
+        for point in points:
+            if point.init_from is not None:
+                steps[point.label] = _steps_after_pretraining(point, by_label[point.init_from], steps, refs, ref_steps)
     return steps
+
+
+def _steps_after_pretraining(point: ArmPoint, source: ArmPoint, steps: dict[str, int], refs: dict[str, ArmPoint],
+                             ref_steps: int) -> int:
+    """The steps left to an arm that starts from ``source``'s runs: the budget minus their training FLOPs."""
+    ref = refs[point.label]
+    left = ref_steps * ref.gmacs * ref.batch_size - steps[source.label] * source.gmacs * source.batch_size
+    n = math.floor(left / (point.gmacs * point.batch_size) + 0.5)
+    if n < 1:
+        raise StudyError(f"arm {point.label}: its source {source.label} already spends the whole training-FLOPs "
+                         f"budget ({steps[source.label]} steps); give the source fewer steps or the study more")
+    return n
 
 
 def make_jobs(spec: StudySpec, points: list[ArmPoint], steps: dict[str, int], recipe_log_every: int = 10
               ) -> list[Job]:
     """Arms x seeds, each with its run folder, evaluation points and checkpoint interval."""
     refs = reference_points(spec, points)
+    by_label = {p.label: p for p in points}
     every = spec.eval.every
     jobs = []
     for point in points:
@@ -173,7 +200,9 @@ def make_jobs(spec: StudySpec, points: list[ArmPoint], steps: dict[str, int], re
         n = steps[point.label]
         evals, interval = budget.eval_points(n, ref_steps, every)
         ckpt_every = math.gcd(spec.ckpt_every, interval) if spec.ckpt_every else interval
+        source = by_label.get(point.init_from) if point.init_from else None
         for seed in spec.seeds:
+            start = str(Path(spec.study_dir) / "runs" / f"{source.label}-s{seed}") if source else None
             jobs.append(Job(
                 label=point.label, arm=point.arm, backbone=point.backbone, seed=int(seed), sweep=point.sweep,
                 overrides=point.overrides, steps=n, eval_steps=evals, ckpt_every=ckpt_every,
@@ -181,6 +210,8 @@ def make_jobs(spec: StudySpec, points: list[ArmPoint], steps: dict[str, int], re
                 run_dir=str(Path(spec.study_dir) / "runs" / f"{point.label}-s{seed}"),
                 eval=asdict(spec.eval), params=point.params, gmacs=point.gmacs, batch_size=point.batch_size,
                 dataset=point.dataset, device=spec.device, threads=spec.threads, gpus=spec.launcher.gpus_per_job,
+                init_from=start,
+                pre_gflops=budget.train_gflops(source.gmacs, source.batch_size, steps[source.label]) if source else 0.0,
             ))
     return jobs
 

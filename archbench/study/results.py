@@ -58,6 +58,18 @@ def _metrics_upto(rows: list[dict[str, Any]], step: int) -> dict[str, float]:
     }
 
 
+def _pretraining_seconds(job: Job) -> float:
+    """The training wall-clock of the run ``job`` started from (0 for a run from scratch): counted on its side,
+    as its training FLOPs are."""
+    from archbench.training.log import read_metrics
+
+    if not job.init_from:
+        return 0.0
+    rows = read_metrics(job.init_from) if Path(job.init_from, "metrics.jsonl").is_file() else []
+    seconds = rows[-1].get("train_s") if rows else None
+    return math.nan if seconds is None else float(seconds)
+
+
 def job_rows(study: str, job: Job) -> list[dict[str, Any]]:
     """The rows of one job's finished evaluations (missing ones are simply not there yet)."""
     from archbench.training.log import read_metrics
@@ -71,11 +83,13 @@ def job_rows(study: str, job: Job) -> list[dict[str, Any]]:
             continue
         row = {
             "study": study, "arm": job.arm, "label": job.label, "backbone": job.backbone, "seed": job.seed,
-            "step": step, "steps": job.steps, "train_gflops": train_gflops(job.gmacs, job.batch_size, step),
+            "step": step, "steps": job.steps,
+            "train_gflops": job.pre_gflops + train_gflops(job.gmacs, job.batch_size, step),
             **_metrics_upto(metrics, step), "params": job.params, "gmacs": job.gmacs, "batch_size": job.batch_size,
             "dataset": job.dataset, "score_name": record["score_name"], **csv_values(record),
             "num_samples": record.get("num_samples", settings["num_samples"]),
         }
+        row["wall_s"] += _pretraining_seconds(job)
         row.update({f"sweep.{k}": v for k, v in job.sweep.items()})
         rows.append(row)
     return rows

@@ -166,11 +166,24 @@ def _run_jobs(spec: StudySpec, jobs: list[planning.Job], stage: str, plan: list[
     pending = [job for job in jobs if not job_done(job)]
     log.info("%s: %d run(s), %d to do", stage, len(jobs), len(pending))
     cache = str(folder / "cache")
-    tasks = [{"kind": "train", "job": job.to_dict(), "cache": cache} for job in pending]
     progress = Progress(jobs)
-    # submitit jobs run side by side (as the cluster schedules them); local ones ``workers`` at a time
-    parallel = len(pending) if spec.launcher.name == "submitit" else spec.launcher.workers
-    return run_tasks(tasks, spec, poll=lambda: progress(parallel))
+    results: list[dict[str, Any]] = []
+    # Runs that start from another run's weights (arms[].init_from) wait for a second wave, and run only when
+    # their source finished: a failed source fails them too, without training anything.
+    first = [job for job in pending if not job.init_from]
+    second = [job for job in pending if job.init_from]
+    for wave in (first, second):
+        unfinished = {r["run"] for r in results if r["status"] != "done"}  # a run's folder is named after it
+        ready = [job for job in wave if not job.init_from or Path(job.init_from).name not in unfinished]
+        results += [{"run": job.run_name, "status": "failed", "error": f"its source run {job.init_from} did not "
+                     "finish"} for job in wave if job not in ready]
+        if not ready:
+            continue
+        tasks = [{"kind": "train", "job": job.to_dict(), "cache": cache} for job in ready]
+        # submitit jobs run side by side (as the cluster schedules them); local ones ``workers`` at a time
+        parallel = len(ready) if spec.launcher.name == "submitit" else spec.launcher.workers
+        results += run_tasks(tasks, spec, poll=lambda parallel=parallel: progress(parallel))
+    return results
 
 
 def _finish(spec: StudySpec, folder: Path, jobs: list[planning.Job], results: list[dict[str, Any]],

@@ -38,6 +38,11 @@ class ArmSpec:
     match_params: float | None = _key(None, "resize the arm to the nearest valid size within 2% of this many "
                                       "parameters, or fail saying how far the nearest is")
     match_by: str = _key("width", "what `match_params` resizes: `width` (default) or `depth`")
+    budget_share: float = _key(1.0, "the share of the budget this arm trains for (e.g. 0.5 for a pre-training arm "
+                               "whose fine-tuning arm gets the rest through `init_from`)")
+    init_from: str | None = _key(None, "another arm: each seed starts from that arm's run of the same seed (its final "
+                                 "EMA weights, `train.init_from`), trained first; under `budget.match=train_flops` "
+                                 "that run's training FLOPs count against this arm's budget")
 
 
 @dataclass
