@@ -17,6 +17,7 @@ from archbench.data.crops import celeba_crop, center_crop_arr
 from archbench.data.digits import build_digits
 from archbench.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from archbench.data.fashion_mnist import build_fashion_mnist, files_present
+from archbench.data.fashion_pairs import FashionPairs
 from archbench.data.folders import ImageFolderDataset, split_folder
 from archbench.data.latents import HINT as LATENTS_HINT
 from archbench.data.latents import LatentShardDataset
@@ -52,6 +53,8 @@ DATASETS: dict[str, DatasetInfo] = {
                     tuple(str(d) for d in range(10))),
         DatasetInfo("fashion_mnist", 1, 28, 10, "Fashion-MNIST 28x28 (60k/10k) from Debian dataset-fashion-mnist",
                     FASHION_MNIST_CLASSES),
+        DatasetInfo("fashion_pairs", 1, 32, 0, "two Fashion-MNIST garments on a 32x32 canvas with a caption "
+                    "(60k/10k, plus 10k 'heldout' canvases of unseen garment-place pairings)"),
         DatasetInfo("cifar10", 3, 32, 10, "CIFAR-10 32x32 (50k/10k) via torchvision", CIFAR10_CLASSES),
         DatasetInfo("celeba64", 3, 64, 0, "image folder (CelebA) with U-ViT's 128px face crop, resized to 64"),
         DatasetInfo("imagenet_folder", 3, 256, 1000, "class-per-subfolder images, ADM/DiT centre crop to 256"),
@@ -88,6 +91,12 @@ def _fashion_mnist(
     return build_fashion_mnist(root=root, split=split, image_size=image_size, resize_mode=resize_mode)
 
 
+def _fashion_pairs(*, root: str | Path | None, split: str, image_size: int | None, **_: object) -> Dataset:
+    if image_size not in (None, 32):
+        raise ValueError(f"fashion_pairs canvases are 32x32 (two 16x16 garments per row), got image_size={image_size}")
+    return FashionPairs(root=root, split=split)
+
+
 def _celeba64(*, root: str | Path | None, split: str, image_size: int | None, **_: object) -> Dataset:
     folder = split_folder("celeba64", root, split, CELEBA_HINT)
     crop = partial(celeba_crop, size=image_size or 64)
@@ -114,6 +123,7 @@ def _imagenet256_latents(*, root: str | Path | None, split: str, image_size: int
 _BUILDERS: dict[str, Callable[..., Dataset]] = {
     "digits": _digits,
     "fashion_mnist": _fashion_mnist,
+    "fashion_pairs": _fashion_pairs,
     "cifar10": build_cifar10,
     "celeba64": _celeba64,
     "imagenet_folder": _imagenet_folder,

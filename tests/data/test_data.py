@@ -45,7 +45,8 @@ def assert_image_item(item: tuple, channels: int, size: int) -> None:
 
 
 def test_catalogue_names_and_unknown_name() -> None:
-    assert set(DATASETS) == {"digits", "fashion_mnist", "cifar10", "celeba64", "imagenet_folder", "imagenet256_latents"}
+    assert set(DATASETS) == {"digits", "fashion_mnist", "fashion_pairs", "cifar10", "celeba64", "imagenet_folder",
+                             "imagenet256_latents"}
     assert dataset_info("fashion_mnist").image_size == 28 and dataset_info("cifar10").channels == 3
     with pytest.raises(ValueError, match="valid names: digits, fashion_mnist"):
         build_dataset("mnist")
