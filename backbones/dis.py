@@ -74,6 +74,8 @@ class DiS(TokenBackbone):
         attention_every: int = 0,
         num_heads: int | None = None,
         bimamba_merge: str = "sum",
+        caption_vocab: int = 0,
+        caption_tokens: int = 0,
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         if mixer not in LINEAR_MIXERS:
@@ -92,7 +94,8 @@ class DiS(TokenBackbone):
         self.depth = depth
         self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
-        self.extras = 2 if num_classes > 0 else 1
+        self.build_captions(caption_vocab, caption_tokens, width)  # prepended before the time token
+        self.extras = 1 + (num_classes > 0) + (caption_tokens if caption_vocab else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
         # Stochastic depth rises linearly over `depth` steps; block 0 has none (it starts the residual).
         rates = [0.0] + [drop_path * i / max(depth - 1, 1) for i in range(depth)]
@@ -112,7 +115,7 @@ class DiS(TokenBackbone):
         self.in_blocks, self.mid_block, self.out_blocks = build_long_skip(depth, make_block)
         self.drop_path = _drop_path(drop_path)
         self.norm_f = nn.RMSNorm(width, eps=1e-5)
-        self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=num_classes > 0)
+        self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=self.conditional)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -139,6 +142,10 @@ class DiS(TokenBackbone):
             label_token = self.label_embed(y)
             extra.insert(0, label_token.unsqueeze(1))
             c = time_token + label_token
+        if self.caption_embed is not None:
+            caption = self.caption_embed(y).to(patches.dtype)
+            extra.insert(0, caption)
+            c = time_token + caption.mean(dim=1)
         tokens = torch.cat([*extra, patches], dim=1) + self.pos_embed
         hidden, residual = run_long_skip(
             self.in_blocks, self.mid_block, self.out_blocks, (tokens, None), skip_of=lambda carry: carry[0],

@@ -23,6 +23,7 @@ from backbones.layers import (
     modulate,
     sincos_pos_embed_2d,
 )
+from backbones.layers.caption import CrossAttention
 from backbones.layers.mixers import build_mixer, check_mixer_options, reset_ssm_mixers
 from backbones.registry import register_backbone
 
@@ -36,18 +37,38 @@ class DiTBlock(nn.Module):
     gated by c (of ``cond_width``, the block's width unless a skeleton's levels differ in width).  The mixer
     keeps the official name ``attn`` whatever it is, so DiT's weights load."""
 
-    def __init__(self, width: int, mlp_ratio: float, make_mixer, cond_width: int | None = None):
+    def __init__(self, width: int, mlp_ratio: float, make_mixer, cond_width: int | None = None,
+                 cross_heads: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = make_mixer()
+        # Captions: cross-attention to the condition tokens between the mixer and the MLP (PixArt-alpha's place),
+        # a plain residual branch; its output projection starts at zero (adaln_zero_init).
+        self.norm_cross = nn.LayerNorm(width, eps=1e-6) if cross_heads else None
+        self.cross = CrossAttention(width, cond_width or width, cross_heads) if cross_heads else None
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=tanh_gelu, drop=0)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_width or width, 6 * width))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
         x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
+        if self.cross is not None:
+            x = x + self.cross(self.norm_cross(x), context)
         return x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+def condition(model: DiffusionBackbone, t: torch.Tensor, y: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The adaLN condition c (time, plus the label or the mean caption token) and the caption's tokens for
+    cross-attention (None without captions): what every adaLN skeleton's blocks read."""
+    c = model.time_embed(t)
+    if model.label_embed is not None:
+        c = c + model.label_embed(y)
+    if model.caption_embed is None:
+        return c, None
+    context = model.caption_embed(y).to(c.dtype)
+    return c + context.mean(dim=1), context
 
 
 def adaln_zero_init(model: DiffusionBackbone) -> None:
@@ -66,6 +87,7 @@ def adaln_zero_init(model: DiffusionBackbone) -> None:
     nn.init.normal_(model.time_embed.mlp[0].weight, std=0.02)
     nn.init.normal_(model.time_embed.mlp[2].weight, std=0.02)
     zero_init = [block.adaLN_modulation[-1] for block in model.modules() if isinstance(block, DiTBlock)]
+    zero_init += [block.cross.proj for block in model.modules() if isinstance(block, DiTBlock) and block.cross]
     zero_init += [model.final_layer.adaLN_modulation[-1], model.final_layer.linear]
     for linear in zero_init:
         nn.init.zeros_(linear.weight)
@@ -95,6 +117,8 @@ class DiT(TokenBackbone):
         attention_every: int = 0,
         scan: str = "auto",
         bimamba_merge: str = "sum",
+        caption_vocab: int = 0,
+        caption_tokens: int = 0,
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         super().__init__(
@@ -108,6 +132,7 @@ class DiT(TokenBackbone):
         )
         self.time_embed = TimestepEmbedder(width, frequency_dim=256, hidden_dim=width)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
+        self.build_captions(caption_vocab, caption_tokens, width)  # read through cross-attention
         # Fixed table, kept as a frozen parameter as the official code does (it counts in the params).
         table = torch.from_numpy(sincos_pos_embed_2d(width, self.grid_size)).float().unsqueeze(0)
         self.pos_embed = nn.Parameter(table, requires_grad=False)
@@ -120,7 +145,8 @@ class DiT(TokenBackbone):
                 merge=bimamba_merge, layers=depth,
             )
 
-        self.blocks = nn.ModuleList(DiTBlock(width, mlp_ratio, make_mixer(i)) for i in range(depth))
+        cross = num_heads if self.captioned else 0
+        self.blocks = nn.ModuleList(DiTBlock(width, mlp_ratio, make_mixer(i), cross_heads=cross) for i in range(depth))
         self.final_layer = FinalLayer(width, self.patch_out_dim, adaptive=True)
         self.reset_parameters()
 
@@ -130,11 +156,9 @@ class DiT(TokenBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         t, y = self.check_inputs(x, t, y)
         tokens = self.patch_embed(x) + self.pos_embed
-        c = self.time_embed(t)
-        if self.label_embed is not None:
-            c = c + self.label_embed(y)
+        c, context = condition(self, t, y)
         for block in self.blocks:
-            tokens = self.run_block(block, tokens, c)
+            tokens = self.run_block(block, tokens, c, context)
         return self.tokens_to_image(self.final_layer(tokens, c))
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from backbones.dit import DiTBlock, adaln_zero_init
+from backbones.dit import DiTBlock, adaln_zero_init, condition
 from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone, sincos_pos_embed_2d
 from backbones.layers.mixers import build_mixer, check_mixer_options, default_heads
 from backbones.layers.token_merge import TokenMerge, TokenSplit
@@ -70,6 +70,8 @@ class Hourglass(TokenBackbone):
         state_size: int | Sequence[int | None] | None = None,
         scan: str = "auto",
         bimamba_merge: str = "sum",
+        caption_vocab: int = 0,
+        caption_tokens: int = 0,
     ):
         widths, depths = _positive_ints("widths", widths), _positive_ints("depths", depths)
         levels = len(widths)
@@ -107,6 +109,7 @@ class Hourglass(TokenBackbone):
         cond = widths[0]
         self.time_embed = TimestepEmbedder(cond, frequency_dim=256, hidden_dim=cond)
         self.label_embed = LabelEmbedder(num_classes, cond, class_dropout_prob) if num_classes > 0 else None
+        self.build_captions(caption_vocab, caption_tokens, cond)  # read through cross-attention at every level
         table = torch.from_numpy(sincos_pos_embed_2d(cond, self.grid_size)).float().unsqueeze(0)
         self.pos_embed = nn.Parameter(table, requires_grad=False)
 
@@ -120,8 +123,10 @@ class Hourglass(TokenBackbone):
                     qkv_bias=True, scan=scan, merge=bimamba_merge, layers=layers, state_size=states[level],
                 )
 
+            cross = heads[level] if self.captioned else 0
             return nn.ModuleList(
-                DiTBlock(widths[level], mlp_ratio, make_mixer(first + i), cond_width=cond) for i in range(count)
+                DiTBlock(widths[level], mlp_ratio, make_mixer(first + i), cond_width=cond, cross_heads=cross)
+                for i in range(count)
             )
 
         outer = range(levels - 1)
@@ -140,21 +145,19 @@ class Hourglass(TokenBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         t, y = self.check_inputs(x, t, y)
         tokens = self.patch_embed(x) + self.pos_embed
-        c = self.time_embed(t)
-        if self.label_embed is not None:
-            c = c + self.label_embed(y)
+        c, context = condition(self, t, y)
         skips = []
         for level, (level_blocks, merge) in enumerate(zip(self.down, self.merges, strict=True)):
             for block in level_blocks:
-                tokens = self.run_block(block, tokens, c)
+                tokens = self.run_block(block, tokens, c, context)
             skips.append(tokens)
             tokens = merge(tokens, self.grids[level])
         for block in self.middle:
-            tokens = self.run_block(block, tokens, c)
+            tokens = self.run_block(block, tokens, c, context)
         for level in reversed(range(len(self.splits))):
             tokens = self.splits[level](tokens, skips[level], self.grids[level])
             for block in self.up[level]:
-                tokens = self.run_block(block, tokens, c)
+                tokens = self.run_block(block, tokens, c, context)
         return self.tokens_to_image(self.final_layer(tokens, c))
 
 

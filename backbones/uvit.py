@@ -65,6 +65,8 @@ class UViT(TokenBackbone):
         scan_order: str = "bidirectional",
         attention_every: int = 0,
         bimamba_merge: str = "sum",
+        caption_vocab: int = 0,
+        caption_tokens: int = 0,
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         super().__init__(
@@ -79,7 +81,8 @@ class UViT(TokenBackbone):
         self.mixer_kind, self.scan_order, self.attention_every = mixer, scan_order, attention_every
         self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width if mlp_time_embed else None)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
-        self.extras = 2 if num_classes > 0 else 1
+        self.build_captions(caption_vocab, caption_tokens, width)  # prepended before the time token
+        self.extras = 1 + (num_classes > 0) + (caption_tokens if caption_vocab else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
 
         def make_mixer(index: int) -> nn.Module:
@@ -115,6 +118,8 @@ class UViT(TokenBackbone):
         extra = [self.time_embed(t).to(patches.dtype).unsqueeze(1)]
         if self.label_embed is not None:
             extra.insert(0, self.label_embed(y).unsqueeze(1))
+        if self.caption_embed is not None:
+            extra.insert(0, self.caption_embed(y).to(patches.dtype))
         tokens = torch.cat([*extra, patches], dim=1) + self.pos_embed
         tokens = run_long_skip(self.in_blocks, self.mid_block, self.out_blocks, tokens, call=self.run_block)
         image = self.tokens_to_image(self.final_layer(tokens)[:, self.extras :])

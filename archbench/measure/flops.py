@@ -272,6 +272,8 @@ def example_inputs(model: nn.Module, batch: int = 1, device: str | torch.device 
     """``(x, t, y)`` matching a backbone's contract; ``y`` is None for unconditional models."""
     x = torch.randn(batch, model.in_channels, model.image_size, model.image_size, device=device)
     t = torch.full((batch,), 500.0, device=device)
+    if hasattr(model, "example_condition"):
+        return x, t, model.example_condition(batch, device)
     y = torch.zeros(batch, dtype=torch.long, device=device) if getattr(model, "conditional", False) else None
     return x, t, y
 

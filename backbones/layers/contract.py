@@ -47,6 +47,20 @@ class DiffusionBackbone(nn.Module):
         self.class_dropout_prob = class_dropout_prob
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.grad_checkpointing = False
+        self.caption_embed: nn.Module | None = None  # set by build_captions on a captioned backbone
+
+    def build_captions(self, vocab: int, tokens: int, width: int) -> nn.Module | None:
+        """The caption embedder when ``vocab`` > 0 (``y`` is then (B, ``tokens``) word indices, 0 = padding, and
+        the empty caption is the null condition); None otherwise.  Captions replace class labels."""
+        if not vocab:
+            return None
+        if self.num_classes:
+            raise ValueError(f"{type(self).__name__}: give num_classes=0 with captions (caption_vocab={vocab}); "
+                             "a model is conditioned on one of the two")
+        from backbones.layers.caption import CaptionEmbedder
+
+        self.caption_embed = CaptionEmbedder(vocab, tokens, width, self.class_dropout_prob)
+        return self.caption_embed
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block in the backward pass instead of keeping its activations (less memory, one
@@ -75,13 +89,20 @@ class DiffusionBackbone(nn.Module):
         return push_to_hub(self, repo_id, extra=extra, private=private)
 
     @property
+    def captioned(self) -> bool:
+        return self.caption_embed is not None
+
+    @property
     def conditional(self) -> bool:
-        return self.num_classes > 0
+        return self.num_classes > 0 or self.captioned
 
     @property
     def null_class(self) -> int | None:
-        """Index of the unconditional label, or None when the model has none."""
-        return self.num_classes if self.conditional and self.class_dropout_prob > 0 else None
+        """Index of the unconditional label (for captions: the padding index, so ``full_like(y, null_class)`` is
+        the empty caption), or None when the model has none."""
+        if not self.conditional or self.class_dropout_prob <= 0:
+            return None
+        return 0 if self.captioned else self.num_classes
 
     def check_inputs(
         self, x: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None
@@ -136,6 +157,8 @@ class DiffusionBackbone(nn.Module):
             if y is not None:
                 raise ValueError(f"{name}: the model is unconditional (num_classes=0) but class labels were given")
             return t, None
+        if self.captioned:
+            return t, self._check_caption(name, b, x.device, y)
         if y is None:
             if self.null_class is None:
                 raise ValueError(
@@ -156,6 +179,30 @@ class DiffusionBackbone(nn.Module):
                 + f"), got range [{int(y.min())}, {int(y.max())}]"
             )
         return t, y
+
+    def example_condition(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """A valid ``y`` for ``batch`` images (class 0, or a caption of word 1 repeated), None when unconditional:
+        what probes and the FLOP counter feed."""
+        if self.caption_embed is not None:
+            return torch.ones(batch, self.caption_embed.max_tokens, dtype=torch.long, device=device)
+        return torch.zeros(batch, dtype=torch.long, device=device) if self.conditional else None
+
+    def _check_caption(self, name: str, b: int, device: torch.device, y: torch.Tensor | None) -> torch.Tensor:
+        embed = self.caption_embed
+        tokens, vocab = embed.max_tokens, embed.vocab_size  # type: ignore[union-attr]
+        if y is None:
+            if self.null_class is None:
+                raise ValueError(f"{name}: captioned model without a null caption (class_dropout_prob=0) needs y")
+            return torch.zeros((b, tokens), dtype=torch.long, device=device)
+        if y.ndim != 2 or y.shape != (b, tokens):
+            raise ValueError(f"{name}: y must be ({b}, {tokens}) caption word indices (padded with 0), got "
+                             f"{tuple(y.shape)}")
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"{name}: y must hold integer word indices, got dtype {y.dtype}")
+        if y.numel() and not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) >= vocab):
+            raise ValueError(f"{name}: caption word indices must lie in [0, {vocab - 1}] (0 = padding), got range "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        return y
 
     def forward_with_cfg(
         self,

@@ -1,0 +1,92 @@
+"""Captions as condition tokens (backbones/layers/caption.py): prepended in DiS and U-ViT, cross-attended in DiT and
+the hourglass; a caption reaches the output only through the caption embedder, the empty caption is the null
+condition guidance uses, and bad captions are refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import archbench
+from archbench.measure.flops import backbone_flops
+
+VOCAB, TOKENS = 17, 9
+FAMILIES = ["dis_t2", "uvit_t2", "dit_t2", "hourglass_t2", "hourglass_mixed_t2"]
+OPTIONS = dict(image_size=16, in_channels=1, num_classes=0, caption_vocab=VOCAB, caption_tokens=TOKENS)
+
+
+def captioned(name: str) -> torch.nn.Module:
+    """A captioned model with random weights everywhere (adaLN-Zero would make an untrained DiT ignore them)."""
+    torch.manual_seed(0)
+    model = archbench.build(name, **OPTIONS).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def captions() -> torch.Tensor:
+    return torch.tensor([[1, 14, 3, 5, 2, 1, 15, 4, 6], [1, 11, 3, 6, 2, 1, 10, 4, 5]])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_caption_reaches_the_output_only_through_the_caption_embedder(name):
+    model = captioned(name)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 700])
+    with torch.no_grad():
+        a, b = model(x, t, captions()), model(x, t, captions().flip(0))
+        assert (a - b).abs().max() > 1e-6 and torch.equal(a, model(x, t, captions()))
+        fixed = model.caption_embed(captions())
+        handle = model.caption_embed.register_forward_hook(lambda module, args, out: fixed)
+        try:  # the embedder's output held fixed: the words themselves change nothing else
+            assert torch.equal(model(x, t, captions()), model(x, t, captions().flip(0)))
+        finally:
+            handle.remove()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_empty_caption_is_the_null_condition_of_guidance(name):
+    model = captioned(name)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 700])
+    assert model.null_class == 0
+    with torch.no_grad():
+        null = model(x, t, torch.zeros_like(captions()))
+        assert torch.isfinite(null).all() and torch.equal(null, model(x, t, None))
+        dropped = model.caption_embed(captions(), force_drop=torch.ones(2, dtype=torch.bool))
+        assert torch.equal(dropped, model.caption_embed(torch.zeros_like(captions())))
+        unguided = model.forward_with_cfg(x, t, captions(), cfg_scale=0.0)  # scale 0: the unconditional branch
+        channels = x.shape[1]
+        torch.testing.assert_close(unguided[:, :channels], null[:, :channels], rtol=1e-5, atol=1e-5)
+
+
+def test_training_with_caption_dropout_keeps_gradients_finite():
+    model = archbench.build("dis_t2", **OPTIONS).train()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 700])
+    torch.manual_seed(3)
+    y = torch.cat([captions()[:1], torch.zeros_like(captions()[:1])])  # one empty caption: its tokens all masked
+    model(x, t, y).square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize(("y", "message"), [
+    (torch.zeros(2, 5, dtype=torch.long), r"y must be \(2, 9\) caption word indices"),
+    (torch.full((2, 9), 17), r"caption word indices must lie in \[0, 16\]"),
+    (torch.zeros(2, 9), "integer word indices"),
+])
+def test_bad_captions_are_one_line(y, message):
+    model = archbench.build("dit_t2", **OPTIONS)
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]), y)
+
+
+def test_labels_and_captions_together_are_refused():
+    with pytest.raises(ValueError, match="give num_classes=0 with captions"):
+        archbench.build("dis_t2", image_size=16, num_classes=10, caption_vocab=VOCAB, caption_tokens=TOKENS)
+
+
+@pytest.mark.parametrize("name", ["dis_t2", "dit_t2"])
+def test_the_flop_counter_prices_the_caption_path(name):
+    plain = backbone_flops(name, image_size=16, in_channels=1, num_classes=10)
+    with_captions = backbone_flops(name, **OPTIONS)
+    assert with_captions["gmacs"] > plain["gmacs"]
