@@ -81,6 +81,9 @@ def _report_final_grid(result, seconds: float) -> None:
     from archbench.evaluation.cond_accuracy import classifier_accuracy
 
     samples, labels, cfg_scale = result.grid
+    if labels.ndim == 2:  # captions
+        _report_composition(samples, labels, cfg_scale, result.dataset, wall)
+        return
     accuracy = classifier_accuracy(samples, labels, result.dataset)
     if accuracy is None:
         log.info("%s (no committed %s classifier to score the grid)", wall, result.dataset)
@@ -91,3 +94,22 @@ def _report_final_grid(result, seconds: float) -> None:
         100 / (int(labels.max()) + 1), wall,
     )
 
+
+def _report_composition(samples, captions, cfg_scale: float, dataset: str, wall: str) -> None:
+    """The compositional score of a captioned final grid (fashion_pairs: each named garment in its place)."""
+    if dataset != "fashion_pairs":
+        log.info(wall)
+        return
+    from archbench.data.fashion_pairs import parse_tokens
+    from archbench.evaluation.composition import composition_score
+    from archbench.evaluation.cond_accuracy import committed_classifier
+    from archbench.evaluation.dataset_cnn import DatasetCNNFeatures
+
+    path = committed_classifier("fashion_mnist")
+    if path is None:
+        log.info("%s (no committed fashion_mnist classifier to score the grid)", wall)
+        return
+    score = composition_score(samples, [parse_tokens(c) for c in captions], DatasetCNNFeatures.from_file(path))
+    log.info("final grid (cfg %g): %.0f%% of %d canvases hold every named garment in its place and nothing "
+             "elsewhere (named places right %.0f%%, empty places empty %.0f%%); %s", cfg_scale, 100 * score.score,
+             score.count, 100 * score.placed, 100 * score.empty, wall)

@@ -17,6 +17,8 @@ from archbench.data.crops import celeba_crop, center_crop_arr
 from archbench.data.digits import build_digits
 from archbench.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from archbench.data.fashion_mnist import build_fashion_mnist, files_present
+from archbench.data.fashion_pairs import CAPTION_TOKENS as PAIRS_CAPTION_TOKENS
+from archbench.data.fashion_pairs import VOCAB as PAIRS_VOCAB
 from archbench.data.fashion_pairs import FashionPairs
 from archbench.data.folders import ImageFolderDataset, split_folder
 from archbench.data.latents import HINT as LATENTS_HINT
@@ -40,6 +42,8 @@ class DatasetInfo:
     num_classes: int
     description: str
     class_names: tuple[str, ...] | None = None
+    caption_vocab: int = 0  # a captioned dataset's y is (caption_tokens,) word indices into this many words
+    caption_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.class_names is not None and len(self.class_names) != self.num_classes:
@@ -54,7 +58,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("fashion_mnist", 1, 28, 10, "Fashion-MNIST 28x28 (60k/10k) from Debian dataset-fashion-mnist",
                     FASHION_MNIST_CLASSES),
         DatasetInfo("fashion_pairs", 1, 32, 0, "two Fashion-MNIST garments on a 32x32 canvas with a caption "
-                    "(60k/10k, plus 10k 'heldout' canvases of unseen garment-place pairings)"),
+                    "(60k/10k, plus 10k 'heldout' canvases of unseen garment-place pairings)",
+                    caption_vocab=len(PAIRS_VOCAB), caption_tokens=PAIRS_CAPTION_TOKENS),
         DatasetInfo("cifar10", 3, 32, 10, "CIFAR-10 32x32 (50k/10k) via torchvision", CIFAR10_CLASSES),
         DatasetInfo("celeba64", 3, 64, 0, "image folder (CelebA) with U-ViT's 128px face crop, resized to 64"),
         DatasetInfo("imagenet_folder", 3, 256, 1000, "class-per-subfolder images, ADM/DiT centre crop to 256"),
@@ -140,7 +145,8 @@ def build_dataset(
     download: bool = False,
     resize_mode: ResizeMode = "resize",
 ) -> Dataset:
-    """A Dataset of ``(x, y)``: x float32 (C, H, W) in [-1, 1] (latents: already scaled), y an int label.
+    """A Dataset of ``(x, y)``: x float32 (C, H, W) in [-1, 1] (latents: already scaled), y an int label (a
+    captioned dataset's y: its caption as word indices).
 
     ``image_size`` (when given and different from the native size) resizes bilinearly with antialiasing, or
     with ``resize_mode="pad"`` centres the image on a -1 background (Fashion-MNIST 28 -> 32: 2 px each side)

@@ -10,10 +10,9 @@ model never saw.
 
 Every canvas is a function of (seed, split, index): the layout is drawn from a generator seeded with those three,
 the garments are taken from Fashion-MNIST's images of their class, shrunk to 16x16 as the CPU recipes' 16x16
-Fashion-MNIST is (antialiased bilinear), on a black (-1) background.  ``__getitem__`` gives ``(image, 0)``, the
-catalogue's contract for an unlabelled dataset; the caption comes from :meth:`FashionPairs.caption` and
-:meth:`FashionPairs.tokens` (fixed-length word indices into :data:`VOCAB`), the layout from
-:meth:`FashionPairs.layout`.
+Fashion-MNIST is (antialiased bilinear), on a black (-1) background.  ``__getitem__`` gives ``(image, tokens)``:
+the caption as fixed-length word indices into :data:`VOCAB` (0 = padding), what a captioned backbone takes as
+``y``; :meth:`FashionPairs.caption` gives it as text, :meth:`FashionPairs.layout` as placements.
 """
 
 from __future__ import annotations
@@ -72,6 +71,20 @@ def tokenize(caption: str) -> Tensor:
     return torch.tensor(ids + [0] * (CAPTION_TOKENS - len(ids)), dtype=torch.long)
 
 
+def parse_tokens(tokens: Tensor) -> tuple[Placement, ...]:
+    """The placements a tokenised caption names (``source`` -1: a caption does not say which image); the inverse
+    of :func:`caption_of` up to the source images.  A caption outside the grammar is a ValueError."""
+    words = [VOCAB[int(i)] for i in tokens if int(i) != 0]
+    placements = []
+    for start in range(0, len(words), 5):  # "a <garment> <row> <column>" then "and"
+        phrase = words[start : start + 4]
+        place = " ".join(phrase[2:4])
+        if len(phrase) != 4 or phrase[0] != "a" or phrase[1] not in GARMENTS or place not in QUADRANTS:
+            raise ValueError(f"not a fashion_pairs caption: {' '.join(words)!r}")
+        placements.append(Placement(GARMENTS.index(phrase[1]), QUADRANTS.index(place), -1))
+    return tuple(placements)
+
+
 class FashionPairs(Dataset):
     """The captioned canvases of one split (see the module docstring)."""
 
@@ -120,8 +133,9 @@ class FashionPairs(Dataset):
             canvas[:, row : row + CELL, col : col + CELL] = self.images[placement.source]
         return canvas
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.render(self.layout(index)), 0
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        layout = self.layout(index)
+        return self.render(layout), tokenize(caption_of(layout))
 
 
 def quadrant_crops(images: Tensor) -> Tensor:

@@ -38,6 +38,8 @@ _DATA_DRIVEN = {
     "image_size": "${data.image_size}",
     "in_channels": "${data.channels}",
     "num_classes": "${data.num_classes}",
+    "caption_vocab": "${data.caption_vocab}",  # only where the backbone takes captions (its build options)
+    "caption_tokens": "${data.caption_tokens}",
     "learn_sigma": "${diffusion.learn_sigma}",
 }
 
@@ -262,6 +264,10 @@ def fill_dataset_facts(cfg: DictConfig) -> None:
         cfg.data.channels = info.channels
     if cfg.data.num_classes is None:
         cfg.data.num_classes = info.num_classes if cfg.data.class_cond else 0
+    if cfg.data.caption_vocab is None:
+        cfg.data.caption_vocab = info.caption_vocab if cfg.data.class_cond else 0
+    if cfg.data.caption_tokens is None:
+        cfg.data.caption_tokens = info.caption_tokens
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

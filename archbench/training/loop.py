@@ -111,7 +111,7 @@ class Trainer:
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
         self.loader, self.sampler, self.loader_generator = parts.loader, parts.sampler, parts.loader_generator
         self.train_model = parts.train_model
-        self.conditional = int(getattr(self.model, "num_classes", 0) or 0) > 0
+        self.conditional = bool(getattr(self.model, "conditional", False))  # class labels or captions
         self.steps_per_epoch = self.sampler.steps_per_epoch
 
         self.step = 0
@@ -375,6 +375,9 @@ class Trainer:
         s, d = self.c.sample, self.c.data
         n = s.num_samples
         num_classes = int(getattr(self.ema.model, "num_classes", 0) or 0)
+        labels = grid_labels(n, num_classes)
+        if getattr(self.ema.model, "captioned", False):  # the first training examples' captions
+            labels = torch.stack([torch.as_tensor(self.dataset[i][1]) for i in range(n)])
         cfg_scale = s.cfg_scale if s.grid_cfg_scale is None else s.grid_cfg_scale
         if cfg_scale != 1.0 and getattr(self.ema.model, "null_class", None) is None:
             cfg_scale = 1.0  # unconditional, or no class dropout: nothing to guide with
@@ -384,7 +387,7 @@ class Trainer:
                 self.objective,
                 num_samples=n,
                 shape=(d.channels, d.image_size, d.image_size),
-                labels=grid_labels(n, num_classes),
+                labels=labels,
                 sampler=s.sampler,
                 steps=s.steps,
                 cfg_scale=cfg_scale,
@@ -396,10 +399,10 @@ class Trainer:
         except ValueError as exc:  # a diverged preview: say so and keep training (the run itself is finite)
             log.warning("no sample grid at step %d: %s", self.step, exc)
             return None
-        labels = grid_labels(n, num_classes)
         self.last_grid = (samples.detach().cpu(), labels, cfg_scale)
+        titled = labels if labels is None or labels.ndim == 1 else None  # a caption is no column title
         path = save_grid(samples, self.run_dir / "samples" / f"step_{self.step:07d}.png", grid_columns(n, num_classes),
-                         labels=labels, class_names=class_names(d.name))
+                         labels=titled, class_names=class_names(d.name))
         log.info("sample grid (EMA weights): %s", path)
         self.metrics.image("samples", path, self.step)
         return path

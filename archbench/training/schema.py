@@ -46,6 +46,9 @@ class DataConfig:
     num_workers: int = key(0, "DataLoader workers")
     channels: int | None = key(None, "filled from the dataset")
     num_classes: int | None = key(None, "filled from the dataset (0 when class_cond is false)")
+    caption_vocab: int | None = key(None, "filled from the dataset: its caption vocabulary (0: no captions, or "
+                                    "class_cond false)")
+    caption_tokens: int | None = key(None, "filled from the dataset: words per caption")
 
 
 @dataclass

@@ -149,6 +149,9 @@ def check_config(config: RunConfig, world_size: int) -> None:
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be an integer >= 0, got {data.num_workers!r}")
     name, options = backbone_options(config)
+    if data.caption_vocab and "caption_vocab" not in options:
+        raise ConfigError(f"data {data.name} is captioned and backbone {name} takes no captions; choose a token "
+                          "backbone (dis_*, dit_*, uvit_*, hourglass_*) or data.class_cond=false")
     try:
         check_structure(name, options)
     except ValueError as exc:
@@ -243,6 +246,8 @@ def build_training_data(data: DataConfig, dist: DistInfo) -> Any:
     if shape != expected:
         raise ConfigError(f"data {data.name} yields examples of shape {shape}, the config expects {expected}")
     classes = f"{data.num_classes} classes" if data.num_classes else "unconditional"
+    if data.caption_vocab:
+        classes = f"captions of {data.caption_tokens} words from {data.caption_vocab}"
     log.info("data: %s (%s split, %d examples, %dx%dx%d, %s)", data.name, data.split, len(dataset), *shape, classes)
     return dataset
 
