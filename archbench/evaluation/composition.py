@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from archbench.data.fashion_pairs import QUADRANTS, Placement, quadrant_crops
+from archbench.data.fashion_pairs import QUADRANTS, Placement, parse_tokens, quadrant_crops
 
 # Mean brightness (in [0, 1]) under which a quadrant is empty: of the 10,000 Fashion-MNIST test garments shrunk to
 # 16x16 the darkest averages 0.031 (the median 0.27); a black quadrant is 0.
@@ -46,20 +46,32 @@ def expected_classes(layouts: Sequence[Sequence[Placement]]) -> Tensor:
     return expected
 
 
-def composition_score(images: Tensor, layouts: Sequence[Sequence[Placement]], classifier: object,
-                      batch_size: int = 512) -> CompositionScore:
-    """Score ``images`` ((N, 1, 32, 32) in [-1, 1]) against the ``layouts`` their captions describe; ``classifier``
-    is a :class:`~archbench.evaluation.dataset_cnn.DatasetCNNFeatures` for Fashion-MNIST."""
-    if len(images) != len(layouts) or not len(images):
-        raise ValueError(f"composition score: {len(images)} images for {len(layouts)} captions")
+def quadrants_right(images: Tensor, expected: Tensor, classifier: object, batch_size: int = 512) -> Tensor:
+    """(N, 4) booleans: each quadrant of ``images`` ((N, 1, 32, 32) in [-1, 1]) holds the class ``expected`` names
+    (-1: nothing); ``classifier`` is a :class:`~archbench.evaluation.dataset_cnn.DatasetCNNFeatures` for
+    Fashion-MNIST."""
+    if len(images) != len(expected) or not len(images):
+        raise ValueError(f"composition score: {len(images)} images for {len(expected)} captions")
     crops = quadrant_crops(images.clamp(-1, 1))  # (N, 4, 1, 16, 16)
     flat = crops.flatten(0, 1)
     predicted = torch.cat([classifier.outputs(flat[i : i + batch_size])["class_logits"].argmax(1).cpu()
                            for i in range(0, len(flat), batch_size)]).view(len(images), len(QUADRANTS))
     empty = ((crops.float() + 1) / 2).mean(dim=(2, 3, 4)).cpu() < EMPTY_BELOW
+    expected = expected.cpu()
+    return torch.where(expected >= 0, (predicted == expected) & ~empty, empty)
+
+
+def caption_classes(captions: Tensor) -> Tensor:
+    """(N, 4) expected classes from tokenised captions (N, T)."""
+    return expected_classes([parse_tokens(caption) for caption in captions])
+
+
+def composition_score(images: Tensor, layouts: Sequence[Sequence[Placement]], classifier: object,
+                      batch_size: int = 512) -> CompositionScore:
+    """Score ``images`` ((N, 1, 32, 32) in [-1, 1]) against the ``layouts`` their captions describe."""
     expected = expected_classes(layouts)
+    right = quadrants_right(images, expected, classifier, batch_size)
     named = expected >= 0
-    right = torch.where(named, (predicted == expected) & ~empty, empty)
     return CompositionScore(
         score=float(right.all(dim=1).float().mean()),
         placed=float(right[named].float().mean()),

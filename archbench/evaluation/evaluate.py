@@ -192,6 +192,8 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
         raise EvalError(one_line(exc)) from None
     n = request.num_samples or DEFAULT_NUM_SAMPLES
     labels = grid_labels(n, run.num_classes)
+    if getattr(run.net, "captioned", False):  # the captions of the reference split's first n examples
+        labels = _split_captions(data, request.ref_split, n)
     shape = (int(data["channels"]), int(data["image_size"]), int(data["image_size"]))
     settle_threads(request.threads, run.net, shape, request.batch_size, run.num_classes, device)
     log.info("sampling %d images from %s (EMA, step %d, %s, %s steps, cfg %.2f)",
@@ -209,6 +211,20 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
             "settings": {**chosen.as_dict(), "seed": request.seed},
             "sampling_s": time.perf_counter() - start, "samples": None,
             "checkpoint": str(run.path), "step": run.step}
+
+
+def _split_captions(data: dict[str, Any], split: str, n: int) -> Any:
+    import torch
+
+    from archbench.data import build_dataset
+
+    try:
+        dataset = build_dataset(str(data["name"]), root=data.get("root"), split=split)
+    except ValueError as exc:
+        raise EvalError(one_line(exc)) from None
+    if n > len(dataset):
+        raise EvalError(f"num_samples={n} but the {split} split of {data['name']} has {len(dataset)} captions")
+    return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(n)])
 
 
 def _read(request: EvalRequest, files: Any, run: dict[str, Any] | None) -> dict[str, Any]:
@@ -266,6 +282,11 @@ def _classifier_labels(extractor: Any, dataset: str | None, labels: Any) -> Any:
     """The conditioning labels when the feature network classifies this very dataset's classes, else None."""
     classifies = getattr(extractor, "dataset", None)
     if labels is None:
+        return None
+    if labels.ndim == 2:  # captions: scored part by part, by the classifier of the parts
+        if dataset == "fashion_pairs" and classifies == "fashion_mnist":
+            return labels
+        log.info("compositional score not computed: it reads fashion_pairs captions with the fashion_mnist CNN")
         return None
     if classifies is None or classifies != dataset:
         log.info("conditional accuracy not computed: features=%s has no classifier for %s's classes",

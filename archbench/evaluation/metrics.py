@@ -74,7 +74,11 @@ NEEDS: dict[str, Need] = {
     "classifier": Need(
         "classifier",
         "a classifier of the samples' classes and their conditioning labels",
-        lambda s: "class_logits" in s.outputs and s.labels is not None,
+        lambda s: "class_logits" in s.outputs and s.labels is not None and s.labels.ndim == 1,
+    ),
+    "captions": Need(
+        "captions", "captioned samples and a classifier of their parts (fashion_pairs with the fashion_mnist CNN)",
+        lambda s: "quadrants_right" in s.outputs,
     ),
 }
 
@@ -177,6 +181,11 @@ def _cond_accuracy(scored: ScoringPass) -> dict[str, Any]:
     return {"cond_accuracy": int((predicted == wanted).sum()) / len(predicted)}
 
 
+def _composition(scored: ScoringPass) -> dict[str, Any]:
+    right = scored.outputs["quadrants_right"]
+    return {"composition": float(right.all(dim=1).float().mean())}
+
+
 # The order is the order of results.csv's metric columns and of the result line.
 METRICS: dict[str, Metric] = {
     "fd": Metric(
@@ -198,6 +207,11 @@ METRICS: dict[str, Metric] = {
         "cond_accuracy", "the fraction of samples a dataset classifier assigns to their conditioning class",
         needs=("classifier",), lower_is_better=False, fmt=".3f", label="cond. accuracy", column="cond_accuracy",
         compute=_cond_accuracy, heading="cond. acc.",
+    ),
+    "composition": Metric(
+        "composition", "the fraction of captioned samples with every named garment in its place and nothing "
+        "elsewhere (archbench.evaluation.composition)", needs=("captions",), lower_is_better=False, fmt=".3f",
+        label="composition", column="composition", compute=_composition, heading="composition",
     ),
     "inception_score": Metric(
         "inception_score", "Inception Score: exp(E KL(p(y|x) || p(y))) over splits",

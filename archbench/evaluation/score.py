@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from archbench.evaluation.composition import caption_classes, quadrants_right
 from archbench.evaluation.extractor import FeatureExtractor, extractor_outputs
 from archbench.evaluation.features import image_batches
 from archbench.evaluation.metrics import ScoringPass, compute_metrics, headline
@@ -43,12 +44,16 @@ def score_samples(
     acc = StatsAccumulator(keep=pr_items)
     outputs: dict[str, list[torch.Tensor]] = {}
     seen = 0
+    captions = labels is not None and labels.ndim == 2  # fashion_pairs: each sample's caption as word indices
     for images in batches:
         out = extractor_outputs(extractor, images)
         acc.update(out["features"])
         for name, value in out.items():
             if name != "features":
                 outputs.setdefault(name, []).append(value.cpu())
+        if captions:  # per quadrant: the named garment, or nothing, where the caption says
+            expected = caption_classes(labels[seen : seen + len(images)])
+            outputs.setdefault("quadrants_right", []).append(quadrants_right(images, expected, extractor))
         seen += len(images)
     if labels is not None and len(labels) != seen:
         raise ValueError(f"got {len(labels)} labels for {seen} samples")

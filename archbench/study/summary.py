@@ -69,6 +69,10 @@ def arm_summary(group: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _has_value(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value: float | None, fmt: str = ".3f") -> str:
     return "-" if value is None or math.isnan(value) else f"{value:{fmt}}"
 
@@ -192,7 +196,8 @@ def render(spec: StudySpec, rows: list[dict[str, Any]], machine: str, chance: fl
     level = chance_level(rows, chance)
     learnings = {label: learning(group, level) for label, group in finals.items()}
     with_accuracy = any(seen is not None for seen in learnings.values())
-    lead, others = headline(), summary_metrics()
+    lead = headline()
+    others = [m for m in summary_metrics() if any(_has_value(s.get(m.name)) for s in summaries)]  # none: no column
     score = summaries[0]["score_name"] if summaries else lead.label
     budget = spec.budget
     ev = spec.eval

@@ -106,3 +106,19 @@ def test_the_composition_score_is_about_accuracy_squared_and_chance_when_shuffle
     assert composition_score(images, shuffled, cnn).score < 0.03
     blank = composition_score(torch.full_like(images, -1.0), layouts, cnn)
     assert blank.score == 0.0 and blank.placed == 0.0 and blank.empty == 1.0
+
+
+def test_scoring_captioned_samples_adds_the_composition_metric(splits):
+    """score_samples with captions as labels: the composition column, and no class accuracy (the labels are not
+    classes)."""
+    from archbench.evaluation import reference_stats, score_samples
+    from archbench.evaluation.cond_accuracy import committed_classifier
+    from archbench.evaluation.dataset_cnn import DatasetCNNFeatures
+
+    cnn = DatasetCNNFeatures.from_file(committed_classifier("fashion_mnist"))
+    dataset = splits["heldout"]
+    images = torch.stack([dataset[i][0] for i in range(300)])
+    captions = torch.stack([dataset[i][1] for i in range(300)])
+    reference = reference_stats("fashion_pairs", "test", 32, cnn, 500, batch_size=250)
+    scores = score_samples(images, cnn, reference, labels=captions, batch_size=128)
+    assert 0.5 < scores["composition"] < 0.75 and scores["cond_accuracy"] is None

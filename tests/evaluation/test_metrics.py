@@ -123,10 +123,11 @@ def test_csv_values_keep_the_old_columns():
     record = {"score": 3.5, "precision": 0.5, "recall": None, "cond_accuracy": 0.25, "inception_score": None,
               "kid": None}
     assert csv_values({**record, "feature_network": "digits_cnn"}) == {
-        "fd": 3.5, "fid": None, "precision": 0.5, "recall": None, "cond_accuracy": 0.25, "inception_score": None,
-        "kid": None}
+        "fd": 3.5, "fid": None, "precision": 0.5, "recall": None, "cond_accuracy": 0.25, "composition": None,
+        "inception_score": None, "kid": None}
     assert csv_values({**record, "feature_network": "inception"})["fid"] == 3.5  # FD on Inception features is FID
-    assert metric_columns() == ("fd", "fid", "precision", "recall", "cond_accuracy", "inception_score", "kid")
+    assert metric_columns() == ("fd", "fid", "precision", "recall", "cond_accuracy", "composition", "inception_score",
+                                "kid")
 
 
 def test_compute_metrics_runs_a_shared_function_once(monkeypatch):

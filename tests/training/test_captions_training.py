@@ -26,6 +26,18 @@ def test_a_captioned_run_trains_samples_and_scores_its_grid(backbone, tmp_path, 
     assert "of 4 canvases hold every named garment in its place" in capsys.readouterr().err
 
 
+def test_eval_of_a_captioned_run_draws_with_heldout_captions_and_scores_composition(tmp_path):
+    import json
+
+    from archbench.eval import main as eval_main
+
+    assert main([*QUICK, "backbone=dit_t4", f"run_dir={tmp_path}"]) == 0
+    assert eval_main([f"run_dir={tmp_path}", "num_samples=12", "features=fashion_mnist_cnn", "ref_split=heldout",
+                      "steps=2", "batch_size=12", "progress=false", f"out={tmp_path / 'eval.json'}"]) == 0
+    record = json.loads((tmp_path / "eval.json").read_text())
+    assert 0.0 <= record["composition"] <= 1.0 and record["score"] > 0 and record["cond_accuracy"] is None
+
+
 def test_a_backbone_without_captions_is_refused(tmp_path, capsys):
     assert main([*QUICK, "backbone=unet_t", f"run_dir={tmp_path / 'run'}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
