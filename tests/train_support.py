@@ -17,6 +17,19 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def _fashion_mnist_skip() -> pytest.MarkDecorator:
+    from archbench.data import fashion_mnist
+
+    return pytest.mark.skipif(
+        not fashion_mnist.files_present(),
+        reason=f"Fashion-MNIST not installed in {fashion_mnist.FASHION_MNIST_DIR} "
+               "(apt-get install dataset-fashion-mnist)",
+    )
+
+
+needs_fashion_mnist = _fashion_mnist_skip()
+
 # A few-second run: dit_t2 at the digits' native 8x8, class dropout included (it draws from the global RNG,
 # so resume tests also check the RNG states round-trip).
 QUICK = [

@@ -38,6 +38,16 @@ void check_conv(const at::Tensor& x, const at::Tensor& taps, const c10::optional
   }
 }
 
+// The operands of one convolution: sizes, x's strides (unit along channels) and the data pointers.
+template <typename T>
+struct Conv {
+  int64_t L, C, K, sb, sl;
+  const T *x, *taps, *bias;
+  Conv(const at::Tensor& x_, const at::Tensor& taps_, const c10::optional<at::Tensor>& bias_)
+      : L(x_.size(1)), C(x_.size(2)), K(taps_.size(0)), sb(x_.stride(0)), sl(x_.stride(1)),
+        x(x_.data_ptr<T>()), taps(taps_.data_ptr<T>()), bias(bias_ ? bias_->data_ptr<T>() : nullptr) {}
+};
+
 // The pre-activation of token t at channels [c, c + nv): bias + sum_k taps[k] * x[t - (K-1) + k].
 template <typename M>
 inline typename M::V preactivation(const typename M::T* x, int64_t sl, int64_t t, const typename M::T* taps,
@@ -55,19 +65,16 @@ void forward_tokens(const at::Tensor& x, const at::Tensor& taps, const c10::opti
   using M = typename MathOf<T>::type;
   using V = typename M::V;
   constexpr int W = sizeof(V) / sizeof(T);
-  const int64_t L = x.size(1), C = x.size(2), K = taps.size(0), sb = x.stride(0), sl = x.stride(1);
-  const T* xp = x.data_ptr<T>();
-  const T* tp = taps.data_ptr<T>();
-  const T* bp = bias ? bias->data_ptr<T>() : nullptr;
+  const Conv<T> p(x, taps, bias);
   T* yp = y.data_ptr<T>();
-  at::parallel_for(0, x.size(0) * L, 16, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, x.size(0) * p.L, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t it = lo; it < hi; ++it) {
-      const int64_t b = it / L, t = it % L;
-      for (int64_t c = 0; c < C; c += W) {
-        const int nv = static_cast<int>(std::min<int64_t>(W, C - c));
-        V a = preactivation<M>(xp + b * sb, sl, t, tp, bp, K, C, c, nv);
+      const int64_t b = it / p.L, t = it % p.L;
+      for (int64_t c = 0; c < p.C; c += W) {
+        const int nv = static_cast<int>(std::min<int64_t>(W, p.C - c));
+        V a = preactivation<M>(p.x + b * p.sb, p.sl, t, p.taps, p.bias, p.K, p.C, c, nv);
         if (silu) a = a * M::sigmoid_from(a, M::exp_neg_abs(a));
-        storev(yp + it * C + c, a, nv);
+        storev(yp + it * p.C + c, a, nv);
       }
     }
   });
@@ -80,14 +87,13 @@ void backward_batch(const at::Tensor& gy, const at::Tensor& x, const at::Tensor&
   using M = typename MathOf<T>::type;
   using V = typename M::V;
   constexpr int W = sizeof(V) / sizeof(T);
-  const int64_t L = x.size(1), C = x.size(2), K = taps.size(0), sb = x.stride(0), sl = x.stride(1);
-  const T* xp = x.data_ptr<T>();
-  const T* tp = taps.data_ptr<T>();
-  const T* bp = bias ? bias->data_ptr<T>() : nullptr;
+  const Conv<T> p(x, taps, bias);
+  const int64_t L = p.L, C = p.C, K = p.K, sl = p.sl;
+  const T *tp = p.taps, *bp = p.bias;
   const T* gp = gy.data_ptr<T>();
   at::parallel_for(0, x.size(0), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
-      const T* xb = xp + b * sb;
+      const T* xb = p.x + b * p.sb;
       T* gw = gtaps_part.data_ptr<T>() + b * K * C;
       T* gbias = gbias_part.data_ptr<T>() + b * C;
       T* gxb = gx.data_ptr<T>() + b * L * C;

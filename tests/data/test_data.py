@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
+from train_support import needs_fashion_mnist
 
 import archbench.data.fashion_mnist as fashion
 import archbench.data.latents as latents
@@ -28,10 +29,7 @@ from archbench.data import (
 )
 from archbench.data.crops import celeba_crop, center_crop_arr
 
-needs_fashion = pytest.mark.skipif(
-    not fashion.files_present(),
-    reason=f"Fashion-MNIST not installed in {fashion.FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
-)
+needs_fashion = needs_fashion_mnist
 
 
 def assert_image_item(item: tuple, channels: int, size: int) -> None:

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from train_support import needs_fashion_mnist
 
 from archbench.data import build_dataset
 from archbench.data import fashion_mnist as fashion
@@ -24,10 +25,7 @@ from archbench.data.fashion_pairs import (
     tokenize,
 )
 
-pytestmark = pytest.mark.skipif(
-    not fashion.files_present(),
-    reason=f"Fashion-MNIST not installed in {fashion.FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
-)
+pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")

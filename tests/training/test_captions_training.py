@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from train_support import one_thread  # noqa: F401
+from train_support import needs_fashion_mnist, one_thread  # noqa: F401
 
-from archbench.data import fashion_mnist as fashion
 from archbench.train import main
 
-pytestmark = pytest.mark.skipif(not fashion.files_present(), reason="needs the Debian package dataset-fashion-mnist")
+pytestmark = needs_fashion_mnist
 QUICK = ["recipe=captions", "train.steps=2", "train.batch_size=4", "train.progress=false", "train.logger=none",
          "sample.num_samples=4", "sample.steps=2"]
 
