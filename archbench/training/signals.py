@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -56,6 +57,11 @@ def signals_deferred(signals: tuple[signal.Signals, ...] = HANDLED) -> Iterator[
     For short writes that must not be cut in half: a second Ctrl-C during a checkpoint write would otherwise
     raise inside ``torch.save`` and lose the file; deferred, it stops the run once the checkpoint is in place.
     Only the main thread can change handlers: elsewhere the body runs as is; ignored signals stay ignored.
+
+    Every delivery counts: Python runs a handler once for however many times its signal came while a long C call
+    (``torch.save``, ``fsync``) held the interpreter, so two Ctrl-C during the write would reach ``hold`` once.
+    The wakeup fd gets one byte per delivery, so the deliveries are read from it (two signals the kernel merges
+    before delivering, as it does for a process inside an uninterruptible call, are one delivery).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -66,6 +72,10 @@ def signals_deferred(signals: tuple[signal.Signals, ...] = HANDLED) -> Iterator[
     def hold(signum: int, frame: FrameType | None) -> None:
         pending.append(signum)
 
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    old_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     try:
         for sig in signals:
             handler = signal.getsignal(sig)
@@ -75,7 +85,24 @@ def signals_deferred(signals: tuple[signal.Signals, ...] = HANDLED) -> Iterator[
             signal.signal(sig, hold)
         yield
     finally:
+        signal.set_wakeup_fd(old_wakeup)
+        delivered = [signum for signum in _drain(reader) if signum in previous]
+        reader.close()
+        writer.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
-        for signum in pending:
+        for signum in delivered if len(delivered) >= len(pending) else pending:
             signal.raise_signal(signum)  # runs the restored handler now (it may raise KeyboardInterrupt)
+
+
+def _drain(sock: socket.socket) -> bytes:
+    """Everything written to the non-blocking wakeup socket so far: one signal number per byte."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return data
+        if not chunk:
+            return data
+        data += chunk

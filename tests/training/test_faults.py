@@ -184,7 +184,9 @@ def test_ctrl_c_twice_during_the_first_checkpoint_write_keeps_it_and_exits_130(t
                   timeout=300)
         assert proc.poll() is None, proc.communicate()[1]
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
+        # Two SIGINTs pending at once merge into one (signals are not queued), so the child must run between
+        # them: 50 ms was too little on a machine with more busy processes than cores; the write takes seconds.
+        time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         in_write = any(folder.glob(".step_*.tmp-*"))  # both signals landed before the write finished
         _, err = proc.communicate(timeout=120)
@@ -224,3 +226,40 @@ def test_signals_wait_for_a_deferred_write_then_reach_the_handlers_in_order():
         assert finished and stop.signum == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is before
     signal.signal(signal.SIGINT, inherited)
+
+
+def test_two_signals_during_one_long_c_call_both_count():
+    """Python runs a handler once for a signal that came twice while one C call (torch.save's writes, fsync) held
+    the interpreter; ``signals_deferred`` counts deliveries on the wakeup fd, so the second Ctrl-C still stops the
+    run at once.  Here a thread sends both while the main thread is inside one long hashing call."""
+    import hashlib
+    import threading
+
+    import pytest
+
+    from archbench.training.signals import StopRequest, signals_deferred
+
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited == signal.SIG_IGN:  # pytest run as a background job: Ctrl-C's disposition, as at a terminal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def two_ctrl_c() -> None:
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with StopRequest() as stop:
+            with pytest.raises(KeyboardInterrupt):
+                with signals_deferred():
+                    sender = threading.Thread(target=two_ctrl_c)
+                    sender.start()
+                    started = time.perf_counter()
+                    hashlib.pbkdf2_hmac("sha256", b"archbench", b"salt", 2_000_000)  # one C call, GIL released
+                    inside = time.perf_counter() - started
+                    sender.join()
+            assert stop.signum == signal.SIGINT
+        assert inside > 0.15, f"the C call took {inside:.2f} s, too short to hold both signals: nothing was tested"
+    finally:
+        signal.signal(signal.SIGINT, inherited)
