@@ -76,6 +76,7 @@ class DiS(TokenBackbone):
         bimamba_merge: str = "sum",
         caption_vocab: int = 0,
         caption_tokens: int = 0,
+        caption_placement: str = "prepend",
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         if mixer not in LINEAR_MIXERS:
@@ -94,9 +95,9 @@ class DiS(TokenBackbone):
         self.depth = depth
         self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
-        self.build_captions(caption_vocab, caption_tokens, width)  # prepended before the time token
+        self.build_captions(caption_vocab, caption_tokens, width, caption_placement, scan_order)  # before time
         self.extras = 1 + (num_classes > 0) + (caption_tokens if caption_vocab else 0)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches + self.extras_after, width))
         # Stochastic depth rises linearly over `depth` steps; block 0 has none (it starts the residual).
         rates = [0.0] + [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.mixer_kind, self.scan_order, self.attention_every = mixer, scan_order, attention_every
@@ -142,11 +143,11 @@ class DiS(TokenBackbone):
             label_token = self.label_embed(y)
             extra.insert(0, label_token.unsqueeze(1))
             c = time_token + label_token
+        caption = None
         if self.caption_embed is not None:
             caption = self.caption_embed(y).to(patches.dtype)
-            extra.insert(0, caption)
             c = time_token + caption.mean(dim=1)
-        tokens = torch.cat([*extra, patches], dim=1) + self.pos_embed
+        tokens = self.join_tokens(extra, patches, caption) + self.pos_embed
         hidden, residual = run_long_skip(
             self.in_blocks, self.mid_block, self.out_blocks, (tokens, None), skip_of=lambda carry: carry[0],
             call=self.run_block,
@@ -154,7 +155,7 @@ class DiS(TokenBackbone):
         residual = residual + self.drop_path(hidden)
         hidden = self.norm_f(residual.to(self.norm_f.weight.dtype))
         out = self.final_layer(hidden, c)
-        return self.tokens_to_image(out[:, self.extras :])
+        return self.tokens_to_image(self.patch_rows(out))
 
 
 DIS_SIZES = {"s": (368, 24), "b": (768, 24), "m": (768, 48), "l": (1024, 48), "h": (1536, 48)}

@@ -66,19 +66,19 @@ class Transfer:
         return "\n".join(lines)
 
 
-def resize_position_table(table: Tensor, extras: int, grid: int) -> Tensor:
-    """``(1, extras + g*g, D)`` -> ``(1, extras + grid*grid, D)``: the patch rows resized as a ``g x g`` image of D
-    channels (bicubic, corners not aligned), the extra-token rows unchanged."""
-    rows = table.shape[1] - extras
+def resize_position_table(table: Tensor, extras: int, grid: int, extras_after: int = 0) -> Tensor:
+    """``(1, extras + g*g + extras_after, D)`` -> ``(1, extras + grid*grid + extras_after, D)``: the patch rows
+    resized as a ``g x g`` image of D channels (bicubic, corners not aligned), the extra-token rows unchanged."""
+    rows = table.shape[1] - extras - extras_after
     side = math.isqrt(rows)
     if side * side != rows:
         raise TransferError(f"{POSITION_KEY} has {rows} patch rows after {extras} extra token(s), not a square grid")
-    lead, patches = table[:, :extras], table[:, extras:]
+    lead, patches, tail = table[:, :extras], table[:, extras : extras + rows], table[:, extras + rows :]
     compute = torch.float64 if table.dtype == torch.float64 else torch.float32  # bf16 weights resize in fp32
     image = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).to(compute)
     resized = F.interpolate(image, size=(grid, grid), mode="bicubic", align_corners=False)
     patches = resized.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)
-    return torch.cat([lead, patches], dim=1)
+    return torch.cat([lead, patches, tail], dim=1)
 
 
 def fit_label_table(source: Tensor, target: Tensor, source_null: bool, target_null: bool) -> tuple[Tensor, int]:
@@ -127,9 +127,9 @@ def fit_state_dict(model: nn.Module, source: Mapping[str, Tensor], *, source_cla
             result.state[key] = wanted
             result.reshaped.append(Reshaped(key, old, new, REBUILT))
         elif key == POSITION_KEY and len(old) == 3 and old[2] == new[2]:
-            extras = int(getattr(model, "extras", 0))
-            grid = math.isqrt(new[1] - extras)
-            result.state[key] = resize_position_table(given.detach().to(wanted.dtype), extras, grid)
+            extras, after = int(getattr(model, "extras", 0)), int(getattr(model, "extras_after", 0))
+            grid = math.isqrt(new[1] - extras - after)
+            result.state[key] = resize_position_table(given.detach().to(wanted.dtype), extras, grid, after)
             result.reshaped.append(Reshaped(key, old, new, RESIZED))
         elif key == LABEL_KEY and len(old) == 2 and old[1] == new[1]:
             embedder = model.label_embed  # type: ignore[attr-defined]

@@ -67,6 +67,7 @@ class UViT(TokenBackbone):
         bimamba_merge: str = "sum",
         caption_vocab: int = 0,
         caption_tokens: int = 0,
+        caption_placement: str = "prepend",
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         super().__init__(
@@ -81,9 +82,9 @@ class UViT(TokenBackbone):
         self.mixer_kind, self.scan_order, self.attention_every = mixer, scan_order, attention_every
         self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width if mlp_time_embed else None)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
-        self.build_captions(caption_vocab, caption_tokens, width)  # prepended before the time token
+        self.build_captions(caption_vocab, caption_tokens, width, caption_placement, scan_order)  # before time
         self.extras = 1 + (num_classes > 0) + (caption_tokens if caption_vocab else 0)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches + self.extras_after, width))
 
         def make_mixer(index: int) -> nn.Module:
             return build_mixer(
@@ -118,11 +119,10 @@ class UViT(TokenBackbone):
         extra = [self.time_embed(t).to(patches.dtype).unsqueeze(1)]
         if self.label_embed is not None:
             extra.insert(0, self.label_embed(y).unsqueeze(1))
-        if self.caption_embed is not None:
-            extra.insert(0, self.caption_embed(y).to(patches.dtype))
-        tokens = torch.cat([*extra, patches], dim=1) + self.pos_embed
+        caption = self.caption_embed(y).to(patches.dtype) if self.caption_embed is not None else None
+        tokens = self.join_tokens(extra, patches, caption) + self.pos_embed
         tokens = run_long_skip(self.in_blocks, self.mid_block, self.out_blocks, tokens, call=self.run_block)
-        image = self.tokens_to_image(self.final_layer(tokens)[:, self.extras :])
+        image = self.tokens_to_image(self.patch_rows(self.final_layer(tokens)))
         return self.final_conv(image) if self.final_conv is not None else image
 
 

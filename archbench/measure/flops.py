@@ -293,7 +293,7 @@ def token_count(model: nn.Module) -> int:
     if getattr(model, "scan_order", None) in PADDED_ORDERS and getattr(model, "mixer_kind", None) != "attention":
         side = int(getattr(model, "grid_size", math.isqrt(int(patches))))
         return padded_length(side, side, extras, DIM_PAD_TOKENS)
-    return int(patches) + extras
+    return int(patches) + extras + int(getattr(model, "extras_after", 0))
 
 
 def build_for_counting(name: str, real_weights: bool = False, **overrides: Any) -> nn.Module:

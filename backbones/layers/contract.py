@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+CAPTION_PLACEMENTS = ("prepend", "both")
 
 class DiffusionBackbone(nn.Module):
     """Base class: holds the contract's build arguments and validates inputs.
@@ -48,19 +49,43 @@ class DiffusionBackbone(nn.Module):
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.grad_checkpointing = False
         self.caption_embed: nn.Module | None = None  # set by build_captions on a captioned backbone
+        self.extras_after = 0  # condition tokens after the patches (captions placed "both" ends)
 
-    def build_captions(self, vocab: int, tokens: int, width: int) -> nn.Module | None:
+    def build_captions(self, vocab: int, tokens: int, width: int, placement: str = "prepend",
+                       scan_order: str = "bidirectional") -> nn.Module | None:
         """The caption embedder when ``vocab`` > 0 (``y`` is then (B, ``tokens``) word indices, 0 = padding, and
-        the empty caption is the null condition); None otherwise.  Captions replace class labels."""
+        the empty caption is the null condition); None otherwise.  Captions replace class labels.
+
+        ``placement`` is where a token skeleton puts them: ``prepend`` (before the patches, DiS's way) or
+        ``both`` (the same tokens also after the patches, so a backward scan reads the caption before the
+        image rather than after it; only the bidirectional order keeps trailing tokens in place);
+        ``extras_after`` counts the tokens behind the patches."""
+        if placement not in CAPTION_PLACEMENTS:
+            raise ValueError(f"caption_placement must be one of {', '.join(CAPTION_PLACEMENTS)}, got {placement!r}")
         if not vocab:
             return None
+        if placement == "both" and scan_order != "bidirectional":
+            raise ValueError(f"caption_placement='both' appends the caption after the patches, which only the "
+                             f"bidirectional scan order keeps in place; got scan_order={scan_order!r}")
         if self.num_classes:
             raise ValueError(f"{type(self).__name__}: give num_classes=0 with captions (caption_vocab={vocab}); "
                              "a model is conditioned on one of the two")
         from backbones.layers.caption import CaptionEmbedder
 
         self.caption_embed = CaptionEmbedder(vocab, tokens, width, self.class_dropout_prob)
+        self.extras_after = tokens if placement == "both" else 0
         return self.caption_embed
+
+    def join_tokens(self, extra: list[torch.Tensor], patches: torch.Tensor,
+                    caption: torch.Tensor | None) -> torch.Tensor:
+        """``[caption, *extra, patches]`` (the caption also after the patches when placed at both ends)."""
+        front = [caption, *extra] if caption is not None else extra
+        back = [caption] if caption is not None and self.extras_after else []
+        return torch.cat([*front, patches, *back], dim=1)
+
+    def patch_rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The patches' rows of a ``join_tokens`` sequence."""
+        return tokens[:, self.extras : tokens.shape[1] - self.extras_after]
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block in the backward pass instead of keeping its activations (less memory, one

@@ -11,14 +11,16 @@ import archbench
 from archbench.measure.flops import backbone_flops
 
 VOCAB, TOKENS = 17, 9
-FAMILIES = ["dis_t2", "uvit_t2", "dit_t2", "hourglass_t2", "hourglass_mixed_t2"]
+FAMILIES = ["dis_t2", "uvit_t2", "dit_t2", "hourglass_t2", "hourglass_mixed_t2", "dis_t2:both",
+            "uvit_bimamba_t2:both"]  # name:placement (the caption also after the patches)
 OPTIONS = dict(image_size=16, in_channels=1, num_classes=0, caption_vocab=VOCAB, caption_tokens=TOKENS)
 
 
 def captioned(name: str) -> torch.nn.Module:
     """A captioned model with random weights everywhere (adaLN-Zero would make an untrained DiT ignore them)."""
     torch.manual_seed(0)
-    model = archbench.build(name, **OPTIONS).eval()
+    name, _, placement = name.partition(":")
+    model = archbench.build(name, **OPTIONS, **({"caption_placement": placement} if placement else {})).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -90,3 +92,27 @@ def test_the_flop_counter_prices_the_caption_path(name):
     plain = backbone_flops(name, image_size=16, in_channels=1, num_classes=10)
     with_captions = backbone_flops(name, **OPTIONS)
     assert with_captions["gmacs"] > plain["gmacs"]
+
+
+@pytest.mark.parametrize("name", ["dis_t2", "uvit_bimamba_t2"])
+def test_captions_at_both_ends_lengthen_the_sequence_by_one_caption(name):
+    from archbench.measure.flops import token_count
+
+    prepend, both = captioned(name), captioned(f"{name}:both")
+    assert both.extras == prepend.extras and both.extras_after == TOKENS
+    assert token_count(both) == token_count(prepend) + TOKENS
+    assert both.pos_embed.shape[1] == prepend.pos_embed.shape[1] + TOKENS
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 700])
+    rows = prepend.pos_embed.shape[1]
+    with torch.no_grad():  # the same weights and leading positions: the appended copy is what changes the output
+        prepend.load_state_dict({**both.state_dict(), "pos_embed": both.pos_embed[:, :rows]})
+        out_both, out_prepend = both(x, t, captions()), prepend(x, t, captions())
+    assert out_both.shape == out_prepend.shape == (2, both.out_channels, 16, 16)
+    assert (out_both - out_prepend).abs().max() > 1e-6  # the backward scan reads the copy (decayed by distance)
+
+
+def test_captions_at_both_ends_need_the_bidirectional_order_and_a_known_placement():
+    with pytest.raises(ValueError, match="only the bidirectional scan order keeps in place; got scan_order='zigzag'"):
+        archbench.build("dis_t2", **OPTIONS, caption_placement="both", scan_order="zigzag")
+    with pytest.raises(ValueError, match="caption_placement must be one of prepend, both, got 'after'"):
+        archbench.build("dis_t2", **OPTIONS, caption_placement="after")

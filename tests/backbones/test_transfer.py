@@ -59,6 +59,15 @@ def test_position_table_is_resized_bicubically_over_the_patch_grid(side, grid):
     np.testing.assert_allclose(resized[0, extras:].numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
+def test_trailing_caption_rows_stay_behind_the_resized_grid():
+    torch.manual_seed(0)
+    table = torch.randn(1, 2 + 16 + 3, 5, dtype=torch.float64)  # 2 leading, a 4x4 grid, 3 trailing
+    resized = resize_position_table(table, extras=2, grid=6, extras_after=3)
+    assert resized.shape == (1, 2 + 36 + 3, 5)
+    assert torch.equal(resized[:, -3:], table[:, -3:]) and torch.equal(resized[:, :2], table[:, :2])
+    torch.testing.assert_close(resized[:, 2:-3], resize_position_table(table[:, :-3], 2, 6)[:, 2:])
+
+
 def test_a_table_that_is_not_a_square_grid_is_refused():
     with pytest.raises(TransferError, match="10 patch rows after 2 extra token"):
         resize_position_table(torch.zeros(1, 12, 4), extras=2, grid=4)
