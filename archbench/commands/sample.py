@@ -19,7 +19,7 @@ from the config stored in it (run_dir may also be a pretrained folder written by
 python -m archbench.export), and writes:
 
 * a PNG grid plus an .npz beside it (arr_0: uint8 images [N, H, W, C], arr_1: int64 labels, -1 when
-  unconditional) when out ends with .png (the default) or format=png;
+  unconditional, or [N, T] caption word indices) when out ends with .png (the default) or format=png;
 * a sample set for FID-50k when out ends with .npz or format=npz (default out
   <run_dir>/samples/samples_step<N>_n<num_samples>_seed<seed>.npz): ADM's and DiT's sample_ddp.py layout plus a
   meta JSON array. Under torchrun --nproc_per_node=K -m archbench.sample ... (gloo on CPU, NCCL on GPUs) the ranks
@@ -27,7 +27,10 @@ python -m archbench.export), and writes:
   the file is identical for any K. Finished chunks are kept in <out>.parts/; a re-run after an interruption
   draws only the missing or damaged ones, then rank 0 merges them into out and removes the folder.
 
-Labels cycle through labels=, class= or, by default, every class: sample i gets class i mod C.
+Labels cycle through labels=, class= or, by default, every class: sample i gets class i mod C. A captioned run
+(data.name=fashion_pairs) takes caption='a sneaker top left and a bag bottom right' (several separated by ';',
+cycled) or, by default, the captions of caption_split's first num_samples examples; a grid writes each caption
+under its image, and arr_1 holds the caption word indices [N, T].
 
 Every file records the SHA-256 of the EMA weights it was drawn from and its settings. A complete set of the same
 weights and settings is kept (nothing to draw); an output, or a set's parts, that holds something else (other

@@ -71,10 +71,15 @@ def tokenize(caption: str) -> Tensor:
     return torch.tensor(ids + [0] * (CAPTION_TOKENS - len(ids)), dtype=torch.long)
 
 
+def decode(tokens: Tensor) -> str:
+    """The caption text of word indices (padding dropped): the inverse of :func:`tokenize`."""
+    return " ".join(VOCAB[int(i)] for i in tokens if int(i) != 0)
+
+
 def parse_tokens(tokens: Tensor) -> tuple[Placement, ...]:
     """The placements a tokenised caption names (``source`` -1: a caption does not say which image); the inverse
     of :func:`caption_of` up to the source images.  A caption outside the grammar is a ValueError."""
-    words = [VOCAB[int(i)] for i in tokens if int(i) != 0]
+    words = decode(tokens).split()
     placements = []
     for start in range(0, len(words), 5):  # "a <garment> <row> <column>" then "and"
         phrase = words[start : start + 4]

@@ -214,17 +214,14 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
 
 
 def _split_captions(data: dict[str, Any], split: str, n: int) -> Any:
-    import torch
-
     from archbench.data import build_dataset
+    from archbench.data.captions import first_captions
 
     try:
         dataset = build_dataset(str(data["name"]), root=data.get("root"), split=split)
+        return first_captions(dataset, n)
     except ValueError as exc:
-        raise EvalError(one_line(exc)) from None
-    if n > len(dataset):
-        raise EvalError(f"num_samples={n} but the {split} split of {data['name']} has {len(dataset)} captions")
-    return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(n)])
+        raise EvalError(f"num_samples={n}, ref_split={split} of {data['name']}: {one_line(exc)}") from None
 
 
 def _read(request: EvalRequest, files: Any, run: dict[str, Any] | None) -> dict[str, Any]:

@@ -171,6 +171,7 @@ def save_grid(
     row_names: Sequence[str] | None = None,
     title: str | None = None,
     scale: int | None = None,
+    captions: Sequence[str] | None = None,
 ) -> Path:
     """Write a grid of images in [-1, 1], ``nrow`` per row, each enlarged by an integer nearest-neighbour factor
     to a readable size (``scale``, default :func:`archbench.sampling.picture.tile_scale`: 16 px -> x4, 28 -> x3,
@@ -178,8 +179,8 @@ def save_grid(
 
     ``labels`` (one per sample) put the name of each column's class (``class_names[label]``, else ``class N``)
     in a strip above it when every column holds one class; ``column_names`` give those names directly.
-    ``row_names`` label the rows at the left, ``title`` goes on top. ``meta``, when given, goes into a PNG's
-    ``archbench`` text chunk (:mod:`archbench.sampling.outputs` reads it back).
+    ``row_names`` label the rows at the left, ``title`` goes on top, ``captions`` under each image. ``meta``,
+    when given, goes into a PNG's ``archbench`` text chunk (:mod:`archbench.sampling.outputs` reads it back).
     """
     from PIL import Image
 
@@ -191,7 +192,8 @@ def save_grid(
     images = displayable(samples)
     if column_names is None:
         column_names = names_of(column_classes(labels, nrow, images.shape[0]), class_names)
-    pixels, _ = render(images, nrow, columns=column_names, rows=row_names, title=title, scale=scale)
+    pixels, _ = render(images, nrow, columns=column_names, rows=row_names, title=title, scale=scale,
+                       captions=captions)
     extra = {}
     if meta is not None and path.suffix.lower() == ".png":
         from archbench.sampling.outputs import png_info

@@ -21,6 +21,7 @@ GAP = 2  # px between tiles and around the grid
 TEXT_PAD = 3  # px around a line of text
 BACKGROUND = 255  # white behind the tiles and the text
 INK = 0  # black text
+CAPTION_TILE = 128  # px: the width a captioned tile is enlarged to (at least)
 MAX_ROW_NAME = 200  # px: row names wider than this are cut short
 
 
@@ -128,22 +129,29 @@ def render(
     rows: Sequence[str] | None = None,
     title: str | None = None,
     scale: int | None = None,
+    captions: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The grid picture, uint8 [height, width, 3], and where its parts lie (``scale``, ``origin``: the top-left
     pixel of the first tile, ``step``: from one tile's corner to the next, in x and y).
 
     ``images`` [N, C, H, W] in [-1, 1] with C 1 or 3 fill ``nrow`` columns row by row. ``columns`` names each
     column in a header strip, ``rows`` each row in a strip at the left; ``title`` is one line above everything.
+    ``captions`` (one per image) go under their images in up to three lines; the tiles are then at least
+    :data:`CAPTION_TILE` px wide, so that a caption stays readable.
     """
     from PIL import Image, ImageDraw
 
     count, _, height, width = images.shape
     ncol = max(1, min(nrow, count))
     nrows = math.ceil(count / ncol)
-    scale = scale or tile_scale(height, width)
+    if captions is not None and len(captions) != count:
+        raise ValueError(f"got {len(captions)} captions for {count} images")
+    scale = scale or max(tile_scale(height, width), math.ceil(CAPTION_TILE / width) if captions else 1)
     tile_h, tile_w = height * scale, width * scale
     font = _font()
     line = _line_height(font)
+    caption_lines = [fit_lines(font, str(text), tile_w, max_lines=3) for text in captions] if captions else None
+    caption_h = max(len(lines) for lines in caption_lines) * line + TEXT_PAD if caption_lines else 0
 
     column_lines = [fit_lines(font, str(name), tile_w) for name in columns] if columns else None
     if column_lines is not None and len(column_lines) != ncol:
@@ -160,11 +168,11 @@ def render(
     if title:
         title = _cut(font, title, max(total_w, 400) - 2 * TEXT_PAD)
         total_w = max(total_w, _width(font, title) + 2 * TEXT_PAD)
-    total_h = title_h + header_h + nrows * tile_h + (nrows + 1) * GAP
+    total_h = title_h + header_h + nrows * (tile_h + caption_h) + (nrows + 1) * GAP
 
     canvas = np.full((total_h, total_w, 3), BACKGROUND, dtype=np.uint8)
     x0, y0 = left_w + GAP, title_h + header_h + GAP
-    step_x, step_y = tile_w + GAP, tile_h + GAP
+    step_x, step_y = tile_w + GAP, tile_h + caption_h + GAP
     tiles = tile_pixels(images)
     for i in range(count):
         r, c = divmod(i, ncol)
@@ -183,6 +191,11 @@ def render(
             for k, text in enumerate(lines):
                 x = x0 + c * step_x + (tile_w - _width(font, text)) // 2
                 draw.text((x, top + k * line), text, fill=ink, font=font)
+    for i, lines in enumerate(caption_lines or []):
+        r, c = divmod(i, ncol)
+        for k, text in enumerate(lines):
+            x = x0 + c * step_x + (tile_w - _width(font, text)) // 2
+            draw.text((x, y0 + r * step_y + tile_h + TEXT_PAD // 2 + k * line), text, fill=ink, font=font)
     if row_text:
         for r, text in enumerate(row_text):
             y = y0 + r * step_y + (tile_h - line) // 2

@@ -59,8 +59,9 @@ class ShardError(ValueError):
     """A sample set that cannot be drawn or merged as asked."""
 
 
-def labels_for(cycle: Sequence[int] | None, start: int, stop: int) -> torch.Tensor | None:
-    """Labels of set indices ``start..stop-1``: ``cycle[i % len(cycle)]``, or None when unconditional."""
+def labels_for(cycle: Sequence[int] | Sequence[Sequence[int]] | None, start: int, stop: int) -> torch.Tensor | None:
+    """Labels of set indices ``start..stop-1``: ``cycle[i % len(cycle)]`` (a class, or a caption's token row), or
+    None when unconditional."""
     if cycle is None:
         return None
     values = torch.as_tensor(list(cycle), dtype=torch.long)
@@ -80,7 +81,7 @@ class SampleSetSpec:
 
     num_samples: int
     shape: tuple[int, int, int]
-    labels: tuple[int, ...] | None = None
+    labels: tuple[int, ...] | tuple[tuple[int, ...], ...] | None = None  # class labels, or caption token rows
     sampling: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     chunk_size: int = 64
@@ -109,7 +110,7 @@ class SampleSetSpec:
         return {
             "format": FORMAT,
             "shape": list(self.shape),
-            "labels": None if self.labels is None else list(self.labels),
+            "labels": None if self.labels is None else [list(v) if isinstance(v, tuple) else v for v in self.labels],
             "sampling": dict(self.sampling),
             "seed": self.seed,
             "chunk_size": self.chunk_size,

@@ -27,6 +27,8 @@ def settle_threads(setting: str | int, net: nn.Module, shape: tuple[int, int, in
     x = torch.randn(batch, *shape, generator=generator)
     t = torch.full((batch,), 500, dtype=torch.long)
     y = torch.zeros(batch, dtype=torch.long) if num_classes > 0 else None
+    if hasattr(net, "example_condition"):  # captions: a batch of caption tokens
+        y = net.example_condition(batch, device)
 
     def probe() -> None:
         with torch.no_grad():

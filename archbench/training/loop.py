@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from archbench.console.threads import ThreadTuner
+from archbench.data.captions import decode_captions, first_captions
 from archbench.data.catalog import class_names
 from archbench.sampling.grid import generate, grid_columns, grid_labels, save_grid
 from archbench.training import checkpoint as ckpt
@@ -376,8 +377,10 @@ class Trainer:
         n = s.num_samples
         num_classes = int(getattr(self.ema.model, "num_classes", 0) or 0)
         labels = grid_labels(n, num_classes)
+        captions = None
         if getattr(self.ema.model, "captioned", False):  # the first training examples' captions
-            labels = torch.stack([torch.as_tensor(self.dataset[i][1]) for i in range(n)])
+            labels = first_captions(self.dataset, n)
+            captions = decode_captions(d.name, labels)
         cfg_scale = s.cfg_scale if s.grid_cfg_scale is None else s.grid_cfg_scale
         if cfg_scale != 1.0 and getattr(self.ema.model, "null_class", None) is None:
             cfg_scale = 1.0  # unconditional, or no class dropout: nothing to guide with
@@ -400,9 +403,9 @@ class Trainer:
             log.warning("no sample grid at step %d: %s", self.step, exc)
             return None
         self.last_grid = (samples.detach().cpu(), labels, cfg_scale)
-        titled = labels if labels is None or labels.ndim == 1 else None  # a caption is no column title
+        titled = labels if captions is None else None  # a caption goes under its image, not above a column
         path = save_grid(samples, self.run_dir / "samples" / f"step_{self.step:07d}.png", grid_columns(n, num_classes),
-                         labels=titled, class_names=class_names(d.name))
+                         labels=titled, class_names=class_names(d.name), captions=captions)
         log.info("sample grid (EMA weights): %s", path)
         self.metrics.image("samples", path, self.step)
         return path

@@ -10,7 +10,9 @@ It composes :mod:`archbench.training.runs` (read a run or a pretrained folder ba
   as one batch from a generator seeded by (seed, chunk), so the file is identical for any number of ranks and a
   re-run after an interruption draws only the missing or damaged chunks.
 
-Labels cycle through ``labels``, ``class`` or, by default, every class: sample i gets class i mod C.
+Labels cycle through ``labels``, ``class`` or, by default, every class: sample i gets class i mod C.  A captioned
+run's samples cycle through ``caption`` (several separated by ';') or take the captions of ``caption_split``'s
+first examples; a grid writes each caption under its image, ``arr_1`` then holds the caption tokens [N, T].
 
 Every file written records the SHA-256 of the EMA weights it was drawn from and the settings that decide its
 images (:mod:`archbench.sampling.outputs`). An existing output that holds something else (other weights, other
@@ -65,6 +67,10 @@ class SampleRequest:
     out: str | None = arg(None, shown="run_dir/samples/...", doc="a .png grid (an .npz beside it) or an .npz set")
     labels: tuple[int, ...] | None = arg(None, shown="every class", doc="classes the samples cycle through")
     class_: int | None = arg(None, key="class", doc="one class for every sample (instead of labels)")
+    caption: str | None = arg(None, shown="caption_split's", doc="a captioned run: the caption(s) the samples cycle "
+                              "through, several separated by ';' (default: the captions of caption_split's first "
+                              "num_samples examples)")
+    caption_split: str = arg("test", doc="a captioned run: the split whose first captions the samples take")
     seed: int = arg(0, doc="the noise's seed")
     batch_size: int | None = arg(None, minimum=1, shown=str(PNG_BATCH_SIZE),
                                  doc="images per forward pass of a PNG grid (a set uses chunk_size)")
@@ -85,6 +91,8 @@ class SampleRequest:
             raise UsageError("give run_dir=<training run folder> (or checkpoint=<file>)")
         if self.labels is not None and self.class_ is not None:
             raise UsageError("give labels=... or class=..., not both")
+        if self.caption is not None and (self.labels is not None or self.class_ is not None):
+            raise UsageError("give caption=... (a captioned run) or labels=/class= (a class-conditional run), not both")
         try:
             parse_threads(self.threads)
         except ValueError as exc:
@@ -112,6 +120,30 @@ class SampleRequest:
                 "guide_channels": self.guide_channels}
 
 
+def condition_cycle(request: SampleRequest, run: LoadedRun) -> list[int] | list[tuple[int, ...]] | None:
+    """What sample i is conditioned on, cycled (i mod its length): class labels (:func:`label_cycle`), or for a
+    captioned run the token rows of ``caption`` or of ``caption_split``'s first ``num_samples`` examples."""
+    if not getattr(run.net, "captioned", False):
+        if request.caption is not None:
+            raise UsageError("caption= is for a captioned run; this model takes class labels (labels=/class=)")
+        return label_cycle(request, run.num_classes)
+    if request.labels is not None or request.class_ is not None:
+        raise UsageError("this run is conditioned on captions: give caption='a ... and a ...', not labels=/class=")
+    from archbench.data import build_dataset
+    from archbench.data.captions import encode_captions, first_captions
+
+    name = str(run.data.get("name"))
+    try:
+        if request.caption is not None:
+            tokens = encode_captions(name, [part for part in request.caption.split(";") if part.strip()])
+        else:
+            dataset = build_dataset(name, root=run.data.get("root"), split=request.caption_split)
+            tokens = first_captions(dataset, request.num_samples)
+    except ValueError as exc:
+        raise UsageError(one_line(exc)) from None
+    return [tuple(int(v) for v in row) for row in tokens]
+
+
 def label_cycle(request: SampleRequest, num_classes: int) -> list[int] | None:
     """Labels that sample i cycles through (i mod their count): ``labels``/``class``, else every class; None when
     the model is unconditional."""
@@ -131,7 +163,7 @@ class Prepared:
     """A loaded run and what sampling from it needs: the label cycle, the image shape, the sampler settings."""
 
     run: LoadedRun
-    cycle: list[int] | None
+    cycle: list[int] | list[tuple[int, ...]] | None  # class labels, or caption token rows
     shape: tuple[int, int, int]
     chosen: SamplingSettings
     weights: str  # SHA-256 of the EMA weights (archbench.sampling.outputs.weights_checksum)
@@ -148,7 +180,7 @@ def _load(request: SampleRequest, device: torch.device) -> Prepared:
     except ValueError as exc:
         raise UsageError(one_line(exc)) from None
     shape = (int(run.data["channels"]), int(run.data["image_size"]), int(run.data["image_size"]))
-    return Prepared(run, label_cycle(request, run.num_classes), shape, chosen, weights_checksum(run.net))
+    return Prepared(run, condition_cycle(request, run), shape, chosen, weights_checksum(run.net))
 
 
 def grid_meta(request: SampleRequest, prepared: Prepared, columns: int) -> dict[str, Any]:
@@ -173,6 +205,7 @@ def grid_meta(request: SampleRequest, prepared: Prepared, columns: int) -> dict[
 
 def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
     """Sample in one process and write the PNG grid and the .npz beside it; returns both paths."""
+    from archbench.data.captions import decode_captions
     from archbench.data.catalog import class_names
     from archbench.sampling.grid import draw_images, grid_columns, save_grid, save_npz
     from archbench.sampling.outputs import claim
@@ -191,7 +224,8 @@ def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
     labels = labels_for(prepared.cycle, 0, n)
     default = run.run_dir / "samples" / f"sample_step{run.step:07d}.png"
     out = Path(request.out) if request.out else default
-    columns = request.nrow or grid_columns(n, run.num_classes if request.labels is None else 0)
+    captioned = getattr(run.net, "captioned", False)
+    columns = request.nrow or grid_columns(n, run.num_classes if request.labels is None and not captioned else 0)
     meta = grid_meta(request, prepared, columns)
     try:
         claim([out, out.with_suffix(".npz")], meta, request.overwrite, log)
@@ -205,7 +239,9 @@ def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
                               seed=request.seed, batch_size=batch_size, device=device, progress=request.progress)
     except ValueError as exc:  # unknown sampler, bad steps, cfg without a null class
         raise UsageError(one_line(exc)) from None
-    png = save_grid(samples, out, columns, meta, labels=labels, class_names=class_names(run.data.get("name")))
+    captions = decode_captions(str(run.data.get("name")), labels) if captioned else None
+    png = save_grid(samples, out, columns, meta, labels=None if captioned else labels,
+                    class_names=class_names(run.data.get("name")), captions=captions)
     text = json.dumps(meta, sort_keys=True, default=str)
     npz = save_npz(samples, labels, out.with_suffix(".npz"), {"meta": np.asarray(text)})
     return png, npz

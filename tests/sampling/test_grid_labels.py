@@ -51,6 +51,26 @@ def test_16px_tiles_are_enlarged_4x_with_exact_pixels(tmp_path, channels):
         assert np.array_equal(_tile(pixels, layout, i, 4), expected), i
 
 
+def test_a_caption_is_written_under_each_image_and_keeps_its_pixels_exact(tmp_path):
+    images, levels = _quantised(6, 1, 32)
+    captions = [f"a bag top left and a boot bottom right {i}" for i in range(6)]
+    pixels = _pixels(save_grid(images, tmp_path / "captioned.png", nrow=3, captions=captions))
+    _, layout = render(images, 3, captions=captions)
+    assert layout["scale"] == 4 and layout["step"][1] > layout["tile"][1] + GAP  # a caption strip under each row
+    assert np.array_equal(pixels, render(images, 3, captions=captions)[0])
+    (x0, y0), (sx, sy), (tw, th) = layout["origin"], layout["step"], layout["tile"]
+    for i in range(6):
+        r, c = divmod(i, 3)
+        expected = levels[i].repeat_interleave(4, dim=1).repeat_interleave(4, dim=2).expand(3, -1, -1)
+        assert np.array_equal(_tile(pixels, layout, i, 3), expected.permute(1, 2, 0).numpy()), i
+        strip = pixels[y0 + r * sy + th: y0 + r * sy + sy - GAP, x0 + c * sx: x0 + c * sx + tw]
+        assert (strip < BACKGROUND).any(), f"no caption under image {i}"
+    other = render(images, 3, captions=[*captions[:5], "a coat top right"])[0]
+    assert not np.array_equal(pixels, other)  # the words drawn are the caption's
+    with pytest.raises(ValueError, match="got 2 captions for 6 images"):
+        render(images, 3, captions=captions[:2])
+
+
 def test_header_names_each_column_only_with_labels(tmp_path):
     images, _ = _quantised(20, 1, 28)
     labels = grid_labels(20, 10)

@@ -25,16 +25,59 @@ def test_a_captioned_run_trains_samples_and_scores_its_grid(backbone, tmp_path, 
     assert "of 4 canvases hold every named garment in its place" in capsys.readouterr().err
 
 
-def test_eval_of_a_captioned_run_draws_with_heldout_captions_and_scores_composition(tmp_path):
+@pytest.fixture(scope="module")
+def captioned_run(tmp_path_factory):
+    """One short captioned DiT run, shared by the eval and sample tests (they only read it)."""
+    run_dir = tmp_path_factory.mktemp("captioned-run")
+    assert main([*QUICK, "backbone=dit_t4", f"run_dir={run_dir}"]) == 0
+    return run_dir
+
+
+def test_eval_of_a_captioned_run_draws_with_heldout_captions_and_scores_composition(captioned_run, tmp_path):
     import json
 
     from archbench.eval import main as eval_main
 
-    assert main([*QUICK, "backbone=dit_t4", f"run_dir={tmp_path}"]) == 0
-    assert eval_main([f"run_dir={tmp_path}", "num_samples=12", "features=fashion_mnist_cnn", "ref_split=heldout",
-                      "steps=2", "batch_size=12", "progress=false", f"out={tmp_path / 'eval.json'}"]) == 0
+    assert eval_main([f"run_dir={captioned_run}", "num_samples=12", "features=fashion_mnist_cnn",
+                      "ref_split=heldout", "steps=2", "batch_size=12", "progress=false",
+                      f"out={tmp_path / 'eval.json'}"]) == 0
     record = json.loads((tmp_path / "eval.json").read_text())
     assert 0.0 <= record["composition"] <= 1.0 and record["score"] > 0 and record["cond_accuracy"] is None
+
+
+def test_sample_draws_a_captioned_run_with_a_split_s_captions_or_given_ones(captioned_run, tmp_path):
+    import numpy as np
+
+    from archbench.data import build_dataset
+    from archbench.data.captions import first_captions
+    from archbench.data.fashion_pairs import tokenize
+    from archbench.sample import main as sample_main
+
+    quick = [f"run_dir={captioned_run}", "steps=2", "progress=false", "threads=1"]
+    assert sample_main([*quick, "num_samples=5", "caption_split=heldout", f"out={tmp_path / 'grid.png'}"]) == 0
+    tokens = np.load(tmp_path / "grid.npz")["arr_1"]
+    expected = first_captions(build_dataset("fashion_pairs", split="heldout"), 5).numpy()
+    assert tokens.shape == (5, 9) and np.array_equal(tokens, expected)
+
+    two = "a bag top left and a boot bottom right; a coat top right"
+    assert sample_main([*quick, "num_samples=6", "chunk_size=4", f"caption={two}", f"out={tmp_path / 'set.npz'}"]) == 0
+    rows = np.load(tmp_path / "set.npz")["arr_1"]
+    first, second = tokenize("a bag top left and a boot bottom right"), tokenize("a coat top right")
+    assert np.array_equal(rows, np.stack([first, second] * 3))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["labels=1,2"], "this run is conditioned on captions: give caption='a ... and a ...', not labels=/class="),
+    (["caption=a hat top left"], "words must come from fashion_pairs' vocabulary"),
+    (["caption_split=validation"], "unknown split 'validation'"),
+])
+def test_bad_caption_requests_are_one_line(captioned_run, tmp_path, capsys, args, message):
+    from archbench.sample import main as sample_main
+
+    assert sample_main([f"run_dir={captioned_run}", "num_samples=2", "steps=2", f"out={tmp_path / 'g.png'}",
+                        *args]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
 
 
 def test_a_backbone_without_captions_is_refused(tmp_path, capsys):
