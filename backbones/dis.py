@@ -76,6 +76,7 @@ class DiS(TokenBackbone):
         bimamba_merge: str = "sum",
         caption_vocab: int = 0,
         caption_tokens: int = 0,
+        caption_dim: int = 0,
         caption_placement: str = "prepend",
     ):
         check_mixer_options(mixer, scan_order, attention_every)
@@ -95,8 +96,9 @@ class DiS(TokenBackbone):
         self.depth = depth
         self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
-        self.build_captions(caption_vocab, caption_tokens, width, caption_placement, scan_order)  # before time
-        self.extras = 1 + (num_classes > 0) + (caption_tokens if caption_vocab else 0)
+        # captions: prepended before the time token (and appended too when placed at both ends)
+        self.build_captions(caption_vocab, caption_tokens, width, caption_placement, scan_order, caption_dim)
+        self.extras = 1 + (num_classes > 0) + (caption_tokens if self.captioned else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches + self.extras_after, width))
         # Stochastic depth rises linearly over `depth` steps; block 0 has none (it starts the residual).
         rates = [0.0] + [drop_path * i / max(depth - 1, 1) for i in range(depth)]

@@ -119,6 +119,7 @@ class DiT(TokenBackbone):
         bimamba_merge: str = "sum",
         caption_vocab: int = 0,
         caption_tokens: int = 0,
+        caption_dim: int = 0,
     ):
         check_mixer_options(mixer, scan_order, attention_every)
         super().__init__(
@@ -132,7 +133,7 @@ class DiT(TokenBackbone):
         )
         self.time_embed = TimestepEmbedder(width, frequency_dim=256, hidden_dim=width)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
-        self.build_captions(caption_vocab, caption_tokens, width)  # read through cross-attention
+        self.build_captions(caption_vocab, caption_tokens, width, dim=caption_dim)  # read through cross-attention
         # Fixed table, kept as a frozen parameter as the official code does (it counts in the params).
         table = torch.from_numpy(sincos_pos_embed_2d(width, self.grid_size)).float().unsqueeze(0)
         self.pos_embed = nn.Parameter(table, requires_grad=False)

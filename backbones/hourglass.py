@@ -72,6 +72,7 @@ class Hourglass(TokenBackbone):
         bimamba_merge: str = "sum",
         caption_vocab: int = 0,
         caption_tokens: int = 0,
+        caption_dim: int = 0,
     ):
         widths, depths = _positive_ints("widths", widths), _positive_ints("depths", depths)
         levels = len(widths)
@@ -109,7 +110,7 @@ class Hourglass(TokenBackbone):
         cond = widths[0]
         self.time_embed = TimestepEmbedder(cond, frequency_dim=256, hidden_dim=cond)
         self.label_embed = LabelEmbedder(num_classes, cond, class_dropout_prob) if num_classes > 0 else None
-        self.build_captions(caption_vocab, caption_tokens, cond)  # read through cross-attention at every level
+        self.build_captions(caption_vocab, caption_tokens, cond, dim=caption_dim)  # cross-attention at every level
         table = torch.from_numpy(sincos_pos_embed_2d(cond, self.grid_size)).float().unsqueeze(0)
         self.pos_embed = nn.Parameter(table, requires_grad=False)
 

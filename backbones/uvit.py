@@ -67,6 +67,7 @@ class UViT(TokenBackbone):
         bimamba_merge: str = "sum",
         caption_vocab: int = 0,
         caption_tokens: int = 0,
+        caption_dim: int = 0,
         caption_placement: str = "prepend",
     ):
         check_mixer_options(mixer, scan_order, attention_every)
@@ -82,8 +83,9 @@ class UViT(TokenBackbone):
         self.mixer_kind, self.scan_order, self.attention_every = mixer, scan_order, attention_every
         self.time_embed = TimestepEmbedder(width, hidden_dim=4 * width if mlp_time_embed else None)
         self.label_embed = LabelEmbedder(num_classes, width, class_dropout_prob) if num_classes > 0 else None
-        self.build_captions(caption_vocab, caption_tokens, width, caption_placement, scan_order)  # before time
-        self.extras = 1 + (num_classes > 0) + (caption_tokens if caption_vocab else 0)
+        # captions: prepended before the time token (and appended too when placed at both ends)
+        self.build_captions(caption_vocab, caption_tokens, width, caption_placement, scan_order, caption_dim)
+        self.extras = 1 + (num_classes > 0) + (caption_tokens if self.captioned else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches + self.extras_after, width))
 
         def make_mixer(index: int) -> nn.Module:

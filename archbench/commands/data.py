@@ -1,4 +1,5 @@
-"""``python -m archbench.data list|encode [key=value ...]``: list the datasets, or encode one into a latent cache.
+"""``python -m archbench.data list|encode|captions [key=value ...]``: list the datasets, encode one into a latent
+cache, or list a captioned dataset's captions (the texts to encode into precomputed caption features).
 
 The encoding is :func:`archbench.data.encode.encode_dataset`; this module parses, calls it and prints the
 manifest's path.
@@ -18,11 +19,15 @@ from archbench.console.logs import setup_logging
 
 PROGRAM = "archbench.data"
 USAGE = f"""python -m {PROGRAM} list
-       python -m {PROGRAM} encode out=DIR vae=PATH_OR_HUB_ID [key=value ...]"""
+       python -m {PROGRAM} encode out=DIR vae=PATH_OR_HUB_ID [key=value ...]
+       python -m {PROGRAM} captions [name=fashion_pairs] [out=FILE]"""
 ABOUT = """\
 list: the datasets the recipes can name (channels x size x size, classes).
 encode: run a diffusers AutoencoderKL over an image dataset once and write latent shards + manifest.json, so
-latent-space training never runs the VAE."""
+latent-space training never runs the VAE.
+captions: every caption a captioned dataset can show, one per line (to out=FILE, else printed): encode them with
+any text encoder into an .npz of captions (K,) and features (K, T, D) (all-zero rows = padding) and train with
+data.caption_features=FILE (archbench.data.caption_features.write_caption_features writes that layout)."""
 EXAMPLE = """\
 example:
   python -m archbench.data encode src=imagenet_folder root=/data/imagenet/train out=/data/in256-latents \\
@@ -48,6 +53,12 @@ class EncodeArgs:
     limit: int | None = arg(None, minimum=1, doc="encode only the first N images (smoke tests)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class CaptionsArgs:
+    name: str = arg("fashion_pairs", doc="a captioned dataset")
+    out: str | None = arg(None, shown="printed", doc="a text file to write, one caption per line")
+
+
 @dataclass(frozen=True)
 class ListArgs:
     """``list`` takes no keys."""
@@ -65,6 +76,17 @@ def list_datasets() -> None:
         print(f"{info.name:20s} {shape:10s} classes={info.num_classes:<5d} {info.description}")
 
 
+def write_captions(request: CaptionsArgs) -> None:
+    from archbench.console.files import write_text_atomic
+    from archbench.data.captions import language
+
+    text = "\n".join(language(request.name).all_captions()) + "\n"
+    if request.out is None:
+        print(text, end="")
+    else:
+        print(f"wrote {text.count(chr(10))} captions to {write_text_atomic(request.out, text)}")
+
+
 @interruptible(PROGRAM)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (0 ok, 1 bad usage or missing data)."""
@@ -77,10 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0
     try:
-        command, rest = split_command(args, ["list", "encode"])
+        command, rest = split_command(args, ["list", "encode", "captions"])
         if command == "list":
             parse_args(ListArgs, rest)
             list_datasets()
+            return 0
+        if command == "captions":
+            write_captions(parse_args(CaptionsArgs, rest))
             return 0
         request = parse_args(EncodeArgs, rest)
         setup_logging()

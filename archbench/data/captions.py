@@ -1,5 +1,6 @@
 """Captions of a captioned dataset as the sampling stages need them: the first n of a split as condition
-tokens, and caption text to tokens and back.
+tokens, caption text to tokens and back, and what a model takes for them (the tokens, or their precomputed
+features: :mod:`archbench.data.caption_features`).
 
 Training grids, ``eval`` and ``sample`` all draw with "the captions of a split's first n examples"; this is the
 one place that reads them (through the dataset's ``tokens(i)``, which skips rendering the image, when it has it).
@@ -8,21 +9,29 @@ one place that reads them (through the dataset's ``tokens(i)``, which skips rend
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 
-def _fashion_pairs() -> tuple[Callable[[str], Tensor], Callable[[Tensor], str]]:
-    from archbench.data.fashion_pairs import decode, tokenize
+@dataclass(frozen=True)
+class CaptionLanguage:
+    """A captioned dataset's words: text -> tokens, tokens -> text, and every caption it can show."""
 
-    return tokenize, decode
+    tokenize: Callable[[str], Tensor]
+    decode: Callable[[Tensor], str]
+    all_captions: Callable[[], list[str]]
 
 
-TOKENIZERS: dict[str, Callable[[], tuple[Callable[[str], Tensor], Callable[[Tensor], str]]]] = {
-    "fashion_pairs": _fashion_pairs,
-}
+def _fashion_pairs() -> CaptionLanguage:
+    from archbench.data import fashion_pairs
+
+    return CaptionLanguage(fashion_pairs.tokenize, fashion_pairs.decode, fashion_pairs.all_captions)
+
+
+LANGUAGES: dict[str, Callable[[], CaptionLanguage]] = {"fashion_pairs": _fashion_pairs}
 
 
 def first_captions(dataset: Any, n: int) -> Tensor:
@@ -33,19 +42,46 @@ def first_captions(dataset: Any, n: int) -> Tensor:
     return torch.stack([torch.as_tensor(read(i)) for i in range(n)])
 
 
-def _tokenizer(name: str) -> tuple[Callable[[str], Tensor], Callable[[Tensor], str]]:
-    if name not in TOKENIZERS:
-        raise ValueError(f"dataset {name!r} has no captions; captioned datasets: {', '.join(TOKENIZERS)}")
-    return TOKENIZERS[name]()
+def language(name: str) -> CaptionLanguage:
+    if name not in LANGUAGES:
+        raise ValueError(f"dataset {name!r} has no captions; captioned datasets: {', '.join(LANGUAGES)}")
+    return LANGUAGES[name]()
 
 
 def encode_captions(name: str, texts: Sequence[str]) -> Tensor:
     """(len(texts), T) tokens of caption texts in ``name``'s vocabulary; a ValueError names a bad caption."""
-    tokenize, _ = _tokenizer(name)
-    return torch.stack([tokenize(text.strip()) for text in texts])
+    return torch.stack([language(name).tokenize(text.strip()) for text in texts])
 
 
 def decode_captions(name: str, tokens: Tensor) -> list[str]:
     """The texts of (N, T) caption tokens (padding dropped)."""
-    _, decode = _tokenizer(name)
+    decode = language(name).decode
     return [decode(row) for row in tokens]
+
+
+def with_caption_features(dataset: Any, name: str, path: str | None) -> Any:
+    """``dataset`` as a run with ``data.caption_features=path`` trains on it (unchanged when ``path`` is None)."""
+    if path is None:
+        return dataset
+    from archbench.data.caption_features import CaptionFeatureDataset, load_caption_features
+
+    language(name)  # a dataset without captions has nothing to look up
+    return CaptionFeatureDataset(dataset, load_caption_features(path), name)
+
+
+def model_conditions(dataset: Any, tokens: Tensor) -> Tensor:
+    """What a model trained on ``dataset`` takes for these (N, T) caption tokens: the tokens themselves, or their
+    precomputed features when the dataset carries them."""
+    return dataset.conditions(tokens) if hasattr(dataset, "conditions") else tokens
+
+
+def run_conditions(data: dict[str, Any]) -> Callable[[Tensor], Tensor] | None:
+    """For a run whose config's data section is ``data``: caption tokens -> its precomputed features, or None when
+    the model takes the tokens themselves."""
+    path = data.get("caption_features")
+    if not path:
+        return None
+    from archbench.data.caption_features import load_caption_features
+
+    table, name = load_caption_features(path), str(data["name"])
+    return lambda tokens: table.for_tokens(name, tokens)

@@ -71,6 +71,13 @@ def tokenize(caption: str) -> Tensor:
     return torch.tensor(ids + [0] * (CAPTION_TOKENS - len(ids)), dtype=torch.long)
 
 
+def all_captions() -> list[str]:
+    """Every caption a canvas can carry (two garments in two quadrants, in reading order): 6 x 100 = 600."""
+    return [f"a {GARMENTS[g1]} {QUADRANTS[q1]} and a {GARMENTS[g2]} {QUADRANTS[q2]}"
+            for q1 in range(len(QUADRANTS)) for q2 in range(q1 + 1, len(QUADRANTS))
+            for g1 in range(len(GARMENTS)) for g2 in range(len(GARMENTS))]
+
+
 def decode(tokens: Tensor) -> str:
     """The caption text of word indices (padding dropped): the inverse of :func:`tokenize`."""
     return " ".join(VOCAB[int(i)] for i in tokens if int(i) != 0)

@@ -20,7 +20,6 @@ import bisect
 import hashlib
 import json
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from archbench.console.files import write_atomic
 from archbench.data.errors import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -51,20 +51,6 @@ def vae_config_hash(vae: Any) -> str:
     config = {key: value for key, value in dict(vae.config).items() if not key.startswith("_")}
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Run ``write(handle)`` on a temporary file next to ``path`` and rename it into place only if it succeeds."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _remove_leftovers(out_dir: Path) -> None:
@@ -106,7 +92,7 @@ class _ShardWriter:
             self.buffer[key] = [joined[count:]] if len(joined) > count else []
         self.buffered -= count
         name = shard_name(len(self.shards))
-        _atomic_write(self.out_dir / name, lambda handle: torch.save(shard, handle))
+        write_atomic(self.out_dir / name, lambda handle: torch.save(shard, handle))
         self.shards.append({"file": name, "count": count})
         log.info("wrote %s (%d latents)", name, count)
 
@@ -170,7 +156,7 @@ def encode_to_shards(
         "shards": writer.shards,
     }
     manifest_path = out / MANIFEST_NAME
-    _atomic_write(manifest_path, lambda handle: handle.write(json.dumps(manifest, indent=2).encode()))
+    write_atomic(manifest_path, lambda handle: handle.write(json.dumps(manifest, indent=2).encode()))
     log.info("encoded %d images into %d shards under %s", manifest["count"], len(writer.shards), out)
     return manifest_path
 

@@ -191,9 +191,9 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
     except ValueError as exc:
         raise EvalError(one_line(exc)) from None
     n = request.num_samples or DEFAULT_NUM_SAMPLES
-    labels = grid_labels(n, run.num_classes)
+    labels = conditions = grid_labels(n, run.num_classes)
     if getattr(run.net, "captioned", False):  # the captions of the reference split's first n examples
-        labels = _split_captions(data, request.ref_split, n)
+        labels, conditions = _split_captions(data, request.ref_split, n)
     shape = (int(data["channels"]), int(data["image_size"]), int(data["image_size"]))
     settle_threads(request.threads, run.net, shape, request.batch_size, run.num_classes, device)
     log.info("sampling %d images from %s (EMA, step %d, %s, %s steps, cfg %.2f)",
@@ -202,7 +202,7 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
     try:
         samples = draw_images(
             run.net, run.objective, chosen, num_samples=n,
-            shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])), labels=labels,
+            shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])), labels=conditions,
             seed=request.seed, batch_size=request.batch_size, device=device, progress=request.progress,
         )
     except ValueError as exc:
@@ -213,15 +213,20 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
             "checkpoint": str(run.path), "step": run.step}
 
 
-def _split_captions(data: dict[str, Any], split: str, n: int) -> Any:
+def _split_captions(data: dict[str, Any], split: str, n: int) -> tuple[Any, Any]:
+    """The caption tokens of ``split``'s first ``n`` examples (what the score reads) and what the model takes for
+    them (the same tokens, or their precomputed features)."""
     from archbench.data import build_dataset
-    from archbench.data.captions import first_captions
+    from archbench.data.captions import first_captions, model_conditions, with_caption_features
 
+    name = str(data["name"])
     try:
-        dataset = build_dataset(str(data["name"]), root=data.get("root"), split=split)
-        return first_captions(dataset, n)
+        dataset = build_dataset(name, root=data.get("root"), split=split)
+        dataset = with_caption_features(dataset, name, data.get("caption_features"))
+        tokens = first_captions(dataset, n)
+        return tokens, model_conditions(dataset, tokens)
     except ValueError as exc:
-        raise EvalError(f"num_samples={n}, ref_split={split} of {data['name']}: {one_line(exc)}") from None
+        raise EvalError(f"num_samples={n}, ref_split={split} of {name}: {one_line(exc)}") from None
 
 
 def _read(request: EvalRequest, files: Any, run: dict[str, Any] | None) -> dict[str, Any]:

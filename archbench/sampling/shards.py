@@ -278,15 +278,20 @@ def draw_chunk(
     *,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    conditions: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The ``chunk_size`` images of chunk ``chunk`` [C, ch, H, W] in [-1, 1], from its own generator."""
+    """The ``chunk_size`` images of chunk ``chunk`` [C, ch, H, W] in [-1, 1], from its own generator.
+    ``conditions`` maps the chunk's labels to what the model takes (caption tokens to precomputed features)."""
     sampling = {key: spec.sampling.get(key) for key in SAMPLING_KEYS}
+    labels = spec.chunk_labels(chunk)
+    if conditions is not None and labels is not None:
+        labels = conditions(labels)
     return generate(
         model,
         objective,
         num_samples=spec.chunk_size,
         shape=tuple(spec.shape),
-        labels=spec.chunk_labels(chunk),
+        labels=labels,
         sampler=sampling["sampler"],
         steps=sampling["steps"],
         cfg_scale=1.0 if sampling["cfg_scale"] is None else float(sampling["cfg_scale"]),
@@ -327,6 +332,7 @@ def write_sample_set(
     progress: bool = False,
     overwrite: bool = False,
     intro: str | None = None,
+    conditions: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SampleSetResult:
     """Draw this rank's share of the missing chunks of ``spec`` and, on rank 0, merge the set into ``out``.
 
@@ -360,7 +366,8 @@ def write_sample_set(
     mine = plan["missing"][rank::world_size]
     with shared_progress(f"sampling {len(mine) * spec.chunk_size} images", len(mine), progress, loop_name="chunk"):
         for done, chunk in enumerate(mine, 1):
-            images = draw_chunk(model, objective, spec, chunk, device=device, progress=progress)
+            images = draw_chunk(model, objective, spec, chunk, device=device, progress=progress,
+                                conditions=conditions)
             extra = {"fingerprint": np.asarray(spec.fingerprint), "chunk": np.asarray(chunk, dtype=np.int64)}
             if spec.weights is not None:
                 extra["weights"] = np.asarray(spec.weights)

@@ -40,6 +40,7 @@ _DATA_DRIVEN = {
     "num_classes": "${data.num_classes}",
     "caption_vocab": "${data.caption_vocab}",  # only where the backbone takes captions (its build options)
     "caption_tokens": "${data.caption_tokens}",
+    "caption_dim": "${data.caption_dim}",
     "learn_sigma": "${diffusion.learn_sigma}",
 }
 
@@ -268,6 +269,23 @@ def fill_dataset_facts(cfg: DictConfig) -> None:
         cfg.data.caption_vocab = info.caption_vocab if cfg.data.class_cond else 0
     if cfg.data.caption_tokens is None:
         cfg.data.caption_tokens = info.caption_tokens
+    if cfg.data.caption_dim is None:
+        cfg.data.caption_dim = 0
+    if cfg.data.caption_features is not None and cfg.data.class_cond:
+        _fill_caption_features(cfg.data, info)
+
+
+def _fill_caption_features(data: Any, info: Any) -> None:
+    """Captions as precomputed features: the backbone takes (T, D) rows instead of word indices."""
+    from archbench.data.caption_features import load_caption_features
+
+    if not info.caption_vocab:
+        raise ConfigError(f"data.caption_features is for a captioned dataset; {info.name} has no captions")
+    try:
+        table = load_caption_features(data.caption_features)
+    except ValueError as exc:
+        raise ConfigError(f"data.caption_features: {_first_line(exc)}") from None
+    data.caption_vocab, data.caption_tokens, data.caption_dim = 0, table.tokens, table.dim
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

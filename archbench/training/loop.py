@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from archbench.console.threads import ThreadTuner
-from archbench.data.captions import decode_captions, first_captions
+from archbench.data.captions import decode_captions, first_captions, model_conditions
 from archbench.data.catalog import class_names
 from archbench.sampling.grid import generate, grid_columns, grid_labels, save_grid
 from archbench.training import checkpoint as ckpt
@@ -377,10 +377,10 @@ class Trainer:
         n = s.num_samples
         num_classes = int(getattr(self.ema.model, "num_classes", 0) or 0)
         labels = grid_labels(n, num_classes)
-        captions = None
+        captions, conditions = None, labels
         if getattr(self.ema.model, "captioned", False):  # the first training examples' captions
             labels = first_captions(self.dataset, n)
-            captions = decode_captions(d.name, labels)
+            captions, conditions = decode_captions(d.name, labels), model_conditions(self.dataset, labels)
         cfg_scale = s.cfg_scale if s.grid_cfg_scale is None else s.grid_cfg_scale
         if cfg_scale != 1.0 and getattr(self.ema.model, "null_class", None) is None:
             cfg_scale = 1.0  # unconditional, or no class dropout: nothing to guide with
@@ -390,7 +390,7 @@ class Trainer:
                 self.objective,
                 num_samples=n,
                 shape=(d.channels, d.image_size, d.image_size),
-                labels=labels,
+                labels=conditions,
                 sampler=s.sampler,
                 steps=s.steps,
                 cfg_scale=cfg_scale,

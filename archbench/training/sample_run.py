@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -167,6 +168,7 @@ class Prepared:
     shape: tuple[int, int, int]
     chosen: SamplingSettings
     weights: str  # SHA-256 of the EMA weights (archbench.sampling.outputs.weights_checksum)
+    conditions: Callable[[torch.Tensor], torch.Tensor] | None = None  # caption tokens -> precomputed features
 
 
 def _load(request: SampleRequest, device: torch.device) -> Prepared:
@@ -180,7 +182,13 @@ def _load(request: SampleRequest, device: torch.device) -> Prepared:
     except ValueError as exc:
         raise UsageError(one_line(exc)) from None
     shape = (int(run.data["channels"]), int(run.data["image_size"]), int(run.data["image_size"]))
-    return Prepared(run, condition_cycle(request, run), shape, chosen, weights_checksum(run.net))
+    from archbench.data.captions import run_conditions
+
+    try:
+        conditions = run_conditions(run.data) if getattr(run.net, "captioned", False) else None
+    except ValueError as exc:
+        raise UsageError(f"data.caption_features: {one_line(exc)}") from None
+    return Prepared(run, condition_cycle(request, run), shape, chosen, weights_checksum(run.net), conditions)
 
 
 def grid_meta(request: SampleRequest, prepared: Prepared, columns: int) -> dict[str, Any]:
@@ -235,7 +243,8 @@ def draw_grid(request: SampleRequest) -> tuple[Path, Path]:
     settle_threads(request.threads, run.net, prepared.shape, batch_size, run.num_classes, device)
     log.info("sampling %d images from %s (EMA, step %d, cfg %.2f)", n, run.path, run.step, chosen.cfg_scale)
     try:
-        samples = draw_images(run.net, run.objective, chosen, num_samples=n, shape=prepared.shape, labels=labels,
+        model_labels = prepared.conditions(labels) if prepared.conditions and labels is not None else labels
+        samples = draw_images(run.net, run.objective, chosen, num_samples=n, shape=prepared.shape, labels=model_labels,
                               seed=request.seed, batch_size=batch_size, device=device, progress=request.progress)
     except ValueError as exc:  # unknown sampler, bad steps, cfg without a null class
         raise UsageError(one_line(exc)) from None
@@ -293,6 +302,7 @@ def draw_set(request: SampleRequest) -> SampleSetResult:
                 progress=request.progress and dist.is_main,
                 overwrite=request.overwrite,
                 intro=intro,
+                conditions=prepared.conditions,
             )
         except ValueError as exc:  # settings the sampler refuses, latents, a part that cannot be merged
             raise UsageError(one_line(exc)) from None

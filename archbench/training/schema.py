@@ -48,7 +48,11 @@ class DataConfig:
     num_classes: int | None = key(None, "filled from the dataset (0 when class_cond is false)")
     caption_vocab: int | None = key(None, "filled from the dataset: its caption vocabulary (0: no captions, or "
                                     "class_cond false)")
-    caption_tokens: int | None = key(None, "filled from the dataset: words per caption")
+    caption_tokens: int | None = key(None, "filled from the dataset: words per caption (the features' T with "
+                                     "caption_features)")
+    caption_features: str | None = key(None, "an .npz of precomputed caption features (captions (K,), features "
+                                       "(K, T, D)): y is then each caption's features, the backbone's caption_dim D")
+    caption_dim: int | None = key(None, "filled: the width D of caption_features (0 without)")
 
 
 @dataclass

@@ -149,7 +149,7 @@ def check_config(config: RunConfig, world_size: int) -> None:
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be an integer >= 0, got {data.num_workers!r}")
     name, options = backbone_options(config)
-    if data.caption_vocab and "caption_vocab" not in options:
+    if (data.caption_vocab or data.caption_dim) and "caption_vocab" not in options:
         raise ConfigError(f"data {data.name} is captioned and backbone {name} takes no captions; choose a token "
                           "backbone (dis_*, dit_*, uvit_*, hourglass_*) or data.class_cond=false")
     try:
@@ -230,6 +230,7 @@ def build_run(c: RunConfig, dist: DistInfo, micro_batch: int, init_weights: Sour
 def build_training_data(data: DataConfig, dist: DistInfo) -> Any:
     """The training set (rank 0 first, so a download happens once), checked against the configured shape."""
     from archbench.data import build_dataset
+    from archbench.data.captions import with_caption_features
 
     kwargs = dict(
         root=data.root, split=data.split, image_size=data.image_size, download=data.download,
@@ -241,6 +242,10 @@ def build_training_data(data: DataConfig, dist: DistInfo) -> Any:
     else:
         barrier()  # let rank 0 download first
         dataset = build_dataset(data.name, **kwargs)
+    try:
+        dataset = with_caption_features(dataset, data.name, data.caption_features)
+    except ValueError as exc:
+        raise ConfigError(f"data.caption_features: {exc}") from None
     shape = tuple(dataset[0][0].shape)
     expected = (data.channels, data.image_size, data.image_size)
     if shape != expected:
@@ -248,6 +253,8 @@ def build_training_data(data: DataConfig, dist: DistInfo) -> Any:
     classes = f"{data.num_classes} classes" if data.num_classes else "unconditional"
     if data.caption_vocab:
         classes = f"captions of {data.caption_tokens} words from {data.caption_vocab}"
+    if data.caption_dim:
+        classes = f"captions as {data.caption_tokens} x {data.caption_dim} features from {data.caption_features}"
     log.info("data: %s (%s split, %d examples, %dx%dx%d, %s)", data.name, data.split, len(dataset), *shape, classes)
     return dataset
 

@@ -1,13 +1,17 @@
 """Captions as condition tokens: a small word-level text transformer trained with the backbone.
 
 ``y`` of a captioned backbone is ``(B, T)`` word indices with 0 as padding (``fashion_pairs`` tokenises that
-way).  The embedder turns them into ``T`` condition tokens of the backbone's width through a token and position
-embedding and a few pre-norm transformer blocks that ignore the padding; a DiS or U-ViT skeleton prepends them to
-its sequence (as it prepends the label token), a DiT or hourglass skeleton reads them through cross-attention.
+way), or, built with ``caption_dim=D``, ``(B, T, D)`` precomputed features (CLIP or T5 token features computed
+elsewhere) with all-zero rows as padding, which enter through a linear projection instead of the word table.
+The embedder turns them into ``T`` condition tokens of the backbone's width through that first stage, a
+position embedding and a few pre-norm transformer blocks that ignore the padding; a DiS or U-ViT skeleton
+prepends them to its sequence (as it prepends the label token), a DiT or hourglass skeleton reads them through
+cross-attention.
 
 The null condition of classifier-free guidance is the empty caption, all padding (so the guidance code's "null
-label" is the padding index 0, ``full_like(y, 0)``): it maps to a learned sequence of ``T`` null tokens, and in
-training a caption is replaced by it with probability ``dropout_prob``, as a class label is by the null class.
+label" is the padding index 0, ``full_like(y, 0)``, all zeros for features too): it maps to a learned sequence of
+``T`` null tokens, and in training a caption is replaced by it with probability ``dropout_prob``, as a class
+label is by the null class.
 """
 
 from __future__ import annotations
@@ -38,18 +42,21 @@ class CaptionBlock(nn.Module):
 
 
 class CaptionEmbedder(nn.Module):
-    """(B, T) word indices -> (B, T, width) condition tokens; all-padding rows are the learned null caption."""
+    """(B, T) word indices, or (B, T, feature_dim) features -> (B, T, width) condition tokens; all-padding rows are
+    the learned null caption."""
 
     def __init__(self, vocab_size: int, max_tokens: int, width: int, dropout_prob: float, depth: int = 2,
-                 num_heads: int = 4):
+                 num_heads: int = 4, feature_dim: int = 0):
         super().__init__()
-        if vocab_size < 2 or max_tokens < 1:
-            raise ValueError(f"captions need a vocabulary of at least 2 words (0 = padding) and at least one token, "
-                             f"got caption_vocab={vocab_size}, caption_tokens={max_tokens}")
+        if max_tokens < 1 or (feature_dim < 1 and vocab_size < 2):
+            raise ValueError(f"captions need a vocabulary of at least 2 words (0 = padding) or a feature width, and "
+                             f"at least one token; got caption_vocab={vocab_size}, caption_dim={feature_dim}, "
+                             f"caption_tokens={max_tokens}")
         if width % num_heads:
             num_heads = next(h for h in range(min(num_heads, width), 0, -1) if width % h == 0)
         self.vocab_size, self.max_tokens, self.dropout_prob = vocab_size, max_tokens, dropout_prob
-        self.words = nn.Embedding(vocab_size, width)
+        self.feature_dim = feature_dim
+        self.words = nn.Linear(feature_dim, width) if feature_dim else nn.Embedding(vocab_size, width)
         self.positions = nn.Parameter(torch.zeros(1, max_tokens, width))
         self.blocks = nn.ModuleList(CaptionBlock(width, num_heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
@@ -65,15 +72,21 @@ class CaptionEmbedder(nn.Module):
         """Replace dropped captions by the empty one (all padding)."""
         if force_drop is None:
             force_drop = torch.rand(tokens.shape[0], device=tokens.device) < self.dropout_prob
-        return torch.where(force_drop.bool()[:, None], torch.full_like(tokens, PAD), tokens)
+        drop = force_drop.bool().reshape(-1, *([1] * (tokens.ndim - 1)))
+        return torch.where(drop, torch.full_like(tokens, PAD), tokens)
+
+    def padding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) True where a token is padding: index 0, or an all-zero feature row."""
+        return tokens.eq(PAD).all(dim=-1) if self.feature_dim else tokens.eq(PAD)
 
     def forward(self, tokens: torch.Tensor, force_drop: torch.Tensor | None = None) -> torch.Tensor:
         if (self.training and self.dropout_prob > 0) or force_drop is not None:
             tokens = self.drop(tokens, force_drop)
-        keep = tokens != PAD
+        keep = ~self.padding(tokens)
         empty = ~keep.any(dim=1)
         keep = keep | empty[:, None]  # an empty caption attends to its padding: no row without keys
-        x = self.words(tokens) + self.positions[:, : tokens.shape[1]]
+        x = self.words(tokens.to(self.words.weight.dtype) if self.feature_dim else tokens)
+        x = x + self.positions[:, : tokens.shape[1]]
         for block in self.blocks:
             x = block(x, keep)
         x = self.norm(x)

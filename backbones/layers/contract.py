@@ -52,9 +52,10 @@ class DiffusionBackbone(nn.Module):
         self.extras_after = 0  # condition tokens after the patches (captions placed "both" ends)
 
     def build_captions(self, vocab: int, tokens: int, width: int, placement: str = "prepend",
-                       scan_order: str = "bidirectional") -> nn.Module | None:
+                       scan_order: str = "bidirectional", dim: int = 0) -> nn.Module | None:
         """The caption embedder when ``vocab`` > 0 (``y`` is then (B, ``tokens``) word indices, 0 = padding, and
-        the empty caption is the null condition); None otherwise.  Captions replace class labels.
+        the empty caption is the null condition) or ``dim`` > 0 (``y`` is (B, ``tokens``, ``dim``) precomputed
+        features, all-zero rows = padding); None otherwise.  Captions replace class labels.
 
         ``placement`` is where a token skeleton puts them: ``prepend`` (before the patches, DiS's way) or
         ``both`` (the same tokens also after the patches, so a backward scan reads the caption before the
@@ -62,17 +63,21 @@ class DiffusionBackbone(nn.Module):
         ``extras_after`` counts the tokens behind the patches."""
         if placement not in CAPTION_PLACEMENTS:
             raise ValueError(f"caption_placement must be one of {', '.join(CAPTION_PLACEMENTS)}, got {placement!r}")
-        if not vocab:
+        if vocab and dim:
+            raise ValueError(f"give caption_vocab (word indices) or caption_dim (precomputed features), not both; "
+                             f"got caption_vocab={vocab}, caption_dim={dim}")
+        if not vocab and not dim:
             return None
         if placement == "both" and scan_order != "bidirectional":
             raise ValueError(f"caption_placement='both' appends the caption after the patches, which only the "
                              f"bidirectional scan order keeps in place; got scan_order={scan_order!r}")
         if self.num_classes:
-            raise ValueError(f"{type(self).__name__}: give num_classes=0 with captions (caption_vocab={vocab}); "
+            raise ValueError(f"{type(self).__name__}: give num_classes=0 with captions (caption_vocab={vocab}, "
+                             f"caption_dim={dim}); "
                              "a model is conditioned on one of the two")
         from backbones.layers.caption import CaptionEmbedder
 
-        self.caption_embed = CaptionEmbedder(vocab, tokens, width, self.class_dropout_prob)
+        self.caption_embed = CaptionEmbedder(vocab, tokens, width, self.class_dropout_prob, feature_dim=dim)
         self.extras_after = tokens if placement == "both" else 0
         return self.caption_embed
 
@@ -208,17 +213,27 @@ class DiffusionBackbone(nn.Module):
     def example_condition(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """A valid ``y`` for ``batch`` images (class 0, or a caption of word 1 repeated), None when unconditional:
         what probes and the FLOP counter feed."""
-        if self.caption_embed is not None:
-            return torch.ones(batch, self.caption_embed.max_tokens, dtype=torch.long, device=device)
+        embed = self.caption_embed
+        if embed is not None and embed.feature_dim:
+            return torch.ones(batch, embed.max_tokens, embed.feature_dim, device=device)
+        if embed is not None:
+            return torch.ones(batch, embed.max_tokens, dtype=torch.long, device=device)
         return torch.zeros(batch, dtype=torch.long, device=device) if self.conditional else None
 
     def _check_caption(self, name: str, b: int, device: torch.device, y: torch.Tensor | None) -> torch.Tensor:
         embed = self.caption_embed
-        tokens, vocab = embed.max_tokens, embed.vocab_size  # type: ignore[union-attr]
+        tokens, vocab, dim = embed.max_tokens, embed.vocab_size, embed.feature_dim  # type: ignore[union-attr]
         if y is None:
             if self.null_class is None:
                 raise ValueError(f"{name}: captioned model without a null caption (class_dropout_prob=0) needs y")
+            if dim:
+                return torch.zeros((b, tokens, dim), device=device, dtype=next(self.parameters()).dtype)
             return torch.zeros((b, tokens), dtype=torch.long, device=device)
+        if dim:
+            if y.shape != (b, tokens, dim) or not y.dtype.is_floating_point:
+                raise ValueError(f"{name}: y must be ({b}, {tokens}, {dim}) floating-point caption features "
+                                 f"(all-zero rows = padding), got {tuple(y.shape)} {y.dtype}")
+            return y
         if y.ndim != 2 or y.shape != (b, tokens):
             raise ValueError(f"{name}: y must be ({b}, {tokens}) caption word indices (padded with 0), got "
                              f"{tuple(y.shape)}")

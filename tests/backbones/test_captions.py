@@ -116,3 +116,38 @@ def test_captions_at_both_ends_need_the_bidirectional_order_and_a_known_placemen
         archbench.build("dis_t2", **OPTIONS, caption_placement="both", scan_order="zigzag")
     with pytest.raises(ValueError, match="caption_placement must be one of prepend, both, got 'after'"):
         archbench.build("dis_t2", **OPTIONS, caption_placement="after")
+
+
+@pytest.mark.parametrize("name", ["dis_t2", "uvit_t2", "dit_t2", "hourglass_t2"])
+def test_precomputed_features_are_word_embeddings_by_another_road(name):
+    """caption_dim=D takes (B, T, D) features through a linear layer: with one-hot features of the words and the
+    word table as that layer's weight, a features model is the word-index model, output for output."""
+    words = captioned(name)
+    with torch.no_grad():
+        words.caption_embed.words.weight[0].zero_()  # the padding word's row, as an all-zero feature row gives
+    torch.manual_seed(1)
+    features = archbench.build(name, **{**OPTIONS, "caption_vocab": 0, "caption_dim": VOCAB}).eval()
+    state = words.state_dict()
+    state["caption_embed.words.weight"] = state["caption_embed.words.weight"].T.contiguous()
+    state["caption_embed.words.bias"] = torch.zeros(features.caption_embed.words.bias.shape)
+    features.load_state_dict(state)
+    one_hot = torch.nn.functional.one_hot(captions(), VOCAB).float()
+    one_hot[captions() == 0] = 0  # padding: all-zero rows
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(features(x, t, one_hot), words(x, t, captions()), rtol=1e-5, atol=1e-5)
+        null = features(x, t, torch.zeros_like(one_hot))
+        assert torch.equal(null, features(x, t, None)) and not torch.allclose(null, features(x, t, one_hot))
+        unguided = features.forward_with_cfg(x, t, one_hot, cfg_scale=0.0)
+        torch.testing.assert_close(unguided[:, :1], null[:, :1], rtol=1e-5, atol=1e-5)
+    assert features.example_condition(3).shape == (3, TOKENS, VOCAB)
+
+
+def test_bad_features_and_both_kinds_at_once_are_one_line():
+    model = archbench.build("dis_t2", **{**OPTIONS, "caption_vocab": 0, "caption_dim": 8})
+    for y in (torch.zeros(2, TOKENS, 5), torch.zeros(2, TOKENS, 8, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"y must be \(2, 9, 8\) floating-point caption features"):
+            model(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]), y)
+    with pytest.raises(ValueError, match="give caption_vocab .word indices. or caption_dim .precomputed features., "
+                                         "not both"):
+        archbench.build("dis_t2", **OPTIONS, caption_dim=8)
