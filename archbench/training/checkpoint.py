@@ -195,10 +195,15 @@ def check_backbone(state: dict[str, Any], name: str, options: dict[str, Any], pa
     where = f"checkpoint {path}" if path else "the checkpoint"
     if saved_name != name:
         raise CheckpointError(f"{where} holds backbone {saved_name!r}, but this run builds {name!r}")
+    from backbones.registry import backbone_config
+
+    # An option newer than the checkpoint is recorded in it at its default: code that gained a build option
+    # (captions did) still resumes the runs it wrote before, as long as the run keeps that default.
+    defaults = backbone_config(name)
     diffs = [
-        f"{key}={saved.get(key)!r} (now {options.get(key)!r})"
+        f"{key}={saved.get(key, defaults.get(key))!r} (now {options.get(key)!r})"
         for key in sorted(set(saved) | set(options))
-        if key != "name" and key not in RUNTIME_OPTIONS and saved.get(key) != options.get(key)
+        if key != "name" and key not in RUNTIME_OPTIONS and saved.get(key, defaults.get(key)) != options.get(key)
     ]
     if diffs:
         raise CheckpointError(f"{where} holds {name} built with different options: {', '.join(diffs)}")

@@ -145,6 +145,21 @@ def test_wrong_backbone_is_refused(tmp_path, capsys):
     assert "depth=4 (now 2)" in capsys.readouterr().err
 
 
+def test_a_checkpoint_from_before_a_new_build_option_resumes_at_its_default():
+    """Older code did not record options added since (captions added caption_vocab, caption_tokens, caption_dim):
+    missing from the checkpoint means the default, so the run resumes unless it asks for another value."""
+    import json
+
+    from backbones.registry import backbone_config
+
+    options = {k: v for k, v in backbone_config("dis_t2").items() if k not in ("name", "family")}
+    old = {k: v for k, v in options.items() if not k.startswith("caption_")}
+    state = {"config": json.dumps({"backbone": {"name": "dis_t2", **old}})}
+    ckpt.check_backbone(state, "dis_t2", options)
+    with pytest.raises(ckpt.CheckpointError, match=r"caption_vocab=0 \(now 17\)"):
+        ckpt.check_backbone(state, "dis_t2", {**options, "caption_vocab": 17})
+
+
 def test_corrupt_checkpoint_stops_resume_with_one_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert run_train(run_dir, "train.steps=2") == 0
