@@ -81,3 +81,15 @@ def test_bad_files_are_one_line(tmp_path, arrays, message):
     (tmp_path / "text.npz").write_text("not an archive")
     with pytest.raises(ValueError, match="is not a readable .npz"):
         load_caption_features(tmp_path / "text.npz")
+
+
+def test_the_captions_command_lists_every_caption_to_encode(tmp_path, capsys):
+    from archbench.commands.data import main as data_main
+
+    assert data_main(["captions", f"out={tmp_path / 'captions.txt'}"]) == 0
+    assert "wrote 600 captions" in capsys.readouterr().out
+    lines = (tmp_path / "captions.txt").read_text().splitlines()
+    assert len(set(lines)) == 600 and all(tokenize(line)[0] == VOCAB.index("a") for line in lines)
+    assert data_main(["captions", "name=digits"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["archbench.data: error: dataset 'digits' has no captions; captioned datasets: fashion_pairs"]
