@@ -153,7 +153,7 @@ def render(
     caption_lines = [fit_lines(font, str(text), tile_w, max_lines=3) for text in captions] if captions else None
     caption_h = max(len(lines) for lines in caption_lines) * line + TEXT_PAD if caption_lines else 0
 
-    column_lines = [fit_lines(font, str(name), tile_w) for name in columns] if columns else None
+    column_lines = [fit_lines(font, str(name), tile_w, max_lines=3) for name in columns] if columns else None
     if column_lines is not None and len(column_lines) != ncol:
         raise ValueError(f"got {len(column_lines)} column names for {ncol} columns")
     row_text = [_cut(font, str(name), MAX_ROW_NAME) for name in rows] if rows else None

@@ -1,4 +1,5 @@
-"""One sample grid per study: a row per arm, every row drawn from the same noise and labels.
+"""One sample grid per study: a row per arm, every row drawn from the same noise and labels (for captioned runs,
+the same captions: those of the evaluation's reference split, written above their columns).
 
 The same seed and the same class per column make the rows differ only by the backbone (and what it
 learned), so a reader sees the difference the table reports.
@@ -19,7 +20,7 @@ from archbench.study.job import trained_step
 from archbench.study.plan import Job
 from archbench.study.schema import EvalSpec, GridSpec, StudySpec
 
-PICTURE = "labelled/1"  # how samples.png is drawn: a new value redraws the grids of finished studies once
+PICTURE = "labelled/2"  # how samples.png is drawn: a new value redraws the grids of finished studies once
 
 
 def grid_sources(jobs: list[Job]) -> dict[str, str]:
@@ -36,12 +37,13 @@ def grid_sources(jobs: list[Job]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Row:
-    """One arm's images [columns, C, H, W] in [-1, 1], their labels (None: unconditional) and the names of its
-    dataset's classes (None where the catalogue does not know them)."""
+    """One arm's images [columns, C, H, W] in [-1, 1], their labels (None: unconditional), the names of its
+    dataset's classes (None where the catalogue does not know them) and, for captions, their texts."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
     class_names: tuple[str, ...] | None
+    captions: tuple[str, ...] | None = None
 
 
 def _row(checkpoint: str, grid: GridSpec, eval_spec: EvalSpec) -> Row:
@@ -53,17 +55,32 @@ def _row(checkpoint: str, grid: GridSpec, eval_spec: EvalSpec) -> Row:
     run = load_ema_model(None, checkpoint, device)
     data, num_classes = run.data, run.num_classes
     columns = grid.columns
-    labels = torch.arange(columns) % num_classes if num_classes else None
+    labels = conditions = torch.arange(columns) % num_classes if num_classes else None
+    captions = None
+    if getattr(run.net, "captioned", False):  # the first captions of the split the samples are scored against
+        labels, conditions, captions = _captions(data, eval_spec.ref_split, columns)
     cfg_scale = grid.cfg_scale
     if cfg_scale != 1.0 and getattr(run.net, "null_class", None) is None:
         cfg_scale = 1.0
     samples = generate(
         run.net, run.objective, num_samples=columns,
         shape=(int(data["channels"]), int(data["image_size"]), int(data["image_size"])),
-        labels=labels, sampler=eval_spec.sampler, steps=eval_spec.steps, cfg_scale=cfg_scale,
+        labels=conditions, sampler=eval_spec.sampler, steps=eval_spec.steps, cfg_scale=cfg_scale,
         seed=grid.seed, batch_size=columns, device=device,
     )
-    return Row(displayable(samples).clamp(-1, 1), labels, class_names(data.get("name")))
+    return Row(displayable(samples).clamp(-1, 1), labels, class_names(data.get("name")), captions)
+
+
+def _captions(data: dict[str, Any], split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Caption tokens of ``split``'s first ``n`` examples, what the model takes for them, and their texts."""
+    from archbench.data import build_dataset
+    from archbench.data.captions import decode_captions, first_captions, model_conditions, with_caption_features
+
+    name = str(data["name"])
+    dataset = with_caption_features(build_dataset(name, root=data.get("root"), split=split), name,
+                                    data.get("caption_features"))
+    tokens = first_captions(dataset, n)
+    return tokens, model_conditions(dataset, tokens), tuple(decode_captions(name, tokens))
 
 
 def _common_shape(rows: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -87,6 +104,7 @@ def draw(rows: dict[str, Row], path: str | Path, title: str | None = None,
     """The comparison picture: a row of images per arm, the arm's name at its left and, when every row holds the
     same class in each column, the class names above the columns (images enlarged by an integer factor)."""
     from archbench.sampling.grid import save_grid
+    from archbench.sampling.picture import CAPTION_TILE, tile_scale
 
     first = next(iter(rows.values()))
     columns = first.images.shape[0]
@@ -96,6 +114,10 @@ def draw(rows: dict[str, Row], path: str | Path, title: str | None = None,
     images = _common_shape([row.images for row in rows.values()])
     same_labels = all(row.labels is not None and first.labels is not None and torch.equal(row.labels, first.labels)
                       for row in rows.values())
+    if first.captions is not None and same_labels:  # the captions above their columns, on readable tiles
+        width = images[0].shape[-1]
+        return save_grid(torch.cat(images), path, columns, meta, column_names=list(first.captions),
+                         row_names=list(rows), title=title, scale=max(tile_scale(width), -(-CAPTION_TILE // width)))
     labels = first.labels.repeat(len(rows)) if same_labels and first.labels is not None else None
     return save_grid(torch.cat(images), path, columns, meta, labels=labels,
                      class_names=first.class_names, row_names=list(rows), title=title)

@@ -5,6 +5,7 @@ is refused in one line before any data loads."""
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 from train_support import needs_fashion_mnist, one_thread  # noqa: F401
 
@@ -94,7 +95,6 @@ def test_a_run_on_precomputed_caption_features_trains_evaluates_and_samples(tmp_
     import json
 
     import numpy as np
-    import torch
 
     from archbench.data.caption_features import write_caption_features
     from archbench.data.captions import language
@@ -135,3 +135,29 @@ def test_caption_features_on_a_dataset_without_captions_or_a_bad_file_are_one_li
                      f"run_dir={tmp_path / 'run'}"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_a_study_grid_of_captioned_arms_draws_the_reference_split_s_captions(captioned_run, tmp_path):
+    """The study's samples.png row of a captioned arm uses the eval's reference split's first captions (not the
+    empty caption), the same for every row, and writes them above their columns."""
+    import numpy as np
+    from PIL import Image
+
+    from archbench.data import build_dataset
+    from archbench.data.captions import decode_captions, first_captions
+    from archbench.sampling.picture import render
+    from archbench.study.samples import _row, draw
+    from archbench.study.schema import EvalSpec, GridSpec
+    from archbench.training.checkpoint import latest_checkpoint
+
+    row = _row(str(latest_checkpoint(captioned_run)), GridSpec(columns=3),
+               EvalSpec(ref_split="heldout", sampler="ddim", steps=2))
+    tokens = first_captions(build_dataset("fashion_pairs", split="heldout"), 3)
+    assert torch.equal(row.labels, tokens) and row.captions == tuple(decode_captions("fashion_pairs", tokens))
+    path = draw({"dit_a": row, "dit_b": row}, tmp_path / "study.png")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    _, layout = render(row.images.repeat(2, 1, 1, 1), 3, columns=list(row.captions), rows=["dit_a", "dit_b"],
+                       scale=4)
+    top, bottom = layout["header"]
+    assert layout["tile"] == (128, 128) and bottom > top and (pixels[top:bottom] < 255).any()  # captions on top
