@@ -59,7 +59,8 @@ def arm_summary(group: list[dict[str, Any]]) -> dict[str, Any]:
     mean, half = mean_interval(fds)
     first = group[0]
     return {
-        "label": first["label"], "backbone": first["backbone"], "params": first["params"], "gmacs": first["gmacs"],
+        "label": first["label"], "arm": first.get("arm", first["label"]), "backbone": first["backbone"],
+        "params": first["params"], "gmacs": first["gmacs"],
         "steps": first["step"], "train_pflops": first["train_gflops"] / 1e6,
         "wall_s": _mean([r["wall_s"] for r in group]),
         "fd_mean": mean, "fd_half": half, "seeds": len(group), "fds": fds,
@@ -67,6 +68,12 @@ def arm_summary(group: list[dict[str, Any]]) -> dict[str, Any]:
         "sweep": {k[len("sweep."):]: v for k, v in first.items() if k.startswith("sweep.")},
         "score_name": first["score_name"],
     }
+
+
+def pretraining_arms(spec: StudySpec) -> set[str]:
+    """Arms that another arm starts from (``init_from``): their runs are a stage of that arm's training, not a
+    contender (and in a transfer study they are scored at another resolution)."""
+    return {arm.init_from for arm in spec.arms if arm.init_from}
 
 
 def _has_value(value: Any) -> bool:
@@ -193,6 +200,8 @@ def render(spec: StudySpec, rows: list[dict[str, Any]], machine: str, chance: fl
     conditional accuracy of a guess (default 1 / the dataset's classes)."""
     finals = final_rows(rows)
     summaries = [arm_summary(group) for group in finals.values()]
+    sources = pretraining_arms(spec)
+    ranked_rows = [row for row in rows if row["arm"] not in sources]
     level = chance_level(rows, chance)
     learnings = {label: learning(group, level) for label, group in finals.items()}
     with_accuracy = any(seen is not None for seen in learnings.values())
@@ -228,12 +237,17 @@ def render(spec: StudySpec, rows: list[dict[str, Any]], machine: str, chance: fl
         lines.append(f"An arm is *not learned yet* when the 95% Clopper-Pearson interval of its final conditional "
                      f"accuracy (the seeds' samples pooled) is not wholly above chance ({level:.3f}); such arms are "
                      "left out of every ranking.")
+    if sources:
+        lines.append(f"Pre-training arms ({', '.join(sorted(sources))}: other arms start from their weights through "
+                     "`init_from`) are shown for reference and left out of every ranking and budget; their training "
+                     "FLOPs and wall-clock are counted in the arms that start from them.")
     lines.append("")
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
-        groups[", ".join(f"{k}={v}" for k, v in s["sweep"].items())].append(s)
+        if s["arm"] not in sources:
+            groups[", ".join(f"{k}={v}" for k, v in s["sweep"].items())].append(s)
     point_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
+    for row in ranked_rows:
         point_rows[sweep_point(row)].append(row)
     for point, members in sorted(groups.items()):
         lines.append(f"## Ranking{f' at {point}' if point else ''} ({'lower' if lead.lower_is_better else 'higher'} "

@@ -41,6 +41,10 @@ def test_a_fine_tuning_arm_starts_from_its_source_and_pays_for_it(tmp_path):
     assert rows["tuned16"]["train_gflops"] == pytest.approx(budget, rel=0.1)
     pre_seconds = rows["pre8"]["wall_s"]
     assert rows["tuned16"]["wall_s"] > pre_seconds  # its own training plus the pre-training's
+    summary = (tmp_path / "tiny" / "summary.md").read_text()
+    table, rankings = summary.split("## Ranking", 1)
+    assert "| pre8 |" in table and "Pre-training arms (pre8:" in table  # shown, but a stage of tuned16's training
+    assert "pre8" not in rankings and "tuned16" in rankings and "scratch16" in rankings
 
 
 @pytest.mark.parametrize(("arms", "message"), [
