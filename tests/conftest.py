@@ -7,7 +7,9 @@ from hypothesis import settings
 
 from backbones.registry import list_backbones
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread per test process when pytest-xdist runs several side by side (more busy threads than cores make
+# OpenMP spin), two otherwise.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 # Training and sampling in the tests take this fixed count instead of timing thread counts (threads=auto does
 # that, unless OMP_NUM_THREADS pins the count): fewer steps at two threads, which spin on a busy machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -89,9 +89,12 @@ def _load(capability: str):
 
     flags = ["-O3", "-ffp-contract=fast", "-fopenmp", *_ISA_FLAGS.get(capability, [])]
     # torch's cache key covers the listed sources and the flags, not the shared header nor torch itself: a
-    # digest of all three files and the torch version in the name keep a stale build from being loaded.
+    # digest of all three files and the torch version in the name keep a stale build from being loaded.  The
+    # folder the sources live in is in the digest too: the build file names the sources by path, so two
+    # checkouts sharing one build folder would rebuild it (about a minute) each time the other one loads it.
     version = re.sub(r"\W", "_", torch.__version__)
-    digest = hashlib.sha256(b"".join(path.read_bytes() for path in (SOURCE, CONV_SOURCE, HEADER))).hexdigest()
+    contents = b"".join(path.read_bytes() for path in (SOURCE, CONV_SOURCE, HEADER))
+    digest = hashlib.sha256(str(SOURCE.parent.resolve()).encode() + b"\0" + contents).hexdigest()
     return load(
         name=f"archbench_cpu_scan_{capability.lower()}_torch{version}_{digest[:10]}",
         sources=[str(SOURCE), str(CONV_SOURCE)],
