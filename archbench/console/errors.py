@@ -8,7 +8,9 @@ stopped by signal N after writing its checkpoint (130 for Ctrl-C, 143 for SIGTER
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,22 @@ def fail(program: str, message: BaseException | str) -> int:
     return EXIT_FAILURE
 
 
+def _note_sigint(received: list[int]) -> Any:
+    """In place of Python's default SIGINT handler, one that records the signal and raises KeyboardInterrupt as
+    the default does; returns the handler it replaced, or None where it installed nothing (off the main thread,
+    or when SIGINT is ignored or already handled by someone else)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, on_sigint)
+
+
 def interruptible(program: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorate a command's ``main`` so Ctrl-C outside the training loop (while importing, loading data,
     sampling) ends with one line and exit code 130 instead of a traceback (the loop itself checkpoints first)."""
@@ -44,12 +62,24 @@ def interruptible(program: str) -> Callable[[Callable[..., int]], Callable[..., 
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args: Any, **kwargs: Any) -> int:
+            received: list[int] = []
+            previous = _note_sigint(received)
             try:
                 return main(*args, **kwargs)
             except KeyboardInterrupt as exc:  # its message, when there is one, says what was kept
                 detail = one_line(exc) if str(exc).strip() else ""
                 print(f"{program}: interrupted (Ctrl-C)" + (f"; {detail}" if detail else ""), file=sys.stderr)
                 return EXIT_INTERRUPTED
+            except Exception:
+                # Ctrl-C inside an import can leave a half-imported module that fails another way (numpy's lazy
+                # attributes then recurse until RecursionError): after a Ctrl-C that error is the interruption.
+                if not received:
+                    raise
+                print(f"{program}: interrupted (Ctrl-C)", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
 
         return run
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from train_support import QUICK, REPO, cli_env, one_thread, run_train  # noqa: F401
 
 from archbench.training import checkpoint as ckpt
@@ -263,3 +264,26 @@ def test_two_signals_during_one_long_c_call_both_count():
         assert inside > 0.15, f"the C call took {inside:.2f} s, too short to hold both signals: nothing was tested"
     finally:
         signal.signal(signal.SIGINT, inherited)
+
+
+def test_an_error_that_a_ctrl_c_caused_is_reported_as_the_interruption(capsys):
+    """Ctrl-C inside an import can surface as another error (numpy's lazy attributes recursed until RecursionError
+    when CI's Ctrl-C landed in sklearn's import): after a real SIGINT, that error is the interruption, in one line.
+    Without a SIGINT the same error is not hidden."""
+    from archbench.console.errors import EXIT_INTERRUPTED, interruptible
+
+    @interruptible("archbench.demo")
+    def broken_by_ctrl_c(send: bool) -> int:
+        try:
+            if send:
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+        except KeyboardInterrupt:
+            pass
+        raise RecursionError("maximum recursion depth exceeded")
+
+    assert broken_by_ctrl_c(True) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip().splitlines() == ["archbench.demo: interrupted (Ctrl-C)"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back afterwards
+    with pytest.raises(RecursionError):
+        broken_by_ctrl_c(False)
