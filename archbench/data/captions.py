@@ -85,3 +85,15 @@ def run_conditions(data: dict[str, Any]) -> Callable[[Tensor], Tensor] | None:
 
     table, name = load_caption_features(path), str(data["name"])
     return lambda tokens: table.for_tokens(name, tokens)
+
+
+def split_captions(data: dict[str, Any], split: str, n: int) -> tuple[Tensor, Tensor]:
+    """For a run whose config's data section is ``data``: the caption tokens of ``split``'s first ``n`` examples
+    (what scores and labels read) and what the model takes for them (the tokens, or their features)."""
+    from archbench.data.catalog import build_dataset
+
+    name = str(data["name"])
+    dataset = with_caption_features(build_dataset(name, root=data.get("root"), split=split), name,
+                                    data.get("caption_features"))
+    tokens = first_captions(dataset, n)
+    return tokens, model_conditions(dataset, tokens)

@@ -216,15 +216,11 @@ def _draw(request: EvalRequest, run: LoadedRun, device: Any) -> dict[str, Any]:
 def _split_captions(data: dict[str, Any], split: str, n: int) -> tuple[Any, Any]:
     """The caption tokens of ``split``'s first ``n`` examples (what the score reads) and what the model takes for
     them (the same tokens, or their precomputed features)."""
-    from archbench.data import build_dataset
-    from archbench.data.captions import first_captions, model_conditions, with_caption_features
+    from archbench.data.captions import split_captions
 
     name = str(data["name"])
     try:
-        dataset = build_dataset(name, root=data.get("root"), split=split)
-        dataset = with_caption_features(dataset, name, data.get("caption_features"))
-        tokens = first_captions(dataset, n)
-        return tokens, model_conditions(dataset, tokens)
+        return split_captions(data, split, n)
     except ValueError as exc:
         raise EvalError(f"num_samples={n}, ref_split={split} of {name}: {one_line(exc)}") from None
 

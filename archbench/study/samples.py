@@ -73,14 +73,10 @@ def _row(checkpoint: str, grid: GridSpec, eval_spec: EvalSpec) -> Row:
 
 def _captions(data: dict[str, Any], split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """Caption tokens of ``split``'s first ``n`` examples, what the model takes for them, and their texts."""
-    from archbench.data import build_dataset
-    from archbench.data.captions import decode_captions, first_captions, model_conditions, with_caption_features
+    from archbench.data.captions import decode_captions, split_captions
 
-    name = str(data["name"])
-    dataset = with_caption_features(build_dataset(name, root=data.get("root"), split=split), name,
-                                    data.get("caption_features"))
-    tokens = first_captions(dataset, n)
-    return tokens, model_conditions(dataset, tokens), tuple(decode_captions(name, tokens))
+    tokens, conditions = split_captions(data, split, n)
+    return tokens, conditions, tuple(decode_captions(str(data["name"]), tokens))
 
 
 def _common_shape(rows: list[torch.Tensor]) -> list[torch.Tensor]:
