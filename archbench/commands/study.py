@@ -24,7 +24,8 @@ and exits without training. Re-running the same command resumes unfinished runs 
 evaluations."""
 WRITES = """\
 Writes study_dir/results.csv, tune.csv and tune/ (with a tune section), summary.md, fd_vs_compute.png,
-fd_vs_wallclock.png, cond_acc_vs_compute.png, cond_acc_vs_wallclock.png, fd_vs_params.png, fd_vs_gmacs.png,
+fd_vs_wallclock.png, cond_acc_vs_compute.png, cond_acc_vs_wallclock.png (and <metric>_vs_compute.png,
+<metric>_vs_wallclock.png for every other metric the study records), fd_vs_params.png, fd_vs_gmacs.png,
 fd_vs_<swept key>.png, samples.png, and runs/<arm>-s<seed>/ (ordinary training runs).
 Exit codes: 0 done, 1 a bad study or a failed run (one line each), 130 Ctrl-C."""
 

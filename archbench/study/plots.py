@@ -1,10 +1,13 @@
 """The study's pictures, drawn from ``results.csv`` and written beside it.
 
-FD against training compute (log x) and against wall-clock: one line per arm, the mean over seeds, the band
-spanning the seeds' min..max; the same two for conditional accuracy (with chance dashed) when a classifier scored
-the samples, since an FD gap between arms that sample at chance says nothing about conditioning.  Final FD against
-params and against GMACs, with 95% intervals.  For a sweep, final FD against each swept value, one line per arm
-(the DiS paper's depth / width / token figures).
+Every metric of the metrics table (:data:`archbench.evaluation.metrics.METRICS`) that has a ``results.csv`` column
+holding at least one number is drawn against training compute (log x) and against wall-clock: one line per arm,
+the mean over seeds, the band spanning the seeds' min..max, the y axis named by the metric's label (FD by the
+rows' ``score_name``, FD or FID).  The files are ``<column>_vs_compute.png`` and ``<column>_vs_wallclock.png``
+(``fd_vs_*`` first, then the table's order), except conditional accuracy's, ``cond_acc_vs_*``, which also draw
+chance dashed, since an FD gap between arms that sample at chance says nothing about conditioning.  Final FD
+against params and against GMACs, with 95% intervals.  For a sweep, final FD against each swept value, one line
+per arm (the DiS paper's depth / width / token figures).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from archbench.evaluation.metrics import HEADLINE, METRICS, Metric
 from archbench.study.readings import chance_level, number
 from archbench.study.summary import arm_summary, final_rows
 
@@ -106,25 +110,44 @@ def _sweep_plot(rows: list[dict[str, Any]], key: str, path: Path, title: str) ->
     return _finish(plt, fig, ax, rows, key, title, "final FD, 95% interval over seeds", path, log_x=False)
 
 
+CURVE_AXES = (  # x column, axis label, file-name suffix, title words
+    ("train_gflops", "training compute (GFLOPs)", "compute", "training compute"),
+    ("wall_s", "training wall-clock (s)", "wallclock", "wall-clock"),
+)
+FILE_STEMS = {"cond_accuracy": "cond_acc"}  # the names studies have always written; other metrics use their column
+CHANCE_METRIC = "cond_accuracy"  # the metric whose curves draw the accuracy of a guess
+
+
+def _plotted_metrics(rows: list[dict[str, Any]]) -> list[Metric]:
+    """The table's metrics with a column holding a number in ``rows``, in table order: a metric this study did not
+    compute (no classifier, no captions, no Inception features) would only give an empty picture."""
+    return [m for m in METRICS.values()
+            if m.column and any(number(row.get(m.column)) is not None for row in rows)]
+
+
+def _metric_curves(rows: list[dict[str, Any]], folder: Path, study: str, metric: Metric,
+                   chance: float | None) -> list[Path]:
+    """``metric`` against each of :data:`CURVE_AXES`. The headline's y label is left to :func:`_finish`, which
+    takes the rows' ``score_name``: FD on Inception features is FID, which the table's label cannot know."""
+    column = metric.column
+    if column is None:  # not in results.csv: nothing to draw
+        return []
+    stem = FILE_STEMS.get(metric.name, column)
+    ylabel = None if metric.name == HEADLINE else metric.label
+    level = chance_level(rows, chance) if metric.name == CHANCE_METRIC else None
+    return [_curve_plot(rows, x_key, xlabel, folder / f"{stem}_vs_{suffix}.png",
+                        f"{study}: {metric.label} against {what}", metric=column, ylabel=ylabel, chance=level)
+            for x_key, xlabel, suffix, what in CURVE_AXES]
+
+
 def write_plots(rows: list[dict[str, Any]], folder: str | Path, study: str, chance: float | None = None) -> list[Path]:
-    """Every plot of the study; returns the files written. ``chance`` is the conditional accuracy of a guess
-    (default 1 / the dataset's classes, see :func:`archbench.study.readings.chance_level`)."""
+    """Every plot of the study; returns the files written: each plotted metric's curves (table order, FD first),
+    then the final-FD plots. ``chance`` is the conditional accuracy of a guess (default 1 / the dataset's classes,
+    see :func:`archbench.study.readings.chance_level`)."""
     folder = Path(folder)
     if not rows:
         return []
-    paths = [
-        _curve_plot(rows, "train_gflops", "training compute (GFLOPs)", folder / "fd_vs_compute.png",
-                    f"{study}: FD against training compute"),
-        _curve_plot(rows, "wall_s", "training wall-clock (s)", folder / "fd_vs_wallclock.png",
-                    f"{study}: FD against wall-clock"),
-    ]
-    if any(number(row.get("cond_accuracy")) is not None for row in rows):
-        level = chance_level(rows, chance)
-        for x_key, xlabel, name, what in (("train_gflops", "training compute (GFLOPs)", "compute", "training compute"),
-                                          ("wall_s", "training wall-clock (s)", "wallclock", "wall-clock")):
-            paths.append(_curve_plot(rows, x_key, xlabel, folder / f"cond_acc_vs_{name}.png",
-                                     f"{study}: conditional accuracy against {what}", metric="cond_accuracy",
-                                     ylabel="conditional accuracy", chance=level))
+    paths = [path for metric in _plotted_metrics(rows) for path in _metric_curves(rows, folder, study, metric, chance)]
     paths += [
         _final_plot(rows, "params", "parameters", folder / "fd_vs_params.png", f"{study}: final FD against size"),
         _final_plot(rows, "gmacs", "forward GMACs per image", folder / "fd_vs_gmacs.png",

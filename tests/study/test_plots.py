@@ -1,0 +1,70 @@
+"""The study's curves: one pair of pictures per metric column that holds a number, on hand-made results rows."""
+
+from __future__ import annotations
+
+import math
+
+from archbench.study.plots import _curves, write_plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CURVES = ["fd_vs_compute.png", "fd_vs_wallclock.png", "cond_acc_vs_compute.png", "cond_acc_vs_wallclock.png",
+          "composition_vs_compute.png", "composition_vs_wallclock.png"]
+FINALS = ["fd_vs_params.png", "fd_vs_gmacs.png"]
+
+# (arm, seed, step) -> composition: a's seeds 0.25 / 0.75 at step 5, 0.5 / 1.0 at 10; b's 0.0 / 0.5, 0.25 / 0.25
+COMPOSITION = {("a", 0, 5): 0.25, ("a", 1, 5): 0.75, ("a", 0, 10): 0.5, ("a", 1, 10): 1.0,
+               ("b", 0, 5): 0.0, ("b", 1, 5): 0.5, ("b", 0, 10): 0.25, ("b", 1, 10): 0.25}
+
+
+def _rows(**extra):
+    """2 arms x 2 seeds x 2 steps of a captions study; seed 1 ran 10% more GFLOPs and 2 s longer than seed 0."""
+    rows = []
+    for (arm, seed, step), composition in COMPOSITION.items():
+        rows.append({"arm": arm, "label": arm, "backbone": f"{arm}_t2", "seed": seed, "step": step, "steps": 10,
+                     "train_gflops": 100.0 * step * (1 + 0.1 * seed), "wall_s": 2.0 * step + 2.0 * seed,
+                     "params": 1000 if arm == "a" else 1010, "gmacs": 0.01, "score_name": "FD",
+                     "dataset": "fashion_mnist", "fd": 40.0 - step + seed, "cond_accuracy": 0.3 + 0.01 * step,
+                     "composition": composition, "num_samples": 100, **extra})
+    return rows
+
+
+def _assert_pngs(paths):
+    for path in paths:
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, path
+
+
+def test_a_captions_study_gets_composition_curves(tmp_path):
+    paths = write_plots(_rows(), tmp_path, "captions")
+    assert [p.name for p in paths] == CURVES + FINALS
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(CURVES + FINALS)  # nothing else written
+    _assert_pngs(paths)
+
+
+def test_empty_metric_columns_get_no_picture(tmp_path):
+    paths = write_plots(_rows(precision=None, recall=math.nan, kid=None), tmp_path, "captions")
+    assert [p.name for p in paths] == CURVES + FINALS
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("precision", "recall", "kid"))]
+
+
+def test_every_metric_with_a_number_is_drawn_in_table_order(tmp_path):
+    rows = _rows(precision=0.6, kid=None)
+    rows[3]["kid"] = 0.002  # one number is enough
+    paths = write_plots(rows, tmp_path, "captions")
+    assert [p.name for p in paths] == [
+        "fd_vs_compute.png", "fd_vs_wallclock.png", "precision_vs_compute.png", "precision_vs_wallclock.png",
+        *CURVES[2:], "kid_vs_compute.png", "kid_vs_wallclock.png", *FINALS]
+    _assert_pngs(paths)
+
+
+def test_composition_curve_is_the_mean_and_range_over_seeds():
+    rows = _rows()
+    compute = _curves(rows, "train_gflops", "composition")
+    # x: the seeds' mean GFLOPs, 500 and 550 at step 5, 1000 and 1100 at step 10
+    assert compute["a"] == ([525.0, 1050.0], [0.5, 0.75], [0.25, 0.5], [0.75, 1.0])
+    assert compute["b"] == ([525.0, 1050.0], [0.25, 0.25], [0.0, 0.25], [0.5, 0.25])
+    wall = _curves(rows, "wall_s", "composition")
+    assert wall["a"][0] == [11.0, 21.0] and wall["a"][1:] == compute["a"][1:]
+    rows[0]["composition"] = None  # a seed without a score is left out of its step's mean, min and max
+    assert _curves(rows, "train_gflops", "composition")["a"] == ([550.0, 1050.0], [0.75, 0.75], [0.75, 0.5],
+                                                                   [0.75, 1.0])
