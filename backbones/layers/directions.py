@@ -56,6 +56,10 @@ class ScanDirections(nn.Module):
     def __len__(self) -> int:
         return len(self.kinds)
 
+    def reversed(self, index: int) -> bool:
+        """Whether direction ``index`` is the sequence read backwards, which a scan can do in place of a flip."""
+        return self.kinds[index] == FLIP
+
     def reorder(self, tensor: torch.Tensor, index: int, dim: int = -1, undo: bool = False) -> torch.Tensor:
         """``tensor`` along ``dim`` in direction ``index``'s scan order (``undo``: back to token order)."""
         kind = self.kinds[index]

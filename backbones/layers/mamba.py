@@ -2,8 +2,9 @@
 
 One shared input projection gives x and the gate z; each direction has its own
 depthwise causal conv, input-dependent (dt, B, C) projection, A and D, and runs a
-selective scan.  The backward direction scans the flipped sequence and is flipped
-back; both are gated by silu(z), summed and projected out.  Parameter names follow
+selective scan.  The backward direction scans the sequence from its last token to its first
+(the conv and the scan read backwards in place: the result of flipping, scanning and flipping back, without
+the copies); both are gated by silu(z), summed and projected out.  Parameter names follow
 the official code (``A_b_log``, ``conv1d_b``, ...) so released weights load as they are.
 
 Other scan orders (:mod:`backbones.layers.scan_order`) give one to four directions, each a
@@ -111,15 +112,17 @@ class BiMamba(nn.Module):
             getattr(self, f"D{suffix}"),
         )
 
-    def scan_direction(self, x: torch.Tensor, z: torch.Tensor, backward: bool | str = False) -> torch.Tensor:
-        """One direction on (B, d_inner, L) inputs, in the given order; returns the gated scan output.
+    def scan_direction(self, x: torch.Tensor, z: torch.Tensor, backward: bool | str = False,
+                       reverse: bool = False) -> torch.Tensor:
+        """One direction on (B, d_inner, L) inputs, in the given order (``reverse``: read from the last token
+        to the first); returns the gated scan output, in the inputs' token order.
 
         Works best on ``transpose(1, 2)`` views of token-layout tensors (what :meth:`forward` passes): the
         scan then runs without a transpose, and its output is such a view too.
         """
         conv, x_proj, dt_proj, a_log, d_skip = self.direction_params(backward)
         # The conv in token layout (B, L, d_inner): no transposes, and much faster than nn.Conv1d on CPU.
-        x = causal_conv1d(x.transpose(1, 2), conv.weight[:, 0], conv.bias, silu=True)
+        x = causal_conv1d(x.transpose(1, 2), conv.weight[:, 0], conv.bias, silu=True, reverse=reverse)
         dt, b, c = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight)
         return selective_scan(
@@ -133,6 +136,7 @@ class BiMamba(nn.Module):
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
             impl=self.scan,
+            reverse=reverse,
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -141,10 +145,14 @@ class BiMamba(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # token layout (B, L, d_inner) each
         total = None
         for index, suffix in enumerate(self.suffixes):
-            ordered = self.directions.reorder
-            x_dir, z_dir = ordered(x, index, dim=1), ordered(z, index, dim=1)
-            out = self.scan_direction(x_dir.transpose(1, 2), z_dir.transpose(1, 2), suffix).transpose(1, 2)
-            out = ordered(out, index, dim=1, undo=True)
+            if self.directions.reversed(index):  # read backwards in place: no flipped copies
+                out = self.scan_direction(x.transpose(1, 2), z.transpose(1, 2), suffix, reverse=True)
+                out = out.transpose(1, 2)
+            else:
+                ordered = self.directions.reorder
+                x_dir, z_dir = ordered(x, index, dim=1), ordered(z, index, dim=1)
+                out = self.scan_direction(x_dir.transpose(1, 2), z_dir.transpose(1, 2), suffix).transpose(1, 2)
+                out = ordered(out, index, dim=1, undo=True)
             total = out if total is None else total + out
         if self.merge == "mean":
             total = total / len(self.suffixes)

@@ -7,8 +7,10 @@ times faster than the depthwise convolution (whose backward in particular is slo
 transpose of the token-layout activations.  ``silu=True`` applies the SiLU that follows it in every Mamba
 block inside the op.  With the compiled CPU kernel available (``cpu_kernel.py``; fp32/fp64 on the CPU) the op
 runs ``cpu_conv.cpp``, one fused pass forward and one backward (the pre-activation recomputed, never stored);
-otherwise the PyTorch ops below.  A registered custom op, so the FLOP counter can price it
-(``causal_conv1d_macs``) and torch.compile / torch.export see one node.
+otherwise the PyTorch ops below.  ``reverse=True`` convolves over the following tokens instead
+(``x[:, t + (K-1) - k]``, zeros after the end): the causal conv of the flipped sequence, flipped back, which the
+compiled kernel computes without copying anything (DiS's backward scan direction).  A registered custom op, so
+the FLOP counter can price it (``causal_conv1d_macs``) and torch.compile / torch.export see one node.
 """
 
 from __future__ import annotations
@@ -54,24 +56,29 @@ def _preactivation(x: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
     return y if bias is None else y.add_(bias)
 
 
+def _time_flipped(t: Tensor, reverse: bool) -> Tensor:
+    """The PyTorch ops' route to ``reverse``: the causal conv of the flipped sequence, flipped back."""
+    return t.flip(1) if reverse else t
+
+
 @torch.library.custom_op("backbones::causal_conv1d", mutates_args=())
-def _causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+def _causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool, reverse: bool) -> Tensor:
     taps = weight.t().contiguous()
     module = _compiled(x)
     if module is not None:
-        return module.conv_forward(x, taps, bias, silu)
-    y = _preactivation(x, taps, bias)
-    return torch.nn.functional.silu(y) if silu else y
+        return module.conv_forward(x, taps, bias, silu, reverse)
+    y = _preactivation(_time_flipped(x, reverse), taps, bias)
+    return _time_flipped(torch.nn.functional.silu(y) if silu else y, reverse)
 
 
 @_causal_conv1d.register_fake
-def _causal_conv1d_fake(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+def _causal_conv1d_fake(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool, reverse: bool) -> Tensor:
     return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("backbones::causal_conv1d_backward", mutates_args=())
 def _causal_conv1d_backward(gy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, has_bias: bool,
-                            silu: bool) -> tuple[Tensor, Tensor, Tensor]:
+                            silu: bool, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of x, weight and bias (zeros when there is no bias); ``bias`` is needed only to recompute the
     pre-activation under ``silu``."""
     L, K = x.shape[1], weight.shape[1]
@@ -79,9 +86,10 @@ def _causal_conv1d_backward(gy: Tensor, x: Tensor, weight: Tensor, bias: Tensor 
     gy = gy.contiguous()
     module = _compiled(x)
     if module is not None:
-        g_x, g_taps, g_b = module.conv_backward(gy, x, taps, bias, silu)
+        g_x, g_taps, g_b = module.conv_backward(gy, x, taps, bias, silu, reverse)
         g_b = g_b if has_bias else weight.new_zeros(weight.shape[0])
         return g_x, g_taps.t().contiguous().to(weight.dtype), g_b.to(weight.dtype)
+    gy, x = _time_flipped(gy, reverse), _time_flipped(x, reverse)
     if silu:  # d silu(a) / da = s (1 + a (1 - s)), s = sigmoid(a), at the recomputed pre-activation a
         a = _preactivation(x, taps, bias)
         s = torch.sigmoid(a)
@@ -96,24 +104,24 @@ def _causal_conv1d_backward(gy: Tensor, x: Tensor, weight: Tensor, bias: Tensor 
             g_taps.append(taps.new_zeros(taps.shape[1]))
     g_w = torch.stack(g_taps[::-1], dim=1)
     g_b = gy.sum((0, 1)) if has_bias else weight.new_zeros(weight.shape[0])
-    return g_x, g_w.to(weight.dtype), g_b.to(weight.dtype)
+    return _time_flipped(g_x, reverse), g_w.to(weight.dtype), g_b.to(weight.dtype)
 
 
 @_causal_conv1d_backward.register_fake
-def _causal_conv1d_backward_fake(gy, x, weight, bias, has_bias, silu):
+def _causal_conv1d_backward_fake(gy, x, weight, bias, has_bias, silu, reverse):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
 def _setup(ctx, inputs, output) -> None:
-    x, weight, bias, silu = inputs
+    x, weight, bias, silu, reverse = inputs
     ctx.save_for_backward(x, weight, bias)
-    ctx.has_bias, ctx.silu = bias is not None, silu
+    ctx.has_bias, ctx.silu, ctx.reverse = bias is not None, silu, reverse
 
 
 def _grad(ctx, gy: Tensor):
     x, weight, bias = ctx.saved_tensors
-    g_x, g_w, g_b = _causal_conv1d_backward(gy, x, weight, bias, ctx.has_bias, ctx.silu)
-    return g_x, g_w, g_b if ctx.has_bias else None, None
+    g_x, g_w, g_b = _causal_conv1d_backward(gy, x, weight, bias, ctx.has_bias, ctx.silu, ctx.reverse)
+    return g_x, g_w, g_b if ctx.has_bias else None, None, None
 
 
 def _no_double_backward(ctx, *grads: Tensor):
@@ -124,13 +132,14 @@ _causal_conv1d.register_autograd(_grad, setup_context=_setup)
 _causal_conv1d_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = False) -> Tensor:
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = False,
+                  reverse: bool = False) -> Tensor:
     """Depthwise causal convolution of token-layout ``x (batch, L, channels)`` with ``weight (channels, K)``,
-    followed by a SiLU when ``silu``.
+    followed by a SiLU when ``silu``; ``reverse``: over the following tokens (the sequence read backwards).
 
     Computes in ``x``'s dtype promoted with the weight's (so under autocast a bf16 x meets fp32 weights
     in fp32), and returns that dtype.
     """
     _check(x, weight, bias)
     dtype = torch.promote_types(x.dtype, weight.dtype)
-    return _causal_conv1d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), silu)
+    return _causal_conv1d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), silu, reverse)

@@ -5,6 +5,10 @@
 //   y          = a                  (silu = false)
 //   y          = a * sigmoid(a)     (silu = true)
 //
+// reverse = true convolves over the following tokens instead (x[b, t + (K-1) - k], zeros after the end): the
+// causal conv of the flipped sequence, flipped back, without the copies, for DiS's backward scan direction.
+// x is then read from its last row with a negated time stride; outputs and gradients stay in token order.
+//
 // In PyTorch ops this is K shifted multiply-adds, a SiLU and, in the backward pass, 2K+3 more passes over
 // (batch, L, channels) tensors; here each token is one pass over its channels in SIMD vectors (cpu_vec.h: the
 // sigmoid from exp(-|a|), as the scan's gate computes it), and the pre-activation is never stored: the
@@ -43,9 +47,12 @@ template <typename T>
 struct Conv {
   int64_t L, C, K, sb, sl;
   const T *x, *taps, *bias;
-  Conv(const at::Tensor& x_, const at::Tensor& taps_, const c10::optional<at::Tensor>& bias_)
-      : L(x_.size(1)), C(x_.size(2)), K(taps_.size(0)), sb(x_.stride(0)), sl(x_.stride(1)),
-        x(x_.data_ptr<T>()), taps(taps_.data_ptr<T>()), bias(bias_ ? bias_->data_ptr<T>() : nullptr) {}
+  bool reverse;
+  Conv(const at::Tensor& x_, const at::Tensor& taps_, const c10::optional<at::Tensor>& bias_, bool reverse_)
+      : L(x_.size(1)), C(x_.size(2)), K(taps_.size(0)), sb(x_.stride(0)), sl(reverse_ ? -x_.stride(1) : x_.stride(1)),
+        x(x_.data_ptr<T>() + (reverse_ ? (x_.size(1) - 1) * x_.stride(1) : 0)), taps(taps_.data_ptr<T>()),
+        bias(bias_ ? bias_->data_ptr<T>() : nullptr), reverse(reverse_) {}
+  int64_t row(int64_t t) const { return reverse ? L - 1 - t : t; }  // where timestep t lives in token order
 };
 
 // The pre-activation of token t at channels [c, c + nv): bias + sum_k taps[k] * x[t - (K-1) + k].
@@ -61,11 +68,11 @@ inline typename M::V preactivation(const typename M::T* x, int64_t sl, int64_t t
 
 template <typename T>
 void forward_tokens(const at::Tensor& x, const at::Tensor& taps, const c10::optional<at::Tensor>& bias, bool silu,
-                    at::Tensor& y) {
+                    bool reverse, at::Tensor& y) {
   using M = typename MathOf<T>::type;
   using V = typename M::V;
   constexpr int W = sizeof(V) / sizeof(T);
-  const Conv<T> p(x, taps, bias);
+  const Conv<T> p(x, taps, bias, reverse);
   T* yp = y.data_ptr<T>();
   at::parallel_for(0, x.size(0) * p.L, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t it = lo; it < hi; ++it) {
@@ -74,7 +81,7 @@ void forward_tokens(const at::Tensor& x, const at::Tensor& taps, const c10::opti
         const int nv = static_cast<int>(std::min<int64_t>(W, p.C - c));
         V a = preactivation<M>(p.x + b * p.sb, p.sl, t, p.taps, p.bias, p.K, p.C, c, nv);
         if (silu) a = a * M::sigmoid_from(a, M::exp_neg_abs(a));
-        storev(yp + it * p.C + c, a, nv);
+        storev(yp + (b * p.L + p.row(t)) * p.C + c, a, nv);
       }
     }
   });
@@ -82,12 +89,12 @@ void forward_tokens(const at::Tensor& x, const at::Tensor& taps, const c10::opti
 
 template <typename T>
 void backward_batch(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& taps,
-                    const c10::optional<at::Tensor>& bias, bool silu, at::Tensor& gx, at::Tensor& gtaps_part,
-                    at::Tensor& gbias_part) {
+                    const c10::optional<at::Tensor>& bias, bool silu, bool reverse, at::Tensor& gx,
+                    at::Tensor& gtaps_part, at::Tensor& gbias_part) {
   using M = typename MathOf<T>::type;
   using V = typename M::V;
   constexpr int W = sizeof(V) / sizeof(T);
-  const Conv<T> p(x, taps, bias);
+  const Conv<T> p(x, taps, bias, reverse);
   const int64_t L = p.L, C = p.C, K = p.K, sl = p.sl;
   const T *tp = p.taps, *bp = p.bias;
   const T* gp = gy.data_ptr<T>();
@@ -100,7 +107,7 @@ void backward_batch(const at::Tensor& gy, const at::Tensor& x, const at::Tensor&
       for (int64_t t = 0; t < L; ++t) {
         for (int64_t c = 0; c < C; c += W) {
           const int nv = static_cast<int>(std::min<int64_t>(W, C - c));
-          V ga = loadv<V>(gp + (b * L + t) * C + c, nv);
+          V ga = loadv<V>(gp + (b * L + p.row(t)) * C + c, nv);
           if (silu) {  // d silu(a) / da = s (1 + a (1 - s)), s = sigmoid(a)
             const V a = preactivation<M>(xb, sl, t, tp, bp, K, C, c, nv);
             const V s = M::sigmoid_from(a, M::exp_neg_abs(a));
@@ -110,7 +117,7 @@ void backward_batch(const at::Tensor& gy, const at::Tensor& x, const at::Tensor&
           for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
             const int64_t src = t - (K - 1) + k;
             T* gwk = gw + k * C + c;
-            T* gxs = gxb + src * C + c;
+            T* gxs = gxb + p.row(src) * C + c;
             storev(gwk, loadv<V>(gwk, nv) + loadv<V>(xb + src * sl + c, nv) * ga, nv);
             storev(gxs, loadv<V>(gxs, nv) + loadv<V>(tp + k * C + c, nv) * ga, nv);
           }
@@ -123,18 +130,18 @@ void backward_batch(const at::Tensor& gy, const at::Tensor& x, const at::Tensor&
 }  // namespace
 
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& taps, const c10::optional<at::Tensor>& bias,
-                        bool silu) {
+                        bool silu, bool reverse) {
   check_conv(x, taps, bias);
   auto y = at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv_forward", [&] {
-    forward_tokens<scalar_t>(x, taps, bias, silu, y);
+    forward_tokens<scalar_t>(x, taps, bias, silu, reverse, y);
   });
   return y;
 }
 
 // Gradients of x, taps (K, channels) and bias from the output's gradient gy (batch, L, channels).
 std::vector<at::Tensor> conv_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& taps,
-                                      const c10::optional<at::Tensor>& bias, bool silu) {
+                                      const c10::optional<at::Tensor>& bias, bool silu, bool reverse) {
   check_conv(x, taps, bias);
   TORCH_CHECK(gy.sizes() == x.sizes() && gy.is_contiguous() && gy.scalar_type() == x.scalar_type(),
               "cpu causal conv: the output's gradient must be a contiguous tensor of x's shape and dtype");
@@ -143,7 +150,7 @@ std::vector<at::Tensor> conv_backward(const at::Tensor& gy, const at::Tensor& x,
   auto gtaps_part = at::zeros({batch, K, C}, x.options());
   auto gbias_part = at::zeros({batch, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv_backward", [&] {
-    backward_batch<scalar_t>(gy, x, taps, bias, silu, gx, gtaps_part, gbias_part);
+    backward_batch<scalar_t>(gy, x, taps, bias, silu, reverse, gx, gtaps_part, gbias_part);
   });
   return {gx, gtaps_part.sum(0), gbias_part.sum(0)};
 }

@@ -179,14 +179,16 @@ def _require():
 @torch.library.custom_op("backbones::cpu_scan", mutates_args=())
 def cpu_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
-    delta_bias: Tensor | None, delta_softplus: bool, chunk: int,
+    delta_bias: Tensor | None, delta_softplus: bool, chunk: int, reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(out, last state, checkpoints)`` of token-layout inputs: ``u, delta, z: (batch, L, d_inner)`` with unit
     stride along d_inner, ``A: (d_inner, N)``, ``B, C: (batch, L, groups, N)`` (any strides), ``D, delta_bias:
     (d_inner,)``; out ``(batch, L, d_inner)``, last ``(batch, d_inner, N)``, checkpoints ``(batch, channel
     blocks, chunks - 1, N, lanes)``: the states every ``chunk`` steps the backward pass restarts from (the
-    first chunk starts from zeros)."""
-    out, last, checkpoints = _require().scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+    first chunk starts from zeros).  ``reverse``: scan from the last token to the first (outputs in token order)."""
+    out, last, checkpoints = _require().scan_forward(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse
+    )
     return out, last, checkpoints
 
 
@@ -197,7 +199,7 @@ def _lanes(dtype: torch.dtype) -> int:
 
 
 @cpu_scan.register_fake
-def _cpu_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
+def _cpu_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse):
     batch, L, d_inner = u.shape
     N, groups, lanes = A.shape[1], B.shape[2], _lanes(u.dtype)
     blocks = groups * ((d_inner // groups + lanes - 1) // lanes)
@@ -210,16 +212,18 @@ def _cpu_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
 def cpu_scan_backward(
     gout: Tensor, g_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
     z: Tensor | None, delta_bias: Tensor | None, checkpoints: Tensor, delta_softplus: bool, chunk: int,
+    reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of u, delta, A, B, C, D, z, delta_bias (empty tensors for absent D, z, delta_bias) given those
     of the output and of the last state."""
     return tuple(_require().scan_backward(
-        gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus, chunk
+        gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus, chunk, reverse
     ))
 
 
 @cpu_scan_backward.register_fake
-def _cpu_scan_backward_fake(gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus, chunk):
+def _cpu_scan_backward_fake(gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus, chunk,
+                            reverse):
     def optional(t: Tensor | None) -> Tensor:
         return u.new_empty(0) if t is None else t.new_empty(t.shape)
 
@@ -241,10 +245,10 @@ class CPUSelectiveScan(torch.autograd.Function):
     """The two ops as one differentiable scan: ``(out, last state)``; the checkpoints stay in the context."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, chunk: int):
-        out, last, checkpoints = cpu_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, chunk: int, reverse: bool):
+        out, last, checkpoints = cpu_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
-        ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
+        ctx.delta_softplus, ctx.chunk, ctx.reverse = delta_softplus, chunk, reverse
         return out, last
 
     @staticmethod
@@ -255,10 +259,11 @@ class CPUSelectiveScan(torch.autograd.Function):
             gout = gout.contiguous()
         g_last = g_last.to(u.dtype).contiguous()
         gu, gdelta, gA, gB, gC, gD, gz, gbias = cpu_scan_backward(
-            gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, ctx.delta_softplus, ctx.chunk
+            gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, ctx.delta_softplus, ctx.chunk,
+            ctx.reverse,
         )
         return (gu, gdelta, gA, gB, gC, None if D is None else gD, None if z is None else gz,
-                None if delta_bias is None else gbias, None, None)
+                None if delta_bias is None else gbias, None, None, None)
 
 
 def _token(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -269,11 +274,11 @@ def _token(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 def cpu_selective_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
-    delta_bias: Tensor | None, delta_softplus: bool, compute: torch.dtype,
+    delta_bias: Tensor | None, delta_softplus: bool, compute: torch.dtype, reverse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The scan on ``selective_scan``'s (batch, d_inner, L) layout with grouped (batch, groups, N, L) B and C;
     returns ``y`` (batch, d_inner, L) in ``compute`` (a transposed view of the kernel's token-layout output)
-    and the last state (batch, d_inner, N)."""
+    and the last state (batch, d_inner, N); ``reverse`` scans from the last token to the first."""
     def vector(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(compute).contiguous()
 
@@ -281,5 +286,6 @@ def cpu_selective_scan(
     out, last = CPUSelectiveScan.apply(
         _token(u, compute), _token(delta, compute), A.to(compute), B, C, vector(D),
         None if z is None else _token(z, compute), vector(delta_bias), delta_softplus, chunk_size(u.shape[-1]),
+        reverse,
     )
     return out.transpose(1, 2), last

@@ -11,6 +11,10 @@
 // copy); B, C are (batch, L, groups, N) with arbitrary strides (they are read one scalar at a time);
 // A is (d_inner, N).  Channel d reads group d / (d_inner / groups).
 //
+// Direction.  reverse = true scans from the last token to the first (DiS's backward direction) on the same
+// tensors, outputs and gradients in token order: what flipping every input along L, scanning and flipping the
+// outputs back computes, bit for bit, without the six copies of (batch, L, d_inner) tensors those flips cost.
+//
 // Vectorisation is over channels: one SIMD vector holds W neighbouring channels of one group
 // (W = 16 fp32 lanes with AVX-512), so u/delta/z/out are plain contiguous vector loads and stores,
 // each of the N state elements is one vector register (N = 16 is specialised: the whole state of a
@@ -140,6 +144,10 @@ template <typename T>
 struct Problem {
   int64_t batch, L, d, N, G, dg, K, nchunks;
   bool softplus;
+  // reverse: scan from the last token to the first.  The inputs' pointers then start at row L-1 with negated
+  // time strides, so "timestep t" reads token L-1-t; the outputs (contiguous) are written at row(t).
+  bool reverse;
+  int64_t row(int64_t t) const { return reverse ? L - 1 - t : t; }
   const T *u, *delta, *z;  // (batch, L, d), unit stride along d
   int64_t u_sb, u_sl, dl_sb, dl_sl, z_sb, z_sl;
   const T *B, *C;  // (batch, L, G, N), any strides
@@ -205,7 +213,7 @@ void forward_block(const Problem<T>& p, int64_t b, int64_t g, int64_t j, T* out,
         prefetch_row(up + (t + kPrefetch) * p.u_sl);
         prefetch_row(dp + (t + kPrefetch) * p.dl_sl);
         if (zp) prefetch_row(zp + (t + kPrefetch) * p.z_sl);
-        prefetch_for_write(op + (t + kPrefetch) * p.d);
+        prefetch_for_write(op + p.row(t + kPrefetch) * p.d);
       }
       const V x = loadv<V>(dp + t * p.dl_sl, nv) + bias;
       dls[i] = x;
@@ -243,7 +251,7 @@ void forward_block(const Problem<T>& p, int64_t b, int64_t g, int64_t j, T* out,
         const V zv = loadv<V>(zp + t * p.z_sl, nv);
         y = y * (zv * M::sigmoid_from(zv, es[i]));
       }
-      storev(op + t * p.d, y, nv);
+      storev(op + p.row(t) * p.d, y, nv);
     }
   }
   for (int64_t n = 0; n < N; ++n)
@@ -314,11 +322,11 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
     prefetch_row(p.u + b * p.u_sb + t * p.u_sl + d0);
     prefetch_row(p.delta + b * p.dl_sb + t * p.dl_sl + d0);
     prefetch_row(q.gout + b * q.go_sb + t * q.go_sl + d0);
-    prefetch_for_write(q.gu + (b * p.L + t) * p.d + d0);
-    prefetch_for_write(q.gdelta + (b * p.L + t) * p.d + d0);
+    prefetch_for_write(q.gu + (b * p.L + p.row(t)) * p.d + d0);
+    prefetch_for_write(q.gdelta + (b * p.L + p.row(t)) * p.d + d0);
     if (p.z) {
       prefetch_row(p.z + b * p.z_sb + t * p.z_sl + d0);
-      prefetch_for_write(q.gz + (b * p.L + t) * p.d + d0);
+      prefetch_for_write(q.gz + (b * p.L + p.row(t)) * p.d + d0);
     }
     if (jb == 0 && p.B_sn == 1 && p.C_sn == 1) {  // B_t, C_t: shared by the blocks, cold for the first
       prefetch_row(Bp + t * p.B_sl);
@@ -443,7 +451,7 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
         if (zp) {
           V y = ys[i];
           if (p.D) y += Dv * uv;
-          storev(q.gz + (b * p.L + t) * p.d + d0, gzf[i] * y, nv);
+          storev(q.gz + (b * p.L + p.row(t)) * p.d + d0, gzf[i] * y, nv);
         }
         gD += gy * uv;
         const V gdelta_sp = gdl * M::kDecayUnscale + gdu * uv;  // d/d(delta after softplus)
@@ -451,8 +459,8 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
         if (p.D) gu += gy * Dv;
         const V graw = gdelta_sp * sgs[i];
         gb += graw;
-        storev(q.gu + (b * p.L + t) * p.d + d0, gu, nv);
-        storev(q.gdelta + (b * p.L + t) * p.d + d0, graw, nv);
+        storev(q.gu + (b * p.L + p.row(t)) * p.d + d0, gu, nv);
+        storev(q.gdelta + (b * p.L + p.row(t)) * p.d + d0, graw, nv);
       }
       for (int64_t n = 0; n < N; ++n) {
         gcarry[jb * N + n] = gs[n];
@@ -463,8 +471,8 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
     }
     // dB, dC of the chunk: the lane sums of the block-summed partial products, W state elements at a time.
     for (int64_t i = 0; i < T_; ++i) {
-      T* gBt = q.gB + ((s * p.batch + b) * p.L + t0 + i) * p.G * N + g * N;
-      T* gCt = q.gC + ((s * p.batch + b) * p.L + t0 + i) * p.G * N + g * N;
+      T* gBt = q.gB + ((s * p.batch + b) * p.L + p.row(t0 + i)) * p.G * N + g * N;
+      T* gCt = q.gC + ((s * p.batch + b) * p.L + p.row(t0 + i)) * p.G * N + g * N;
       for (int64_t n0 = 0; n0 < N; n0 += W) {
         const int count = (int)std::min<int64_t>(W, N - n0);
         V tb[W], tc[W];
@@ -499,8 +507,9 @@ void check_token(const at::Tensor& t, const char* name, const at::Tensor& u) {
 template <typename T>
 Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A2t, const at::Tensor& B,
                         const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                        const c10::optional<at::Tensor>& bias, bool softplus, int64_t K) {
+                        const c10::optional<at::Tensor>& bias, bool softplus, int64_t K, bool reverse) {
   Problem<T> p;
+  p.reverse = reverse;
   p.batch = u.size(0);
   p.L = u.size(1);
   p.d = u.size(2);
@@ -532,6 +541,13 @@ Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::
   p.A2t = A2t.data_ptr<T>();
   p.D = D ? D->data_ptr<T>() : nullptr;
   p.bias = bias ? bias->data_ptr<T>() : nullptr;
+  if (reverse) {  // start at the last token, step back in time
+    for (auto [ptr, sl] : {std::pair<const T**, int64_t*>{&p.u, &p.u_sl}, {&p.delta, &p.dl_sl}, {&p.z, &p.z_sl},
+                           {&p.B, &p.B_sl}, {&p.C, &p.C_sl}}) {
+      if (*ptr) *ptr += (p.L - 1) * *sl;
+      *sl = -*sl;
+    }
+  }
   return p;
 }
 
@@ -573,7 +589,7 @@ at::Tensor prescaled_At(const at::Tensor& A, double scale) {
 std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                      const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
                                      const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                     bool softplus, int64_t chunk) {
+                                     bool softplus, int64_t chunk, bool reverse) {
   check_inputs(u, delta, A, B, C, D, z, bias, chunk);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = A.size(1);
   const int64_t nchunks = (L + chunk - 1) / chunk;
@@ -584,7 +600,7 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delt
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "cpu_scan_forward", [&] {
     using M = typename MathOf<scalar_t>::type;
     const at::Tensor A2t = prescaled_At(A, M::kDecayScale);
-    const Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A2t, B, C, D, z, bias, softplus, chunk);
+    const Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A2t, B, C, D, z, bias, softplus, chunk, reverse);
     const int64_t nbg = p.blocks_per_group(), items = batch * p.G * nbg;
     scalar_t *o = out.data_ptr<scalar_t>(), *l = last.data_ptr<scalar_t>(), *c = cp.data_ptr<scalar_t>();
     at::parallel_for(0, items, 1, [&](int64_t lo, int64_t hi) {
@@ -604,7 +620,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
                                       const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                                       const at::Tensor& C, const c10::optional<at::Tensor>& D,
                                       const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                      const at::Tensor& checkpoints, bool softplus, int64_t chunk) {
+                                      const at::Tensor& checkpoints, bool softplus, int64_t chunk, bool reverse) {
   check_inputs(u, delta, A, B, C, D, z, bias, chunk);
   check_token(gout, "the output's gradient", u);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = A.size(1), G = B.size(2);
@@ -627,7 +643,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "cpu_scan_backward", [&] {
     using M = typename MathOf<scalar_t>::type;
     const at::Tensor A2t = prescaled_At(A, M::kDecayScale);
-    const Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A2t, B, C, D, z, bias, softplus, chunk);
+    const Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A2t, B, C, D, z, bias, softplus, chunk, reverse);
     const int64_t nbg = p.blocks_per_group();
     const int64_t threads = at::get_num_threads();
     int64_t slabs = 1;
@@ -635,9 +651,9 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
     gB = at::empty({slabs, batch, L, G, N}, opts);
     gC = at::empty({slabs, batch, L, G, N}, opts);
     Grads<scalar_t> q;
-    q.gout = gout.data_ptr<scalar_t>();
+    q.gout = gout.data_ptr<scalar_t>() + (reverse ? (L - 1) * gout.stride(1) : 0);
     q.go_sb = gout.stride(0);
-    q.go_sl = gout.stride(1);
+    q.go_sl = reverse ? -gout.stride(1) : gout.stride(1);
     q.glast = glast.data_ptr<scalar_t>();
     q.cp = checkpoints.data_ptr<scalar_t>();
     q.gu = gu.data_ptr<scalar_t>();
@@ -672,9 +688,9 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
 
 // The depthwise causal conv (+ SiLU) in front of the scan: cpu_conv.cpp.
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& taps, const c10::optional<at::Tensor>& bias,
-                        bool silu);
+                        bool silu, bool reverse);
 std::vector<at::Tensor> conv_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& taps,
-                                      const c10::optional<at::Tensor>& bias, bool silu);
+                                      const c10::optional<at::Tensor>& bias, bool silu, bool reverse);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_forward", &conv_forward, "depthwise causal conv1d (token layout), SiLU optional: y");

@@ -38,6 +38,10 @@ Implementations (``impl``):
   :func:`resolve_impl` says which one a call would run (``archbench.report`` shows it), and the first
   ``auto`` call logs its choice once.
 
+``reverse=True`` scans from the last token to the first (the recurrence runs over ``t = L-1, ..., 0``; output in
+token order, the last state the one after token 0): DiS's backward direction.  ``cpu`` does it in the kernel,
+reading the inputs backwards; the other paths flip the inputs along L and the output back, with identical values.
+
 All paths accumulate in (at least) fp32 and return ``u``'s dtype, also under autocast.
 ``return_last_state=True`` also returns the state after the last step, ``(batch, d_inner, N)`` in fp32,
 differentiable on every path but ``mamba_ssm``: the fused kernel ignores a gradient arriving through the
@@ -165,6 +169,7 @@ def selective_scan(
     delta_softplus: bool = False,
     impl: str = "auto",
     return_last_state: bool = False,
+    reverse: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run the selective scan; see the module docstring for layouts and the recurrence.
 
@@ -174,6 +179,8 @@ def selective_scan(
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if impl == "auto":
         _announce(chosen, u.device)
+    if reverse and chosen != "cpu":
+        return _flipped_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chosen, return_last_state)
     if chosen == "mamba_ssm":
         out = mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
         if return_last_state:
@@ -192,7 +199,7 @@ def selective_scan(
     with torch.autocast(device_type=u.device.type, enabled=False):
         if chosen == "cpu":
             y, last = cpu_selective_scan(
-                u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, delta_softplus, compute
+                u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, delta_softplus, compute, reverse
             )
         elif chosen == "reference":
             y, last = _reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute)
@@ -200,6 +207,17 @@ def selective_scan(
             y, last = _fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute)
     y = y.to(out_dtype)
     return (y, last.float()) if return_last_state else y
+
+
+def _flipped_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, impl, return_last_state):
+    """``reverse`` on the paths without it built in: the forward scan of the inputs flipped along L, its output
+    flipped back."""
+    def flip(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.flip(-1)
+
+    out = selective_scan(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias, delta_softplus,
+                         impl=impl, return_last_state=return_last_state)
+    return (out[0].flip(-1), out[1]) if return_last_state else out.flip(-1)
 
 
 def _require_cpu_kernel(u: Tensor) -> None:

@@ -86,4 +86,5 @@ def test_the_compiled_kernel_gives_the_same_bits_at_every_thread_count():
 def test_the_op_passes_opcheck():
     x, weight, bias = torch.randn(2, 7, 5), torch.randn(5, 4), torch.randn(5)
     for silu in (False, True):
-        torch.library.opcheck(causal_conv._causal_conv1d, (x, weight, bias, silu))
+        for reverse in (False, True):
+            torch.library.opcheck(causal_conv._causal_conv1d, (x, weight, bias, silu, reverse))

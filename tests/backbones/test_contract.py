@@ -109,8 +109,8 @@ def test_dis_is_bidirectional(monkeypatch):
 
     original = BiMamba.scan_direction
 
-    def forward_only(self, x, z, backward=False):
-        out = original(self, x, z, backward)
+    def forward_only(self, x, z, backward=False, **options):
+        out = original(self, x, z, backward, **options)
         return torch.zeros_like(out) if backward else out
 
     monkeypatch.setattr(BiMamba, "scan_direction", forward_only)
@@ -142,6 +142,8 @@ def test_backward_direction_is_forward_mixer_on_flipped_sequence():
         backward = mixer.scan_direction(x.flip(-1), z.flip(-1), backward=True)
         forward_on_flipped = swapped.scan_direction(x.flip(-1), z.flip(-1), backward=False)
         assert torch.allclose(backward, forward_on_flipped, atol=1e-6)
+        # What forward() runs: the unflipped sequence read backwards in place, output in token order.
+        assert torch.equal(mixer.scan_direction(x, z, backward=True, reverse=True), backward.flip(-1))
 
 
 def test_uvit_mixer_is_swappable():

@@ -244,11 +244,15 @@ def test_the_ops_pass_opcheck():
     A, B, C = -torch.rand(d, N), torch.randn(b, L, G, N), torch.randn(b, L, G, N)
     D, bias = torch.randn(d), torch.randn(d)
     utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
-    torch.library.opcheck(cpu_kernel.cpu_scan, (u, delta, A, B, C, D, z, bias, True, 16), test_utils=utils)
-    torch.library.opcheck(cpu_kernel.cpu_scan, (u, delta, A, B, C, None, None, None, False, 4), test_utils=utils)
-    _, _, checkpoints = cpu_kernel.cpu_scan(u, delta, A, B, C, D, z, bias, True, 16)
-    args = (torch.randn(b, L, d), torch.randn(b, d, N), u, delta, A, B, C, D, z, bias, checkpoints, True, 16)
-    torch.library.opcheck(cpu_kernel.cpu_scan_backward, args, test_utils=utils)
+    for reverse in (False, True):
+        torch.library.opcheck(cpu_kernel.cpu_scan, (u, delta, A, B, C, D, z, bias, True, 16, reverse),
+                              test_utils=utils)
+        torch.library.opcheck(cpu_kernel.cpu_scan, (u, delta, A, B, C, None, None, None, False, 4, reverse),
+                              test_utils=utils)
+        _, _, checkpoints = cpu_kernel.cpu_scan(u, delta, A, B, C, D, z, bias, True, 16, reverse)
+        args = (torch.randn(b, L, d), torch.randn(b, d, N), u, delta, A, B, C, D, z, bias, checkpoints, True, 16,
+                reverse)
+        torch.library.opcheck(cpu_kernel.cpu_scan_backward, args, test_utils=utils)
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -324,3 +328,24 @@ def test_softplus_matches_torch_over_its_range():
     ref = F.softplus(xs.double())
     assert torch.allclose(y.flatten().double(), ref, rtol=4e-7, atol=0)
     assert torch.allclose(g.flatten().double(), torch.sigmoid(xs.double()).where(xs <= 20, 1.0), rtol=4e-7, atol=1e-30)
+
+
+@pytest.mark.parametrize("L", [1, 23, 66])
+def test_reverse_gives_the_bits_of_flipping_around_the_forward_scan(L):
+    """The kernel's backwards read computes exactly what flipping every input, scanning and flipping back does:
+    same operations in the same order, so DiS's backward direction is unchanged to the bit without the copies."""
+    x = {k: None if v is None else v.float() for k, v in make_inputs(3, 40, 16, L, seed=L).items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items() if v is not None}
+
+    def run(reverse: bool) -> list[torch.Tensor]:
+        inputs = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
+        if reverse:
+            y = selective_scan(**inputs, delta_softplus=True, impl="cpu", reverse=True)
+        else:
+            flipped = {k: v.flip(-1) if v.dim() >= 3 else v for k, v in inputs.items()}
+            y = selective_scan(**flipped, delta_softplus=True, impl="cpu").flip(-1)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+        return [y.detach(), *torch.autograd.grad((y * w).sum(), list(inputs.values()))]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        assert torch.equal(got, want)

@@ -325,3 +325,25 @@ def test_mamba_ssm_last_state_refuses_a_gradient_it_cannot_give():
     assert torch.equal(guarded, state)
     with pytest.raises(RuntimeError, match=r"does not differentiate through the last state; use impl='triton'"):
         guarded.sum().backward()
+
+
+def _flipped(x: dict) -> dict:
+    """The inputs read from the last token to the first: every (..., L) tensor flipped along L."""
+    return {k: None if v is None else v.flip(-1) if v.dim() >= 3 else v for k, v in x.items()}
+
+
+@pytest.mark.parametrize("impl", (*CPU_IMPLS, *(("cpu",) if cpu_kernel.cpu_available() else ())))
+@pytest.mark.parametrize(("groups", "L", "chunk"), [(1, 1, 4), (1, 37, 4), (2, 66, 22), (1, 70, 32)])
+def test_reverse_is_the_scan_of_the_flipped_sequence(impl, groups, L, chunk, monkeypatch):
+    """reverse=True: the float64 truth of the flipped inputs, flipped back, in values, every gradient and the last
+    state (the state after token 0); the compiled kernel reads backwards in place, the others flip."""
+    monkeypatch.setattr(ssm_scan, "DEFAULT_CHUNK", chunk)
+    monkeypatch.setattr(cpu_kernel, "CHUNK", chunk)
+    x = make_inputs(2, 6, 4, L, G=groups, seed=L + groups)
+    want = values_and_grads(lambda **k: _grouped_truth(**_flipped(k), delta_softplus=True).flip(-1), x)
+    got = values_and_grads(partial(selective_scan, delta_softplus=True, impl=impl, reverse=True), x)
+    assert_rel_close(got, want, 1e-4, f"{impl} reverse L={L}")
+    _, last = selective_scan(**x, delta_softplus=True, impl=impl, reverse=True, return_last_state=True)
+    expected_last = last_state_truth(**_flipped({**x, "B": x["B"][:, 0], "C": x["C"][:, 0]}), delta_softplus=True)
+    if groups == 1:
+        torch.testing.assert_close(last.double(), expected_last, rtol=1e-4, atol=1e-6)
