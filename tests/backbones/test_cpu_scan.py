@@ -330,11 +330,22 @@ def test_softplus_matches_torch_over_its_range():
     assert torch.allclose(g.flatten().double(), torch.sigmoid(xs.double()).where(xs <= 20, 1.0), rtol=4e-7, atol=1e-30)
 
 
-@pytest.mark.parametrize("L", [1, 23, 66])
-def test_reverse_gives_the_bits_of_flipping_around_the_forward_scan(L):
+@pytest.mark.parametrize(("L", "threads"), [(1, 1), (23, 1), (66, 1), (66, 2)])
+def test_reverse_gives_the_bits_of_flipping_around_the_forward_scan(L, threads, monkeypatch):
     """The kernel's backwards read computes exactly what flipping every input, scanning and flipping back does:
-    same operations in the same order, so DiS's backward direction is unchanged to the bit without the copies."""
-    x = {k: None if v is None else v.float() for k, v in make_inputs(3, 40, 16, L, seed=L).items()}
+    same operations in the same order, so DiS's backward direction is unchanged to the bit without the copies
+    (two threads and batch 1: the backward pass splits the channel blocks into slabs)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    monkeypatch.setattr(cpu_kernel, "CHUNK", 24)
+    try:
+        _reverse_matches_flipping(L, batch=1 if threads > 1 else 3)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _reverse_matches_flipping(L: int, batch: int) -> None:
+    x = {k: None if v is None else v.float() for k, v in make_inputs(batch, 40, 16, L, seed=L).items()}
     leaves = {k: v.clone().requires_grad_() for k, v in x.items() if v is not None}
 
     def run(reverse: bool) -> list[torch.Tensor]:
