@@ -1,6 +1,7 @@
 """The depthwise causal conv in front of every Mamba scan (backbones/ssm/causal_conv.py), with and without the
-fused SiLU: the compiled CPU kernel (cpu_conv.cpp) and the PyTorch fallback against nn.functional.conv1d in
-values and every gradient, on the strided token-layout views the mixer passes, at every thread count."""
+fused SiLU, read forwards and backwards: the compiled CPU kernel (cpu_conv.cpp) and the PyTorch fallback against
+nn.functional.conv1d in values and every gradient, on the strided token-layout views the mixer passes, at every
+thread count."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from backbones.ssm.causal_conv import causal_conv1d
 from backbones.ssm.cpu_kernel import cpu_available
 
 
-def truth(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool) -> torch.Tensor:
-    """nn.Conv1d's depthwise convolution, padded by K-1 and cut to the first L outputs."""
+def truth(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
+          reverse: bool = False) -> torch.Tensor:
+    """nn.Conv1d's depthwise convolution, padded by K-1 and cut to the first L outputs (``reverse``: of the
+    flipped sequence, flipped back)."""
+    if reverse:
+        return truth(x.flip(1), weight, bias, silu).flip(1)
     channels, K = weight.shape
     y = F.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias, padding=K - 1, groups=channels)
     y = y[..., : x.shape[1]].transpose(1, 2)
@@ -31,18 +36,19 @@ def path(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize(("L", "channels", "K"), [(1, 5, 4), (3, 23, 4), (37, 40, 4), (9, 17, 2)])
-def test_values_and_gradients_match_conv1d(path, silu, with_bias, L, channels, K):
+def test_values_and_gradients_match_conv1d(path, silu, with_bias, L, channels, K, reverse):
     torch.manual_seed(L * channels + K)
     wide = torch.randn(2, L, 2 * channels, dtype=torch.float64, requires_grad=True)
     x = wide[..., :channels]  # the mixer's x: one half of the input projection, strided along L
     weight = torch.randn(channels, K, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(channels, dtype=torch.float64, requires_grad=True) if with_bias else None
     inputs = [wide, weight, *([bias] if with_bias else [])]
-    y = causal_conv1d(x, weight, bias, silu=silu)
-    expected = truth(x, weight, bias, silu)
+    y = causal_conv1d(x, weight, bias, silu=silu, reverse=reverse)
+    expected = truth(x, weight, bias, silu, reverse)
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(y)
     for got, want in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(expected, inputs, g), strict=True):
