@@ -5,6 +5,8 @@ Welch's 95% interval for the difference of their mean FDs excludes zero.  The ra
 table's headline, FD) and the other metric columns come from :data:`archbench.evaluation.metrics.METRICS`.
 Each sweep point is ranked three times: at the end of training, at equal training FLOPs and at equal wall-clock
 (:mod:`archbench.study.readings`), and arms whose conditional accuracy is not yet above chance are in no ranking.
+Where a classifier scored the samples, the end of training is also ranked by conditional accuracy, read the same
+way (Welch's interval over seeds): FD can tie while the arms condition differently.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from archbench.console.files import write_text_atomic
-from archbench.evaluation.metrics import headline, summary_metrics
+from archbench.evaluation.metrics import METRICS, Metric, headline, summary_metrics
 from archbench.study.readings import (
     INTERPOLATION,
     SIZE_TOLERANCE,
     Learning,
     chance_level,
     learning,
+    number,
     read_at_budget,
     size_matched,
     sweep_point,
@@ -84,8 +87,8 @@ def _fmt(value: float | None, fmt: str = ".3f") -> str:
     return "-" if value is None or math.isnan(value) else f"{value:{fmt}}"
 
 
-def _format_interval(mean: float, half: float) -> str:
-    fmt = headline().table_fmt
+def _format_interval(mean: float, half: float, fmt: str | None = None) -> str:
+    fmt = fmt or headline().table_fmt
     return f"{mean:{fmt}}" if math.isnan(half) else f"{mean:{fmt}} +- {half:{fmt}}"
 
 
@@ -93,15 +96,18 @@ def _interval(s: dict[str, Any]) -> str:
     return _format_interval(s["fd_mean"], s["fd_half"])
 
 
-def ranking(values: dict[str, list[float]]) -> list[str]:
-    """Sentences ranking the arms by their headline's mean over seeds (lower FD is better), each neighbour pair
-    tested with Welch's interval for the difference of their means; ``values`` is label -> per-seed scores, so the
-    final scores and the readings at a common budget are ranked alike."""
-    lead = headline()
-    fmt = lead.table_fmt
+ACCURACY = METRICS["cond_accuracy"]
+
+
+def ranking(values: dict[str, list[float]], metric: Metric | None = None) -> list[str]:
+    """Sentences ranking the arms by ``metric``'s mean over seeds (default the headline: lower FD is better), each
+    neighbour pair tested with Welch's interval for the difference of their means; ``values`` is label -> per-seed
+    scores, so the final scores and the readings at a common budget are ranked alike."""
+    lead = metric or headline()
+    fmt = lead.table_fmt or lead.fmt
     means = {label: mean_interval(scores) for label, scores in values.items()}
     ordered = sorted(values, key=lambda label: means[label][0], reverse=not lead.lower_is_better)
-    lines = [f"{i + 1}. **{label}**: {_format_interval(*means[label])}" for i, label in enumerate(ordered)]
+    lines = [f"{i + 1}. **{label}**: {_format_interval(*means[label], fmt)}" for i, label in enumerate(ordered)]
     for better, worse in zip(ordered, ordered[1:], strict=False):
         # the difference is counted in the better direction, so a real gap is always positive
         first, second = (better, worse) if lead.lower_is_better else (worse, better)
@@ -117,7 +123,8 @@ def ranking(values: dict[str, list[float]]) -> list[str]:
     return lines
 
 
-def _ranked(values: dict[str, list[float]], learnings: dict[str, Learning | None]) -> list[str]:
+def _ranked(values: dict[str, list[float]], learnings: dict[str, Learning | None],
+            metric: Metric | None = None) -> list[str]:
     """:func:`ranking` of the arms that have learned, with one line naming the ones left out; one line instead of
     a ranking when none has."""
     out = [label for label in values if (seen := learnings.get(label)) is not None and not seen.learned]
@@ -127,7 +134,20 @@ def _ranked(values: dict[str, list[float]], learnings: dict[str, Learning | None
     lines = []
     if out:
         lines.append(f"- Left out (not learned yet: conditional accuracy not above chance): {', '.join(out)}")
-    return lines + ranking({label: scores for label, scores in values.items() if label not in out})
+    return lines + ranking({label: scores for label, scores in values.items() if label not in out}, metric)
+
+
+def _accuracy_ranking(members: list[dict[str, Any]], finals: dict[str, list[dict[str, Any]]],
+                      learnings: dict[str, Learning | None]) -> list[str]:
+    """The end-of-training ranking by conditional accuracy (higher is better), when every arm has it."""
+    values = {}
+    for s in sorted(members, key=lambda s: s["label"]):
+        scores = [v for r in finals[s["label"]] if (v := number(r.get(ACCURACY.column))) is not None]
+        if not scores:
+            return []
+        values[s["label"]] = scores
+    return ["", f"By {ACCURACY.label} at the end of training (higher is better):", "",
+            *_ranked(values, learnings, ACCURACY)]
 
 
 def _parameters_line(members: list[dict[str, Any]]) -> str:
@@ -254,6 +274,8 @@ def render(spec: StudySpec, rows: list[dict[str, Any]], machine: str, chance: fl
                      f"{score} is better)")
         lines += ["", "### At the end of training", ""]
         lines += _ranked({s["label"]: s["fds"] for s in sorted(members, key=lambda s: s["label"])}, learnings)
+        if with_accuracy:
+            lines += _accuracy_ranking(members, finals, learnings)
         lines += ["", _parameters_line(members), ""]
         for x_key in BUDGETS:
             lines += _budget_section(spec, point_rows[point], x_key, learnings, with_accuracy)

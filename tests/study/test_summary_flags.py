@@ -75,7 +75,8 @@ def test_an_arm_at_chance_is_flagged_and_left_out_of_every_ranking():
     # a: 150 of 1500 pooled, Clopper-Pearson [0.085, 0.116] includes 0.1; b: 450 of 1500, [0.277, 0.324]
     assert "| **not learned yet** [0.085, 0.116] |" in text.split("\n| a |")[1].split("\n")[0]
     assert "| yes [0.277, 0.324] |" in text.split("\n| b |")[1].split("\n")[0]
-    assert text.count("- Left out (not learned yet: conditional accuracy not above chance): a") == 3
+    # three FD rankings and the end of training's conditional-accuracy ranking
+    assert text.count("- Left out (not learned yet: conditional accuracy not above chance): a") == 4
     for title in ("### At the end of training", "### At equal training FLOPs", "### At equal wall-clock"):
         section = _section(text, title)
         assert "1. **b**" in section and "**a**" not in section and "2. " not in section
@@ -83,8 +84,23 @@ def test_an_arm_at_chance_is_flagged_and_left_out_of_every_ranking():
 
 def test_a_study_where_no_arm_has_learned_ranks_nothing():
     text = render(_spec(), _crossing(acc_a=0.10, acc_b=0.09), "test machine")
-    assert text.count("Nothing is ranked: no arm has learned yet") == 3
+    assert text.count("Nothing is ranked: no arm has learned yet") == 4
     assert "1. **" not in text and "Welch" not in text
+
+
+def test_the_end_of_training_is_ranked_by_conditional_accuracy_too():
+    """FD can tie while the arms condition differently: a second ranking, higher accuracy first, with Welch's
+    interval over seeds."""
+    rows = []
+    for s, (acc_a, acc_b) in enumerate([(0.80, 0.70), (0.82, 0.74), (0.84, 0.72)]):
+        rows += [_row("a", s, 10, 2e5, 20.0, 30.0 + s, acc_a), _row("b", s, 10, 2e5, 20.0, 30.0 + s, acc_b)]
+    final = _section(render(_spec(), rows, "test machine"), "### At the end of training")
+    ranking = final.split("By cond. accuracy at the end of training (higher is better):")[1]
+    # a 0.820 +- 4.303 * 0.02 / sqrt(3); b 0.720 +- 4.303 * 0.02 / sqrt(3); difference 0.100, Welch df 4:
+    # 2.776 * sqrt(2 * 0.0004 / 3) = 0.045
+    assert "1. **a**: 0.820 +- 0.050" in ranking and "2. **b**: 0.720 +- 0.050" in ranking
+    assert "a is better than b: cond. accuracy difference 0.100, 95% Welch interval [0.055, 0.145]" in ranking
+    assert "a and b are **within noise**: FD difference" in final  # the same FDs
 
 
 def test_chance_can_be_given():
@@ -103,7 +119,7 @@ def test_without_a_classifier_nothing_is_flagged(tmp_path):
 def test_one_seed_is_not_tested():
     rows = [r for r in _crossing() if r["seed"] == 0]
     text = render(_spec(seeds=[0]), rows, "test machine")
-    assert text.count("with one seed there is no interval: not tested (add seeds)") == 3
+    assert text.count("with one seed there is no interval: not tested (add seeds)") == 4  # FD x 3, accuracy
 
 
 def test_accuracy_curves_and_plots(tmp_path):
