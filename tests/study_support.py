@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING_COLUMNS = ("wall_s", "s_per_step", "peak_mem_mb")
+TIMING_COLUMNS = ("wall_s", "s_per_step", "peak_mem_mb", "load_1m")  # what the machine, not the study, decides
 
 
 def tiny_study(tmp_path: Path, name: str = "tiny", **changes: Any) -> Path:

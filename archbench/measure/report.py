@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from archbench.console.errors import UsageError
+from archbench.console.machine import load_1m
 from archbench.console.progress import advance
 from archbench.console.progress import progress as progress_bar
 from backbones.registry import backbone_config, get_spec, list_backbones
@@ -366,9 +367,10 @@ def _scaling_header(device: str, options: dict[str, int | str]) -> str:
 
     threads = options.get("threads") or torch.get_num_threads()
     threads_text = "threads=auto (per size: see the threads column)" if threads == "auto" else f"{threads} threads"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_1m()
     return (
-        f"scaling on {device} (torch {torch.__version__}, {threads_text}, {os.cpu_count()} CPUs, load {load:.1f}); "
+        f"scaling on {device} (torch {torch.__version__}, {threads_text}, {os.cpu_count()} CPUs, load "
+        f"{'n/a' if load is None else f'{load:.1f}'}); "
         f"batch {options.get('batch', 1)}, median of {options.get('repeats', 5)} after {options.get('warmup', 1)} "
         f"warm-up; {'bf16 autocast' if device == 'cuda' else 'fp32'}"
     )

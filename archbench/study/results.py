@@ -23,9 +23,9 @@ from archbench.study.plan import Job
 # The run's columns; the metrics' columns come from the metrics table, between score_name and num_samples.
 RUN_COLUMNS = (
     "study", "arm", "label", "backbone", "seed", "step", "steps", "train_gflops", "wall_s", "s_per_step",
-    "peak_mem_mb", "params", "gmacs", "batch_size", "dataset", "score_name",
+    "peak_mem_mb", "load_1m", "params", "gmacs", "batch_size", "dataset", "score_name",
 )
-RUN_NUMERIC = ("train_gflops", "wall_s", "s_per_step", "peak_mem_mb", "gmacs")
+RUN_NUMERIC = ("train_gflops", "wall_s", "s_per_step", "peak_mem_mb", "load_1m", "gmacs")
 INTEGER = ("seed", "step", "steps", "params", "batch_size", "num_samples")
 
 
@@ -46,15 +46,17 @@ NUMERIC = numeric_columns()
 def _metrics_upto(rows: list[dict[str, Any]], step: int) -> dict[str, float]:
     upto = [r for r in rows if r["step"] <= step]
     if not upto:
-        return {"wall_s": math.nan, "s_per_step": math.nan, "peak_mem_mb": math.nan}
+        return {"wall_s": math.nan, "s_per_step": math.nan, "peak_mem_mb": math.nan, "load_1m": math.nan}
     rates = [r["it_per_s"] for r in upto if r.get("it_per_s")]
     last = upto[-1]
     wall = float(last.get("train_s", math.nan)) * step / last["step"] if last.get("train_s") is not None else math.nan
     peaks = [r["peak_mem_mb"] for r in upto if r.get("peak_mem_mb") is not None]
+    loads = [r["load_1m"] for r in upto if r.get("load_1m") is not None]  # runs logged before it have none
     return {
         "wall_s": wall,
         "s_per_step": 1.0 / statistics.median(rates) if rates else math.nan,
         "peak_mem_mb": max(peaks) if peaks else math.nan,
+        "load_1m": statistics.mean(loads) if loads else math.nan,  # the machine's load while this run trained
     }
 
 

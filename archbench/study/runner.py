@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from archbench.console.files import write_text_atomic
+from archbench.console.machine import load_averages
 from archbench.study import plan as planning
 from archbench.study import tune as tuning
 from archbench.study.job import check_reuse, eval_request, job_done
@@ -53,10 +54,8 @@ def machine_description() -> str:
 
     cpus = os.cpu_count() or 1
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", CPU only"
-    try:
-        load = "load average {:.1f}/{:.1f}/{:.1f} (1/5/15 min), ".format(*os.getloadavg())
-    except OSError:
-        load = ""
+    loads = load_averages()
+    load = "" if loads is None else "load average {:.1f}/{:.1f}/{:.1f} (1/5/15 min) at writing, ".format(*loads)
     return f"{platform.node()} ({cpus} cores{gpu}), {load}{datetime.date.today().isoformat()}"
 
 

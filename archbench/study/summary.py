@@ -207,6 +207,17 @@ def _budget_section(spec: StudySpec, rows: list[dict[str, Any]], x_key: str,
     return lines + [""]
 
 
+def _training_load(finals: dict[str, list[dict[str, Any]]]) -> str:
+    """The load the runs trained under (each run's mean 1-minute load average over its logged steps), the range
+    over runs: the wall-clock readings depend on it, and the load when the summary was written says nothing of it.
+    Empty for runs that did not log it."""
+    loads = [v for group in finals.values() for r in group if (v := number(r.get("load_1m"))) is not None]
+    if not loads:
+        return ""
+    return (f" While the runs trained, the load average was {min(loads):.1f}-{max(loads):.1f} (each run's mean "
+            "1-minute load, lowest and highest run).")
+
+
 def _learned_cell(seen: Learning | None) -> str:
     if seen is None:
         return "-"
@@ -236,7 +247,7 @@ def render(spec: StudySpec, rows: list[dict[str, Any]], machine: str, chance: fl
         f"Recipe `{spec.recipe}`, budget matched by **{budget.match}** ({budget.steps} steps of "
         f"`{budget.reference or spec.arms[0].name}`), seeds {spec.seeds}; {score} of "
         f"{ev.num_samples} EMA samples ({ev.sampler}, {ev.steps} steps, cfg {ev.cfg_scale}) against the "
-        f"{ev.ref_split} split. Machine: {machine}.",
+        f"{ev.ref_split} split. Machine: {machine}.{_training_load(finals)}",
         "",
         "| arm | params | GMACs | steps | train PFLOPs | wall-clock s | "
         f"{score} (mean +- 95% CI) | {''.join(f'{m.heading} | ' for m in others)}seeds |"

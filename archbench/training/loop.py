@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from archbench.console.machine import load_1m
 from archbench.console.threads import ThreadTuner
 from archbench.data.captions import decode_captions, first_captions, model_conditions
 from archbench.data.catalog import class_names
@@ -357,6 +358,7 @@ class Trainer:
             "epoch": self.epoch,
             "train_s": self.train_seconds,
             "peak_mem_mb": peak_memory_mb(self.device),
+            "load_1m": load_1m(),  # what else the machine ran meanwhile: a study's wall-clock depends on it
         }
         self.metrics.write(row)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)

@@ -56,6 +56,7 @@ def test_outputs_exist_and_parse(finished):
         [("dit_t2", s, k) for s in (0, 1) for k in (3, 6)] + [("dis_t2", s, k) for s in (0, 1) for k in (5, 10)])
     for row in rows:
         assert row["fd"] > 0 and row["wall_s"] > 0 and row["peak_mem_mb"] > 50 and row["params"] > 0
+        assert row["load_1m"] >= 0  # the machine's load, logged by the run while it trained
         assert row["train_gflops"] == pytest.approx(6 * row["gmacs"] * 16 * row["step"])
     dit, dis = (next(r for r in rows if r["label"] == n and r["step"] == r["steps"]) for n in ("dit_t2", "dis_t2"))
     assert dit["train_gflops"] == pytest.approx(dis["train_gflops"], rel=0.06)  # matched compute

@@ -103,6 +103,16 @@ def test_the_end_of_training_is_ranked_by_conditional_accuracy_too():
     assert "a and b are **within noise**: FD difference" in final  # the same FDs
 
 
+def test_the_load_the_runs_trained_under_is_stated():
+    rows = _crossing()
+    for row, load in zip(rows, [0.5, 3.25, 1.0, 2.0] * 3, strict=True):
+        row["load_1m"] = load
+    # the final rows (step 10) carry a: 3.25, b: 2.0 for every seed
+    assert "While the runs trained, the load average was 2.0-3.2 (each run's mean 1-minute load" in render(
+        _spec(), rows, "test machine")
+    assert "While the runs trained" not in render(_spec(), _crossing(), "test machine")  # runs that did not log it
+
+
 def test_chance_can_be_given():
     text = render(_spec(), _crossing(acc_a=0.27, acc_b=0.5), "test machine", chance=0.25)
     assert "- Left out (not learned yet: conditional accuracy not above chance): a" in text  # [0.248, 0.293]
@@ -138,3 +148,15 @@ def test_accuracy_curves_and_plots(tmp_path):
     (tmp_path / "none").mkdir()
     without = write_plots(_crossing(acc_a=None, acc_b=None), tmp_path / "none", "flags")
     assert not [p for p in without if p.name.startswith("cond_acc")]
+
+
+def test_a_runs_load_is_the_mean_of_what_it_logged_up_to_the_evaluation():
+    from archbench.study.results import _metrics_upto
+
+    logged = [{"step": 1, "it_per_s": 2.0, "train_s": 1.0, "load_1m": 1.0},
+              {"step": 2, "it_per_s": 2.0, "train_s": 2.0, "load_1m": 3.0},
+              {"step": 3, "it_per_s": 2.0, "train_s": 3.0, "load_1m": 8.0}]
+    assert _metrics_upto(logged, 2)["load_1m"] == 2.0
+    assert _metrics_upto(logged, 3)["load_1m"] == 4.0
+    older = [{k: v for k, v in row.items() if k != "load_1m"} for row in logged]  # a run from before it was logged
+    assert _metrics_upto(older, 3)["load_1m"] != _metrics_upto(older, 3)["load_1m"]  # NaN
