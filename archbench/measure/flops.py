@@ -83,14 +83,20 @@ def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
 
 
 def _scan_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
-    """The chunked op takes token-layout u (batch, L, d_inner); mamba_ssm's and the Triton op (batch, d_inner, L)."""
+    """The chunked op takes token-layout u (batch, L, d_inner); mamba_ssm's and the Triton op (batch, d_inner, L).
+    The compiled CPU scan may form the step from Mamba's low-rank dt itself (a (batch, L, R) delta beside its
+    ``delta_proj``): those MACs are dt_proj's, counted as the linear layer they replace."""
     from backbones.ssm import selective_scan_macs
 
     u, a = _shape(inputs[0]), _shape(inputs[2])  # A: (d_inner, N)
     if len(u) != 3 or len(a) != 2 or a[0] not in (u[1], u[2]):
         raise ValueError(f"flop count: unexpected selective-scan operands u{u}, A{a}")
     batch, length = u[0], (u[1] if a[0] == u[2] else u[2])
-    return Counter({"selective_scan": selective_scan_macs(batch, a[0], length, a[1], has_z=False, has_D=False)})
+    macs = Counter({"selective_scan": selective_scan_macs(batch, a[0], length, a[1], has_z=False, has_D=False)})
+    delta = _shape(inputs[1])
+    if delta != u and len(delta) == 3 and delta[:2] == u[:2]:  # the CPU scan's low-rank (batch, L, R) step input
+        macs["linear"] = batch * length * delta[2] * a[0]
+    return macs
 
 
 def _causal_conv_handle(inputs: list[Any], outputs: list[Any]) -> Counter:

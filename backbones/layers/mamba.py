@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from backbones.layers.directions import ScanDirections, check_merge
 from backbones.ssm import selective_scan
@@ -124,10 +123,11 @@ class BiMamba(nn.Module):
         # The conv in token layout (B, L, d_inner): no transposes, and much faster than nn.Conv1d on CPU.
         x = causal_conv1d(x.transpose(1, 2), conv.weight[:, 0], conv.bias, silu=True, reverse=reverse)
         dt, b, c = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight)
+        # dt_proj's weight goes to the scan with its low-rank input: the compiled CPU kernel forms each step
+        # itself (no (B, L, d_inner) step tensor), every other path runs the same matmul first.
         return selective_scan(
             x.transpose(1, 2),
-            delta.transpose(1, 2),
+            dt.transpose(1, 2),
             -torch.exp(a_log.float()),
             b.transpose(1, 2),
             c.transpose(1, 2),
@@ -137,6 +137,7 @@ class BiMamba(nn.Module):
             delta_softplus=True,
             impl=self.scan,
             reverse=reverse,
+            delta_proj=dt_proj.weight,
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -179,15 +179,17 @@ def _require():
 @torch.library.custom_op("backbones::cpu_scan", mutates_args=())
 def cpu_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
-    delta_bias: Tensor | None, delta_softplus: bool, chunk: int, reverse: bool,
+    delta_bias: Tensor | None, delta_proj: Tensor | None, delta_softplus: bool, chunk: int, reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(out, last state, checkpoints)`` of token-layout inputs: ``u, delta, z: (batch, L, d_inner)`` with unit
     stride along d_inner, ``A: (d_inner, N)``, ``B, C: (batch, L, groups, N)`` (any strides), ``D, delta_bias:
     (d_inner,)``; out ``(batch, L, d_inner)``, last ``(batch, d_inner, N)``, checkpoints ``(batch, channel
     blocks, chunks - 1, N, lanes)``: the states every ``chunk`` steps the backward pass restarts from (the
-    first chunk starts from zeros).  ``reverse``: scan from the last token to the first (outputs in token order)."""
+    first chunk starts from zeros).  ``reverse``: scan from the last token to the first (outputs in token order).
+    ``delta_proj`` ``(R, d_inner)``: delta is the low-rank ``(batch, L, R)`` input of the step, which the kernel
+    projects itself (``cpu_scan.cpp``'s header)."""
     out, last, checkpoints = _require().scan_forward(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse
+        u, delta, A, B, C, D, z, delta_bias, delta_proj, delta_softplus, chunk, reverse
     )
     return out, last, checkpoints
 
@@ -199,7 +201,7 @@ def _lanes(dtype: torch.dtype) -> int:
 
 
 @cpu_scan.register_fake
-def _cpu_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse):
+def _cpu_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_proj, delta_softplus, chunk, reverse):
     batch, L, d_inner = u.shape
     N, groups, lanes = A.shape[1], B.shape[2], _lanes(u.dtype)
     blocks = groups * ((d_inner // groups + lanes - 1) // lanes)
@@ -211,24 +213,24 @@ def _cpu_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, r
 @torch.library.custom_op("backbones::cpu_scan_backward", mutates_args=())
 def cpu_scan_backward(
     gout: Tensor, g_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-    z: Tensor | None, delta_bias: Tensor | None, checkpoints: Tensor, delta_softplus: bool, chunk: int,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of u, delta, A, B, C, D, z, delta_bias (empty tensors for absent D, z, delta_bias) given those
-    of the output and of the last state."""
+    z: Tensor | None, delta_bias: Tensor | None, delta_proj: Tensor | None, checkpoints: Tensor,
+    delta_softplus: bool, chunk: int, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of u, delta, A, B, C, D, z, delta_bias, delta_proj (empty tensors for the absent optional ones)
+    given those of the output and of the last state."""
     return tuple(_require().scan_backward(
-        gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus, chunk, reverse
+        gout, g_last, u, delta, A, B, C, D, z, delta_bias, delta_proj, checkpoints, delta_softplus, chunk, reverse
     ))
 
 
 @cpu_scan_backward.register_fake
-def _cpu_scan_backward_fake(gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus, chunk,
-                            reverse):
+def _cpu_scan_backward_fake(gout, g_last, u, delta, A, B, C, D, z, delta_bias, delta_proj, checkpoints,
+                            delta_softplus, chunk, reverse):
     def optional(t: Tensor | None) -> Tensor:
         return u.new_empty(0) if t is None else t.new_empty(t.shape)
 
-    return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape), B.new_empty(B.shape),
-            C.new_empty(C.shape), optional(D), optional(z), optional(delta_bias))
+    return (u.new_empty(u.shape), delta.new_empty(delta.shape), A.new_empty(A.shape), B.new_empty(B.shape),
+            C.new_empty(C.shape), optional(D), optional(z), optional(delta_bias), optional(delta_proj))
 
 
 def _no_double_backward(ctx, *grads: Tensor):
@@ -245,25 +247,27 @@ class CPUSelectiveScan(torch.autograd.Function):
     """The two ops as one differentiable scan: ``(out, last state)``; the checkpoints stay in the context."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, chunk: int, reverse: bool):
-        out, last, checkpoints = cpu_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, reverse)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_proj, delta_softplus: bool, chunk: int,
+                reverse: bool):
+        out, last, checkpoints = cpu_scan(u, delta, A, B, C, D, z, delta_bias, delta_proj, delta_softplus, chunk,
+                                          reverse)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, delta_proj, checkpoints)
         ctx.delta_softplus, ctx.chunk, ctx.reverse = delta_softplus, chunk, reverse
         return out, last
 
     @staticmethod
     def backward(ctx, gout: Tensor, g_last: Tensor):
-        u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, delta_proj, checkpoints = ctx.saved_tensors
         gout = gout.to(u.dtype)
         if gout.stride(-1) != 1:
             gout = gout.contiguous()
         g_last = g_last.to(u.dtype).contiguous()
-        gu, gdelta, gA, gB, gC, gD, gz, gbias = cpu_scan_backward(
-            gout, g_last, u, delta, A, B, C, D, z, delta_bias, checkpoints, ctx.delta_softplus, ctx.chunk,
-            ctx.reverse,
+        gu, gdelta, gA, gB, gC, gD, gz, gbias, gproj = cpu_scan_backward(
+            gout, g_last, u, delta, A, B, C, D, z, delta_bias, delta_proj, checkpoints, ctx.delta_softplus,
+            ctx.chunk, ctx.reverse,
         )
         return (gu, gdelta, gA, gB, gC, None if D is None else gD, None if z is None else gz,
-                None if delta_bias is None else gbias, None, None, None)
+                None if delta_bias is None else gbias, None if delta_proj is None else gproj, None, None, None)
 
 
 def _token(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -275,17 +279,20 @@ def _token(t: Tensor, dtype: torch.dtype) -> Tensor:
 def cpu_selective_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
     delta_bias: Tensor | None, delta_softplus: bool, compute: torch.dtype, reverse: bool = False,
+    delta_proj: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The scan on ``selective_scan``'s (batch, d_inner, L) layout with grouped (batch, groups, N, L) B and C;
     returns ``y`` (batch, d_inner, L) in ``compute`` (a transposed view of the kernel's token-layout output)
-    and the last state (batch, d_inner, N); ``reverse`` scans from the last token to the first."""
+    and the last state (batch, d_inner, N); ``reverse`` scans from the last token to the first; with
+    ``delta_proj`` (d_inner, R), ``delta`` is (batch, R, L) and the kernel forms the step."""
     def vector(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(compute).contiguous()
 
     B, C = (t.to(compute).permute(0, 3, 1, 2) for t in (B, C))  # (batch, L, groups, N) views
     out, last = CPUSelectiveScan.apply(
         _token(u, compute), _token(delta, compute), A.to(compute), B, C, vector(D),
-        None if z is None else _token(z, compute), vector(delta_bias), delta_softplus, chunk_size(u.shape[-1]),
-        reverse,
+        None if z is None else _token(z, compute), vector(delta_bias),
+        None if delta_proj is None else delta_proj.to(compute).t().contiguous(), delta_softplus,
+        chunk_size(u.shape[-1]), reverse,
     )
     return out.transpose(1, 2), last

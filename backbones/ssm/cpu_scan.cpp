@@ -11,6 +11,12 @@
 // copy); B, C are (batch, L, groups, N) with arbitrary strides (they are read one scalar at a time);
 // A is (d_inner, N).  Channel d reads group d / (d_inner / groups).
 //
+// Low-rank step.  With delta_proj P (R, d_inner), delta is Mamba's (batch, L, R) input of dt_proj (any strides,
+// read one scalar at a time like B) and the kernel forms each step itself, bias + sum_r P[r, d] delta[b, t, r]:
+// the (batch, L, d_inner) step tensor, its gradient and the projection's three small matmuls never exist.  The
+// backward pass returns the gradients of that (batch, L, R) input (a reduction over channels, summed like dB)
+// and of P.
+//
 // Direction.  reverse = true scans from the last token to the first (DiS's backward direction) on the same
 // tensors, outputs and gradients in token order: what flipping every input along L, scanning and flipping the
 // outputs back computes, bit for bit, without the six copies of (batch, L, d_inner) tensors those flips cost.
@@ -154,6 +160,8 @@ struct Problem {
   int64_t B_sb, B_sl, B_sg, B_sn, C_sb, C_sl, C_sg, C_sn;
   const T* A2t;   // (N, d) contiguous: A^T, times kDecayScale
   const T *D, *bias;  // (d,) contiguous or null
+  const T* P;         // (R, d) contiguous: the low-rank step's projection (see the header), or null
+  int64_t R, dl_sr;   // its rank and delta's stride along it
   int64_t blocks_per_group() const { return (dg + W() - 1) / W(); }
   // Checkpoints: (batch, groups * blocks_per_group, nchunks - 1, N, W), each block's states contiguous: the
   // state before chunk c >= 1 (chunk 0 starts from zeros).
@@ -162,6 +170,17 @@ struct Problem {
   }
   static constexpr int W() { return kVecBytes / sizeof(T); }
 };
+
+// The step of timestep t before bias and softplus, channels [d0, d0 + nv): a row of delta, or with a low-rank
+// step its R-term sum.  ``dp`` is batch element b's delta (plus d0 when delta is full).
+template <typename V, typename T>
+inline V raw_step(const Problem<T>& p, const T* dp, int64_t t, int64_t d0, int nv) {
+  if (!p.P) return loadv<V>(dp + t * p.dl_sl, nv);
+  const T* row = dp + t * p.dl_sl;
+  V x{};
+  for (int64_t r = 0; r < p.R; ++r) x += loadv<V>(p.P + r * p.d + d0, nv) * row[r * p.dl_sr];
+  return x;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Forward: one (batch element, channel block) per call.
@@ -195,7 +214,7 @@ void forward_block(const Problem<T>& p, int64_t b, int64_t g, int64_t j, T* out,
   const V bias = p.bias ? loadv<V>(p.bias + d0, nv) : V{};
   const V Dv = p.D ? loadv<V>(p.D + d0, nv) : V{};
   const T* up = p.u + b * p.u_sb + d0;
-  const T* dp = p.delta + b * p.dl_sb + d0;
+  const T* dp = p.delta + b * p.dl_sb + (p.P ? 0 : d0);
   const T* zp = p.z ? p.z + b * p.z_sb + d0 : nullptr;
   const T* Bp = p.B + b * p.B_sb + g * p.B_sg;
   const T* Cp = p.C + b * p.C_sb + g * p.C_sg;
@@ -215,7 +234,7 @@ void forward_block(const Problem<T>& p, int64_t b, int64_t g, int64_t j, T* out,
         if (zp) prefetch_row(zp + (t + kPrefetch) * p.z_sl);
         prefetch_for_write(op + p.row(t + kPrefetch) * p.d);
       }
-      const V x = loadv<V>(dp + t * p.dl_sl, nv) + bias;
+      const V x = raw_step<V>(p, dp, t, d0, nv) + bias;
       dls[i] = x;
       if (p.softplus) es[i] = M::exp_neg_abs(x);
     }
@@ -267,7 +286,8 @@ struct Grads {
   int64_t go_sb, go_sl;
   const T* glast;  // (batch, d, N) contiguous
   const T* cp;     // (batch, blocks, nchunks - 1, N, W): see Problem::checkpoint_offset
-  T *gu, *gdelta, *gz;  // (batch, L, d) contiguous
+  T *gu, *gdelta, *gz;  // (batch, L, d) contiguous; gdelta with a low-rank step: (slabs, batch, L, G, R)
+  T* gP;                // (batch, R, d): the low-rank step's projection, per batch element (or null)
   T *gB, *gC;           // (slabs, batch, L, G, N) contiguous
   T* gA;                // (batch, N, d): per batch element, summed by the caller
   T *gD, *gbias;        // (batch, d): likewise
@@ -288,17 +308,20 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
   // per timestep of the chunk the step size, softplus' derivative, delta * u, u, the output's gradient times
   // the gate, the factor of y in z's gradient, y; the lane-wise dB/dC partial sums of the chunk; each block's
   // adjoint state and sums.
-  const int64_t per_chunk = 4 * K * N + 9 * K, per_block = N + N + 2;
+  const int64_t R = p.P ? p.R : 0;
+  const int64_t per_chunk = 4 * K * N + 9 * K + K * R, per_block = N + N + 2 + R;
   V* const buf = scratch<V>(per_chunk + nblk * per_block + (NT > 0 ? 0 : 3 * N));
   V *Ps = buf, *dAs = Ps + K * N, *PB = dAs + K * N, *PC = PB + K * N;
   V *dls = PC + K * N, *sgs = dls + K, *dus = sgs + K, *uvs = dus + K, *gys = uvs + K, *gzf = gys + K;
   V *es = gzf + K, *ezs = es + K;  // exp(-|delta + bias|), exp(-|z|)
   V *ys = ezs + K;
-  V *gcarry = ys + K, *gA_acc = gcarry + nblk * N, *gD_acc = gA_acc + nblk * N, *gb_acc = gD_acc + nblk;
+  V *PD = ys + K;  // low-rank step: the chunk's lane-wise partial sums of its input's gradient, (K, R)
+  V *gcarry = PD + K * R, *gA_acc = gcarry + nblk * N, *gD_acc = gA_acc + nblk * N, *gb_acc = gD_acc + nblk;
+  V *gP_acc = gb_acc + nblk;  // (blocks, R): the projection's gradient
   const V zero{}, one = M::bc(1);
-  std::fill(gA_acc, gA_acc + nblk * N + 2 * nblk, zero);
+  std::fill(gA_acc, gA_acc + nblk * N + 2 * nblk + nblk * R, zero);
   V a_fixed[NT > 0 ? NT : 1], g_fixed[NT > 0 ? NT : 1], ga_fixed[NT > 0 ? NT : 1];
-  V* heap = gb_acc + nblk;
+  V* heap = gP_acc + nblk * R;
   V* a = NT > 0 ? a_fixed : heap;
   V* gs = NT > 0 ? g_fixed : heap + N;
   V* ga = NT > 0 ? ga_fixed : heap + 2 * N;
@@ -320,10 +343,10 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
   auto block_rows = [&](int64_t jb, int64_t t) {
     const int64_t d0 = g * p.dg + (j0 + jb) * W;
     prefetch_row(p.u + b * p.u_sb + t * p.u_sl + d0);
-    prefetch_row(p.delta + b * p.dl_sb + t * p.dl_sl + d0);
+    prefetch_row(p.delta + b * p.dl_sb + t * p.dl_sl + (p.P ? 0 : d0));
     prefetch_row(q.gout + b * q.go_sb + t * q.go_sl + d0);
     prefetch_for_write(q.gu + (b * p.L + p.row(t)) * p.d + d0);
-    prefetch_for_write(q.gdelta + (b * p.L + p.row(t)) * p.d + d0);
+    if (!p.P) prefetch_for_write(q.gdelta + (b * p.L + p.row(t)) * p.d + d0);
     if (p.z) {
       prefetch_row(p.z + b * p.z_sb + t * p.z_sl + d0);
       prefetch_for_write(q.gz + (b * p.L + p.row(t)) * p.d + d0);
@@ -341,6 +364,7 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
     const int64_t t0 = c * K, T_ = std::min(K, p.L - t0);
     std::fill(PB, PB + T_ * N, zero);
     std::fill(PC, PC + T_ * N, zero);
+    std::fill(PD, PD + T_ * R, zero);
     for (int64_t jb = 0; jb < nblk; ++jb) {
       const int64_t d0 = g * p.dg + (j0 + jb) * W;
       const int nv = (int)std::min<int64_t>(W, p.dg - (j0 + jb) * W);
@@ -348,7 +372,7 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
       const V bias = p.bias ? loadv<V>(p.bias + d0, nv) : V{};
       const V Dv = p.D ? loadv<V>(p.D + d0, nv) : V{};
       const T* up = p.u + b * p.u_sb + d0;
-      const T* dp = p.delta + b * p.dl_sb + d0;
+      const T* dp = p.delta + b * p.dl_sb + (p.P ? 0 : d0);
       const T* zp = p.z ? p.z + b * p.z_sb + d0 : nullptr;
       const T* gop = q.gout + b * q.go_sb + d0;
       const int64_t next_jb = jb + 1 < nblk ? jb + 1 : 0, next_c = jb + 1 < nblk ? c : c - 1;
@@ -361,7 +385,7 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
       // The chunk's per-timestep quantities (independent across timesteps: one loop, see forward_block).
       for (int64_t i = 0; i < T_; ++i) {
         const int64_t t = t0 + i;
-        const V x = loadv<V>(dp + t * p.dl_sl, nv) + bias;
+        const V x = raw_step<V>(p, dp, t, d0, nv) + bias;
         dls[i] = x;
         if (p.softplus) es[i] = M::exp_neg_abs(x);
         if (zp) ezs[i] = M::exp_neg_abs(loadv<V>(zp + t * p.z_sl, nv));
@@ -460,7 +484,15 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
         const V graw = gdelta_sp * sgs[i];
         gb += graw;
         storev(q.gu + (b * p.L + p.row(t)) * p.d + d0, gu, nv);
-        storev(q.gdelta + (b * p.L + p.row(t)) * p.d + d0, graw, nv);
+        if (p.P) {  // the low-rank step: its input's gradient (summed over channels below) and P's
+          const T* row = dp + t * p.dl_sl;
+          for (int64_t r = 0; r < R; ++r) {
+            gP_acc[jb * R + r] += graw * row[r * p.dl_sr];
+            PD[i * R + r] += graw * loadv<V>(p.P + r * p.d + d0, nv);
+          }
+        } else {
+          storev(q.gdelta + (b * p.L + p.row(t)) * p.d + d0, graw, nv);
+        }
       }
       for (int64_t n = 0; n < N; ++n) {
         gcarry[jb * N + n] = gs[n];
@@ -483,12 +515,20 @@ void backward_slab(const Problem<T>& p, const Grads<T>& q, int64_t b, int64_t g,
         storev(gBt + n0, butterfly.sum(tb), count);
         storev(gCt + n0, butterfly.sum(tc), count);
       }
+      T* gDt = q.gdelta + ((s * p.batch + b) * p.L + p.row(t0 + i)) * p.G * R + g * R;
+      for (int64_t r0 = 0; r0 < R; r0 += W) {
+        const int count = (int)std::min<int64_t>(W, R - r0);
+        V td[W];
+        for (int k = 0; k < W; ++k) td[k] = k < count ? PD[i * R + r0 + k] : zero;
+        storev(gDt + r0, butterfly.sum(td), count);
+      }
     }
   }
   for (int64_t jb = 0; jb < nblk; ++jb) {
     const int64_t d0 = g * p.dg + (j0 + jb) * W;
     const int nv = (int)std::min<int64_t>(W, p.dg - (j0 + jb) * W);
     for (int64_t n = 0; n < N; ++n) storev(q.gA + (b * N + n) * p.d + d0, gA_acc[jb * N + n], nv);
+    for (int64_t r = 0; r < R; ++r) storev(q.gP + (b * R + r) * p.d + d0, gP_acc[jb * R + r], nv);
     if (q.gD) storev(q.gD + b * p.d + d0, gD_acc[jb], nv);
     if (q.gbias) storev(q.gbias + b * p.d + d0, gb_acc[jb], nv);
   }
@@ -507,9 +547,13 @@ void check_token(const at::Tensor& t, const char* name, const at::Tensor& u) {
 template <typename T>
 Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A2t, const at::Tensor& B,
                         const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                        const c10::optional<at::Tensor>& bias, bool softplus, int64_t K, bool reverse) {
+                        const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& proj,
+                        bool softplus, int64_t K, bool reverse) {
   Problem<T> p;
   p.reverse = reverse;
+  p.P = proj ? proj->data_ptr<T>() : nullptr;
+  p.R = proj ? proj->size(0) : 0;
+  p.dl_sr = proj ? delta.stride(2) : 0;
   p.batch = u.size(0);
   p.L = u.size(1);
   p.d = u.size(2);
@@ -553,12 +597,21 @@ Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::
 
 void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                  const c10::optional<at::Tensor>& bias, int64_t K) {
+                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& proj, int64_t K) {
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
               "cpu_scan: float32 or float64 tensors only, got ", u.scalar_type());
   TORCH_CHECK(u.dim() == 3 && u.size(1) >= 1, "cpu_scan: u must be (batch, L, d_inner) with L >= 1");
   check_token(u, "u", u);
-  check_token(delta, "delta", u);
+  if (proj) {  // the low-rank step: delta is (batch, L, R), proj (R, d_inner)
+    TORCH_CHECK(proj->dim() == 2 && proj->size(1) == u.size(2) && proj->size(0) >= 1 && proj->is_contiguous() &&
+                    proj->scalar_type() == u.scalar_type(),
+                "cpu_scan: delta_proj must be a contiguous (R, d_inner) tensor of u's dtype");
+    TORCH_CHECK(delta.dim() == 3 && delta.size(0) == u.size(0) && delta.size(1) == u.size(1) &&
+                    delta.size(2) == proj->size(0) && delta.scalar_type() == u.scalar_type(),
+                "cpu_scan: with delta_proj, delta must be (batch, L, R) of u's dtype");
+  } else {
+    check_token(delta, "delta", u);
+  }
   if (z) check_token(*z, "z", u);
   const int64_t d = u.size(2);
   TORCH_CHECK(A.dim() == 2 && A.size(0) == d && A.size(1) >= 1, "cpu_scan: A must be (d_inner, N)");
@@ -589,8 +642,9 @@ at::Tensor prescaled_At(const at::Tensor& A, double scale) {
 std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                      const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
                                      const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                     bool softplus, int64_t chunk, bool reverse) {
-  check_inputs(u, delta, A, B, C, D, z, bias, chunk);
+                                     const c10::optional<at::Tensor>& proj, bool softplus, int64_t chunk,
+                                     bool reverse) {
+  check_inputs(u, delta, A, B, C, D, z, bias, proj, chunk);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = A.size(1);
   const int64_t nchunks = (L + chunk - 1) / chunk;
   auto out = at::empty({batch, L, d}, u.options());
@@ -600,7 +654,7 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delt
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "cpu_scan_forward", [&] {
     using M = typename MathOf<scalar_t>::type;
     const at::Tensor A2t = prescaled_At(A, M::kDecayScale);
-    const Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A2t, B, C, D, z, bias, softplus, chunk, reverse);
+    const Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A2t, B, C, D, z, bias, proj, softplus, chunk, reverse);
     const int64_t nbg = p.blocks_per_group(), items = batch * p.G * nbg;
     scalar_t *o = out.data_ptr<scalar_t>(), *l = last.data_ptr<scalar_t>(), *c = cp.data_ptr<scalar_t>();
     at::parallel_for(0, items, 1, [&](int64_t lo, int64_t hi) {
@@ -620,8 +674,9 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
                                       const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                                       const at::Tensor& C, const c10::optional<at::Tensor>& D,
                                       const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                      const at::Tensor& checkpoints, bool softplus, int64_t chunk, bool reverse) {
-  check_inputs(u, delta, A, B, C, D, z, bias, chunk);
+                                      const c10::optional<at::Tensor>& proj, const at::Tensor& checkpoints,
+                                      bool softplus, int64_t chunk, bool reverse) {
+  check_inputs(u, delta, A, B, C, D, z, bias, proj, chunk);
   check_token(gout, "the output's gradient", u);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = A.size(1), G = B.size(2);
   const int64_t nchunks = (L + chunk - 1) / chunk;
@@ -634,7 +689,10 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
                   checkpoints.scalar_type() == u.scalar_type(),
               "cpu_scan: checkpoints do not match the inputs (were they made with another chunk?)");
   const auto opts = u.options();
-  auto gu = at::empty({batch, L, d}, opts), gdelta = at::empty({batch, L, d}, opts);
+  const int64_t R = proj ? proj->size(0) : 0;
+  auto gu = at::empty({batch, L, d}, opts);
+  auto gP_part = proj ? at::empty({batch, R, d}, opts) : at::empty({0}, opts);
+  at::Tensor gdelta;
   auto gz = z ? at::empty({batch, L, d}, opts) : at::empty({0}, opts);
   auto gA_part = at::empty({batch, N, d}, opts);
   auto gD_part = D ? at::empty({batch, d}, opts) : at::empty({0}, opts);
@@ -643,13 +701,14 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "cpu_scan_backward", [&] {
     using M = typename MathOf<scalar_t>::type;
     const at::Tensor A2t = prescaled_At(A, M::kDecayScale);
-    const Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A2t, B, C, D, z, bias, softplus, chunk, reverse);
+    const Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A2t, B, C, D, z, bias, proj, softplus, chunk, reverse);
     const int64_t nbg = p.blocks_per_group();
     const int64_t threads = at::get_num_threads();
     int64_t slabs = 1;
     if (batch * G < threads) slabs = std::min(nbg, (threads + batch * G - 1) / (batch * G));
     gB = at::empty({slabs, batch, L, G, N}, opts);
     gC = at::empty({slabs, batch, L, G, N}, opts);
+    gdelta = proj ? at::empty({slabs, batch, L, G, R}, opts) : at::empty({batch, L, d}, opts);
     Grads<scalar_t> q;
     q.gout = gout.data_ptr<scalar_t>() + (reverse ? (L - 1) * gout.stride(1) : 0);
     q.go_sb = gout.stride(0);
@@ -658,6 +717,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
     q.cp = checkpoints.data_ptr<scalar_t>();
     q.gu = gu.data_ptr<scalar_t>();
     q.gdelta = gdelta.data_ptr<scalar_t>();
+    q.gP = proj ? gP_part.data_ptr<scalar_t>() : nullptr;
     q.gz = z ? gz.data_ptr<scalar_t>() : nullptr;
     q.gB = gB.data_ptr<scalar_t>();
     q.gC = gC.data_ptr<scalar_t>();
@@ -678,10 +738,12 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
   });
   gB = slabs_sum(gB);
   gC = slabs_sum(gC);
+  if (proj) gdelta = slabs_sum(gdelta).sum(2);  // (batch, L, R): every group's channels and slab summed
   auto gA = gA_part.sum(0).t().contiguous();
   auto gD = D ? gD_part.sum(0) : gD_part;
   auto gbias = bias ? gb_part.sum(0) : gb_part;
-  return {gu, gdelta, gA, gB, gC, gD, gz, gbias};
+  auto gproj = proj ? gP_part.sum(0) : gP_part;  // (R, d_inner)
+  return {gu, gdelta, gA, gB, gC, gD, gz, gbias, gproj};
 }
 
 }  // namespace
@@ -696,6 +758,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_forward", &conv_forward, "depthwise causal conv1d (token layout), SiLU optional: y");
   m.def("conv_backward", &conv_backward, "its backward: gradients of x, taps (K, channels), bias");
   m.def("scan_forward", &scan_forward, "selective scan forward (token layout): out, last state, checkpoints");
-  m.def("scan_backward", &scan_backward, "selective scan backward: gradients of u, delta, A, B, C, D, z, delta_bias");
+  m.def("scan_backward", &scan_backward,
+        "selective scan backward: gradients of u, delta, A, B, C, D, z, delta_bias, delta_proj");
   m.def("vector_bytes", [] { return kVecBytes; }, "SIMD vector width the kernel was compiled for, in bytes");
 }

@@ -42,6 +42,10 @@ Implementations (``impl``):
 token order, the last state the one after token 0): DiS's backward direction.  ``cpu`` does it in the kernel,
 reading the inputs backwards; the other paths flip the inputs along L and the output back, with identical values.
 
+``delta_proj`` (d_inner, R) makes ``delta`` Mamba's low-rank (batch, R, L) input of ``dt_proj``: the step is
+``delta_proj @ delta`` (then ``delta_bias`` and the softplus).  ``cpu`` forms it inside the kernel (no (batch,
+d_inner, L) step tensor, no small matmuls forward or backward); the other paths run the matmul first.
+
 All paths accumulate in (at least) fp32 and return ``u``'s dtype, also under autocast.
 ``return_last_state=True`` also returns the state after the last step, ``(batch, d_inner, N)`` in fp32,
 differentiable on every path but ``mamba_ssm``: the fused kernel ignores a gradient arriving through the
@@ -98,6 +102,7 @@ def _check_inputs(
     D: Tensor | None,
     z: Tensor | None,
     delta_bias: Tensor | None,
+    delta_proj: Tensor | None = None,
 ) -> None:
     """Reject wrong shapes early with a message naming the tensor and the expected layout."""
     if u.dim() != 3:
@@ -105,7 +110,12 @@ def _check_inputs(
     batch, d_inner, L = u.shape
     if L == 0:
         raise _shape_error("u", "(batch, d_inner, L) with L >= 1", u)
-    if delta.shape != u.shape:
+    if delta_proj is not None:
+        if delta_proj.dim() != 2 or delta_proj.shape[0] != d_inner:
+            raise _shape_error("delta_proj", f"(d_inner, R) with d_inner = {d_inner}", delta_proj)
+        if delta.shape != (batch, delta_proj.shape[1], L):
+            raise _shape_error("delta", f"(batch, R, L) = {(batch, delta_proj.shape[1], L)} with delta_proj", delta)
+    elif delta.shape != u.shape:
         raise _shape_error("delta", f"(batch, d_inner, L) = {tuple(u.shape)} like u", delta)
     if A.dim() != 2 or A.shape[0] != d_inner:
         raise _shape_error("A", f"(d_inner, N) with d_inner = {d_inner}", A)
@@ -170,15 +180,19 @@ def selective_scan(
     impl: str = "auto",
     return_last_state: bool = False,
     reverse: bool = False,
+    delta_proj: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run the selective scan; see the module docstring for layouts and the recurrence.
 
     Returns a ``(batch, d_inner, L)`` tensor in ``u``'s dtype (and the last state if asked).
     """
     chosen = resolve_impl(impl, u.device)
-    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_proj)
     if impl == "auto":
         _announce(chosen, u.device)
+    if delta_proj is not None and chosen != "cpu":  # the step as its own matmul, then any path
+        delta = F.linear(delta.transpose(1, 2), delta_proj).transpose(1, 2)
+        delta_proj = None
     if reverse and chosen != "cpu":
         return _flipped_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chosen, return_last_state)
     if chosen == "mamba_ssm":
@@ -199,7 +213,7 @@ def selective_scan(
     with torch.autocast(device_type=u.device.type, enabled=False):
         if chosen == "cpu":
             y, last = cpu_selective_scan(
-                u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, delta_softplus, compute, reverse
+                u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, delta_softplus, compute, reverse, delta_proj
             )
         elif chosen == "reference":
             y, last = _reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, compute)

@@ -244,15 +244,17 @@ def test_the_ops_pass_opcheck():
     A, B, C = -torch.rand(d, N), torch.randn(b, L, G, N), torch.randn(b, L, G, N)
     D, bias = torch.randn(d), torch.randn(d)
     utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    dt, proj = torch.randn(b, L, 3), torch.randn(3, d)  # a low-rank step: (batch, L, R) and (R, d_inner)
     for reverse in (False, True):
-        torch.library.opcheck(cpu_kernel.cpu_scan, (u, delta, A, B, C, D, z, bias, True, 16, reverse),
-                              test_utils=utils)
-        torch.library.opcheck(cpu_kernel.cpu_scan, (u, delta, A, B, C, None, None, None, False, 4, reverse),
-                              test_utils=utils)
-        _, _, checkpoints = cpu_kernel.cpu_scan(u, delta, A, B, C, D, z, bias, True, 16, reverse)
-        args = (torch.randn(b, L, d), torch.randn(b, d, N), u, delta, A, B, C, D, z, bias, checkpoints, True, 16,
-                reverse)
-        torch.library.opcheck(cpu_kernel.cpu_scan_backward, args, test_utils=utils)
+        for step, P in ((delta, None), (dt, proj)):
+            torch.library.opcheck(cpu_kernel.cpu_scan, (u, step, A, B, C, D, z, bias, P, True, 16, reverse),
+                                  test_utils=utils)
+            torch.library.opcheck(cpu_kernel.cpu_scan, (u, step, A, B, C, None, None, None, P, False, 4, reverse),
+                                  test_utils=utils)
+            _, _, checkpoints = cpu_kernel.cpu_scan(u, step, A, B, C, D, z, bias, P, True, 16, reverse)
+            args = (torch.randn(b, L, d), torch.randn(b, d, N), u, step, A, B, C, D, z, bias, P, checkpoints, True,
+                    16, reverse)
+            torch.library.opcheck(cpu_kernel.cpu_scan_backward, args, test_utils=utils)
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -360,3 +362,26 @@ def _reverse_matches_flipping(L: int, batch: int) -> None:
 
     for got, want in zip(run(True), run(False), strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fp64_gradcheck_of_a_low_rank_step(threads):
+    """The step formed in the kernel from (batch, L, R) and delta_proj: gradcheck on every input, the projection's
+    too, at one thread and at two (batch 1: the backward pass splits the channel blocks into slabs, whose partial
+    sums of the low-rank input's gradient are added afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = make_inputs(1, 40, 3, 9, G=2, seed=3, dtype=torch.float64)
+        x["delta"] = torch.randn(1, 2, 9, dtype=torch.float64)
+        x["delta_proj"] = 0.5 * torch.randn(40, 2, dtype=torch.float64)
+        names = list(x)
+        leaves = [x[n].clone().requires_grad_() for n in names]
+
+        def run(*tensors):
+            return selective_scan(**dict(zip(names, tensors, strict=True)), delta_softplus=True, impl="cpu",
+                                  reverse=True)
+
+        assert torch.autograd.gradcheck(run, tuple(leaves))
+    finally:
+        torch.set_num_threads(previous)

@@ -347,3 +347,37 @@ def test_reverse_is_the_scan_of_the_flipped_sequence(impl, groups, L, chunk, mon
     expected_last = last_state_truth(**_flipped({**x, "B": x["B"][:, 0], "C": x["C"][:, 0]}), delta_softplus=True)
     if groups == 1:
         torch.testing.assert_close(last.double(), expected_last, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", (*CPU_IMPLS, *(("cpu",) if cpu_kernel.cpu_available() else ())))
+@pytest.mark.parametrize(("groups", "L", "rank", "reverse"), [(1, 1, 1, False), (1, 37, 4, False), (2, 40, 3, True),
+                                                              (1, 66, 20, True)])
+def test_a_low_rank_step_is_the_scan_of_its_projection(impl, groups, L, rank, reverse, monkeypatch):
+    """delta_proj (d_inner, R) with a (batch, R, L) delta: the float64 truth of the full step delta_proj @ delta, in
+    values and every gradient, delta_proj's included (the compiled kernel forms the step itself, the others run
+    the matmul first)."""
+    monkeypatch.setattr(ssm_scan, "DEFAULT_CHUNK", 16)
+    monkeypatch.setattr(cpu_kernel, "CHUNK", 16)
+    x = make_inputs(2, 24, 4, L, G=groups, seed=L + rank)
+    g = torch.Generator().manual_seed(rank)
+    x["delta"] = torch.randn(2, rank, L, generator=g, dtype=torch.float64).float()
+    x["delta_proj"] = (0.5 * torch.randn(24, rank, generator=g, dtype=torch.float64)).float()
+
+    def full(**k):
+        step = torch.einsum("dr,brl->bdl", k.pop("delta_proj").double(), k.pop("delta").double())
+        ordered = (lambda t: t.flip(-1)) if reverse else (lambda t: t)
+        flipped = {n: None if v is None else ordered(v) if v.dim() >= 3 else v for n, v in k.items()}
+        return ordered(_grouped_truth(**flipped, delta=ordered(step), delta_softplus=True))
+
+    want = values_and_grads(full, x)
+    got = values_and_grads(partial(selective_scan, delta_softplus=True, impl=impl, reverse=reverse), x)
+    assert_rel_close(got, want, 1e-4, f"{impl} low-rank step L={L} R={rank}")
+
+
+def test_a_low_rank_step_of_the_wrong_shape_is_named():
+    x = make_inputs(1, 6, 2, 5)
+    x["delta"] = torch.rand(1, 3, 5)
+    with pytest.raises(ValueError, match=r"delta_proj must have shape \(d_inner, R\) with d_inner = 6"):
+        selective_scan(**x, delta_proj=torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"delta must have shape \(batch, R, L\) = \(1, 2, 5\) with delta_proj"):
+        selective_scan(**x, delta_proj=torch.randn(6, 2))
