@@ -13,9 +13,9 @@ import math
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath
 
 from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
+from backbones.layers.drop_path import DropPath
 from backbones.layers.long_skip import build_long_skip, long_skip_blocks, run_long_skip
 from backbones.layers.mixers import LINEAR_MIXERS, SSM_MIXERS, build_mixer, check_mixer_options, default_heads
 from backbones.registry import register_backbone

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import Mlp
 
 from backbones.layers import (
     DiffusionBackbone,
@@ -25,6 +24,7 @@ from backbones.layers import (
 )
 from backbones.layers.caption import CrossAttention
 from backbones.layers.mixers import build_mixer, check_mixer_options, reset_ssm_mixers
+from backbones.layers.mlp import Mlp
 from backbones.registry import register_backbone
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import Mlp, trunc_normal_
 
 from backbones.layers import FinalLayer, LabelEmbedder, TimestepEmbedder, TokenBackbone
 from backbones.layers.long_skip import build_long_skip, long_skip_blocks, run_long_skip
 from backbones.layers.mixers import MIXERS, build_mixer, check_mixer_options, reset_ssm_mixers
+from backbones.layers.mlp import Mlp
+from backbones.layers.trunc_normal import trunc_normal_
 from backbones.registry import register_backbone
 
 __all__ = ["MIXERS", "UViT", "UViTBlock"]

@@ -75,8 +75,8 @@ def pinned_by_environment() -> int | None:
 
 
 def measurement_units(setting: str | int, rounds: int = 2) -> int:
-    """How many units of work ``setting`` spends measuring before its count is fixed (0 for a fixed or pinned
-    count): what a timing run must skip to time the steps that follow."""
+    """How many units of work ``setting`` spends measuring before its count is fixed, at most (0 for a fixed or
+    pinned count; fewer when a count is abandoned): what a timing run must skip to time the steps that follow."""
     counts = candidate_counts()
     if parse_threads(setting) != AUTO or pinned_by_environment() is not None or len(counts) == 1:
         return 0
@@ -98,6 +98,12 @@ class ThreadTuner:
     first unit warms up (allocation, caches), then every candidate runs ``rounds`` units in turn and the
     fastest median wins; afterwards, ``patience`` units in a row slower than ``slowdown`` x the winner's time
     start a new measurement (at most once per ``cooldown`` units).  A fixed count is set once and kept.
+
+    A count whose unit took over ``abandon`` x the fastest unit measured so far (and over ``abandon_after``
+    seconds, so that one noisy millisecond decides nothing) is not measured again, nor is any count larger
+    than both it and the fastest one: on a loaded machine a unit at more threads than free cores costs 10-30x
+    (a default-run step took 1954 ms at two threads against 77 ms at one beside two busy processes), so a
+    second round there only spends seconds to confirm it.
     """
 
     setting: str | int = AUTO
@@ -106,6 +112,8 @@ class ThreadTuner:
     slowdown: float = 2.0
     patience: int = 5
     cooldown: int = 200
+    abandon: float = 3.0
+    abandon_after: float = 0.1
     announce: Callable[[str], None] = log.info
     chosen: int | None = None
     _schedule: list[int] = field(default_factory=list)
@@ -156,7 +164,9 @@ class ThreadTuner:
             self._warm = True
             return
         if self._schedule:
-            self._timings[self._schedule.pop(0)].append(seconds)
+            count = self._schedule.pop(0)
+            self._timings[count].append(seconds)
+            self._abandon_if_hopeless(count, seconds)
             if not self._schedule:
                 self._choose()
             return
@@ -169,6 +179,13 @@ class ThreadTuner:
             self.announce(f"threads=auto: the last {self.patience} steps took over {self.slowdown:g}x the "
                           f"{self._baseline * 1e3:.0f} ms measured at {self.chosen} thread(s); measuring again")
             self._start_measuring()
+
+    def _abandon_if_hopeless(self, count: int, seconds: float) -> None:
+        """Drop the remaining units of ``count`` when it was far too slow, and those of every larger count when
+        a smaller one was the fastest (more threads only spin more)."""
+        fastest, at = min((t, n) for n, times in self._timings.items() for t in times)
+        if seconds > self.abandon * fastest and seconds > self.abandon_after:
+            self._schedule = [n for n in self._schedule if n != count and (n < count or at > count)]
 
     def _choose(self) -> None:
         medians = {n: statistics.median(ts) for n, ts in self._timings.items() if ts}

@@ -135,7 +135,7 @@ def _probe_context() -> Any:
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["torch", "timm", "archbench.measure.scaling", "backbones"])
+        ctx.set_forkserver_preload(["torch", "archbench.measure.scaling", "backbones"])
     return ctx
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp
 
 from backbones.layers.attention import Attention
+from backbones.layers.mlp import Mlp
 
 PAD = 0  # the padding word index, and so the null caption's every token
 

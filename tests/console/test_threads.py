@@ -79,6 +79,24 @@ def test_auto_measures_again_when_steps_get_much_slower(unpinned):
     assert "measuring again" in said[1] and "threads=auto: 1 of 2" in said[2]
 
 
+def test_a_count_far_slower_than_the_fastest_is_not_measured_again_nor_are_larger_ones(unpinned):
+    """Beside busy processes a step at two threads costs 25x one at one thread: one unit of it is enough."""
+    said = []
+    tuner = ThreadTuner(AUTO, candidates=[1, 2, 4], announce=said.append)
+    used = drive(tuner, {1: 0.08, 2: 2.0, 4: 3.0}, units=6)
+    assert used == [1, 1, 2, 1, 1, 1]  # warm-up, 1, 2 (25x: abandoned with 4), 1's second round, chosen
+    assert tuner.chosen == 1 and "2: 2000 ms" in said[0] and "4:" not in said[0]
+
+
+def test_abandoning_keeps_faster_larger_counts_and_ignores_tiny_units(unpinned):
+    slow_one = ThreadTuner(AUTO, candidates=[1, 2, 4], rounds=3, announce=lambda _: None)
+    used = drive(slow_one, {1: 0.5, 2: 0.2, 4: 0.1}, units=10)
+    assert used == [1, 1, 2, 4, 1, 2, 4, 2, 4, 4]  # 1 is 5x the fastest (4): only its own third round goes
+    assert slow_one.chosen == 4
+    tiny = ThreadTuner(AUTO, candidates=[1, 2], announce=lambda _: None)
+    assert drive(tiny, {1: 0.001, 2: 0.05}, units=6)[:5] == [1, 1, 2, 1, 2]  # 50x, but 50 ms decides nothing
+
+
 def test_a_fixed_count_or_the_environment_pin_is_kept_and_nothing_is_measured(monkeypatch):
     fixed = ThreadTuner(2, candidates=[1, 2])
     assert drive(fixed, {1: 0.1, 2: 9.0}, units=6) == [2] * 6 and fixed.chosen == 2
@@ -150,7 +168,7 @@ def test_measurement_units_is_what_a_timing_run_must_skip(unpinned, monkeypatch)
     while tuner.measuring:
         tuner.run(lambda: None)
         measured += 1
-    assert measured == measurement_units(AUTO)
+    assert measured == measurement_units(AUTO)  # units of no work: nothing is abandoned, the bound is met
     assert measurement_units(1) == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert measurement_units(AUTO) == 0
