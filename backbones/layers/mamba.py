@@ -146,14 +146,11 @@ class BiMamba(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # token layout (B, L, d_inner) each
         total = None
         for index, suffix in enumerate(self.suffixes):
-            if self.directions.reversed(index):  # read backwards in place: no flipped copies
-                out = self.scan_direction(x.transpose(1, 2), z.transpose(1, 2), suffix, reverse=True)
-                out = out.transpose(1, 2)
-            else:
-                ordered = self.directions.reorder
-                x_dir, z_dir = ordered(x, index, dim=1), ordered(z, index, dim=1)
-                out = self.scan_direction(x_dir.transpose(1, 2), z_dir.transpose(1, 2), suffix).transpose(1, 2)
-                out = ordered(out, index, dim=1, undo=True)
+            reverse = self.directions.reversed(index)  # the scan reads it backwards in place: no flipped copies
+            x_dir, z_dir = (t if reverse else self.directions.reorder(t, index, dim=1) for t in (x, z))
+            out = self.scan_direction(x_dir.transpose(1, 2), z_dir.transpose(1, 2), suffix, reverse=reverse)
+            out = out.transpose(1, 2)
+            out = out if reverse else self.directions.reorder(out, index, dim=1, undo=True)
             total = out if total is None else total + out
         if self.merge == "mean":
             total = total / len(self.suffixes)
