@@ -56,11 +56,39 @@ def _curves(rows: list[dict[str, Any]], x_key: str, metric: str = "fd") -> dict[
     return out
 
 
+def log_tick_label(value: float, decades: float) -> str:
+    """The text of a log axis's tick at ``value`` when the axis spans ``decades``: short plain numbers (``300``,
+    ``20k``, ``1.5M``; not ``3x10^2`` nor ``1e+06``) at 1, 2 and 5 times a power of ten (also 3 within one decade,
+    only the powers beyond three), nothing between: matplotlib's own minor labels ran into one another on a
+    study's wall-clock axis (``3x10^1 4x10^1``)."""
+    if value <= 0:
+        return ""
+    mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
+    shown = (1,) if decades > 3 else (1, 2, 5) if decades > 1 else (1, 2, 3, 5)
+    if mantissa not in shown:
+        return ""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if value >= scale:
+            return f"{value / (1e3 if suffix == 'k' else scale):g}{suffix}"
+    return f"{value:g}"
+
+
+def _log_x(ax: Any) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    decades = math.log10(high / low) if low > 0 and high > low else 1.0
+    label = FuncFormatter(lambda value, _: log_tick_label(value, decades))
+    ax.xaxis.set_major_formatter(label)
+    ax.xaxis.set_minor_formatter(label)
+
+
 def _finish(plt: Any, fig: Any, ax: Any, rows: list[dict[str, Any]], xlabel: str, title: str, legend: str,
             path: Path, log_x: bool = True, ylabel: str | None = None) -> Path:
     """The axes, labels, grid and legend every study plot shares; saves and closes the figure."""
     if log_x:
-        ax.set_xscale("log")
+        _log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel or (rows[0]["score_name"] if rows else "FD"))
     ax.set_title(title)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from archbench.study.plots import _curves, write_plots
+from archbench.study.plots import _curves, log_tick_label, write_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CURVES = ["fd_vs_compute.png", "fd_vs_wallclock.png", "cond_acc_vs_compute.png", "cond_acc_vs_wallclock.png",
@@ -68,3 +68,13 @@ def test_composition_curve_is_the_mean_and_range_over_seeds():
     rows[0]["composition"] = None  # a seed without a score is left out of its step's mean, min and max
     assert _curves(rows, "train_gflops", "composition")["a"] == ([550.0, 1050.0], [0.75, 0.75], [0.75, 0.5],
                                                                    [0.75, 1.0])
+
+
+def test_log_axes_label_plain_numbers_at_1_2_and_5_and_only_powers_over_wide_ranges():
+    labels = {v: log_tick_label(v, decades=1.3) for v in (20, 30, 40, 50, 100, 200, 300, 1000, 5000, 0.02)}
+    assert labels == {20: "20", 30: "", 40: "", 50: "50", 100: "100", 200: "200", 300: "", 1000: "1000",
+                      5000: "5000", 0.02: "0.02"}
+    assert [log_tick_label(v, decades=4) for v in (10, 20, 50, 1e5)] == ["10", "", "", "100k"]
+    assert [log_tick_label(v, decades=0.5) for v in (3e5, 4e5, 5e5, 1e6, 2e7, 5e9)] == ["300k", "", "500k", "1M",
+                                                                                       "20M", "5G"]
+    assert log_tick_label(0.0, decades=1) == ""
