@@ -1,8 +1,9 @@
-"""A non-editable install (the built wheel, in a fresh virtual environment) has its recipes and baselines and
-can train: nothing depends on running from the checkout."""
+"""A non-editable install (the built wheel, in a fresh virtual environment) has its recipes, baselines and the CPU
+kernel's sources, and can train: nothing depends on running from the checkout."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,13 @@ def share_dependencies(python: Path) -> None:
 @pytest.mark.slow
 def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     pytest.importorskip("setuptools")
-    wheels = tmp_path / "wheels"
+    wheels, source = tmp_path / "wheels", tmp_path / "source"
+    # Built from a copy without the checkout's egg-info: setuptools adds every file an old SOURCES.txt lists, which
+    # hid a kernel header the package data did not name until a fresh clone's wheel lacked it.
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", "*.egg-info", "build", "dist", "runs", "__pycache__", ".*_cache", ".benchmarks", ".venv", "venv"))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), source],
         capture_output=True, text=True, timeout=600,
     )
     assert built.returncode == 0, built.stderr
@@ -55,6 +60,10 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
     package_file, recipes = where.stdout.split()
     assert package_file.startswith(str(venv)) and recipes.startswith(str(venv)), where.stdout
     assert (Path(recipes) / "ci_fid.yaml").is_file() and (Path(recipes) / "baselines" / "dis_t4.json").is_file()
+    kernel = run("-c", "from backbones.ssm import cpu_kernel as k; print(*(p.is_file() for p in (k.SOURCE, "
+                 "k.CONV_SOURCE, k.HEADER)), k.SOURCE)")
+    assert kernel.stdout.split()[:3] == ["True"] * 3, kernel.stdout + kernel.stderr  # all it builds from
+    assert kernel.stdout.split()[3].startswith(str(venv)), kernel.stdout
     weights = run("-c", "from archbench.study.regression import feature_weights as w; print(w().is_file())")
     assert weights.stdout.strip() == "True", weights.stderr
     trained = run("-m", "archbench.train", "recipe=digits", "backbone=dit_t2", "data.image_size=8", "train.steps=2",
