@@ -60,17 +60,18 @@ def log_tick_label(value: float, decades: float) -> str:
     """The text of a log axis's tick at ``value`` when the axis spans ``decades``: short plain numbers (``300``,
     ``20k``, ``1.5M``; not ``3x10^2`` nor ``1e+06``) at 1, 2 and 5 times a power of ten (also 3 within one decade,
     only the powers beyond three), nothing between: matplotlib's own minor labels ran into one another on a
-    study's wall-clock axis (``3x10^1 4x10^1``)."""
+    study's wall-clock axis (``3x10^1 4x10^1``).  Within half a decade every tick is labelled, as matplotlib then
+    places its ticks between those multiples (``602k 604k ...`` for arms of nearly equal size)."""
     if value <= 0:
         return ""
     mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
     shown = (1,) if decades > 3 else (1, 2, 5) if decades > 1 else (1, 2, 3, 5)
-    if mantissa not in shown:
+    if decades >= 0.5 and mantissa not in shown:
         return ""
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
         if value >= scale:
-            return f"{value / (1e3 if suffix == 'k' else scale):g}{suffix}"
-    return f"{value:g}"
+            return f"{value / (1e3 if suffix == 'k' else scale):.4g}{suffix}"
+    return f"{value:.4g}"
 
 
 def _log_x(ax: Any) -> None:

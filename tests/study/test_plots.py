@@ -77,4 +77,5 @@ def test_log_axes_label_plain_numbers_at_1_2_and_5_and_only_powers_over_wide_ran
     assert [log_tick_label(v, decades=4) for v in (10, 20, 50, 1e5)] == ["10", "", "", "100k"]
     assert [log_tick_label(v, decades=0.5) for v in (3e5, 4e5, 5e5, 1e6, 2e7, 5e9)] == ["300k", "", "500k", "1M",
                                                                                        "20M", "5G"]
+    assert [log_tick_label(v, decades=0.1) for v in (6.02e5, 6.04e5, 0.034)] == ["602k", "604k", "0.034"]
     assert log_tick_label(0.0, decades=1) == ""
